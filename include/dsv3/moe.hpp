@@ -1,0 +1,151 @@
+// dsv3/moe.hpp — the DeepSeekMoE layer: noaux_tc router, routed SwiGLU
+// experts and shared experts (model-semantics §7; report §2.1.2, eqs. 12–16).
+//
+// Router, per token:
+//   s      = sigmoid(x W_gateᵀ)                        [E]   affinity
+//   b      = s + e_score_correction_bias               [E]   selection only
+//   g_j    = sum of the top-2 b in group j             [n_group]
+//   keep the topk_group best groups, b = −inf elsewhere (OFF @1398800)
+//   idx    = top-k of b                                [k]
+//   w      = s[idx] (unbiased), / sum when norm_topk_prob, × routed_scaling_factor
+// Output: Σ_i w_i · expert_idx_i(x) + shared_experts(x). Routed outputs are
+// summed in ascending expert id (OFF MoE.forward loops over experts in order).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "config.hpp"
+#include "ops.hpp"
+#include "trace.hpp"
+#include "weights.hpp"
+
+namespace dsv3 {
+
+// SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts.
+template <class T>
+inline Mat<T> mlp_forward(const MLPWeights& w, const Mat<T>& x) {
+  Mat<T> g = linear(x, w.gate_proj);  // [n, I]
+  Mat<T> u = linear(x, w.up_proj);    // [n, I]
+  for (std::size_t i = 0; i < g.size(); ++i) g.data()[i] = silu(g.data()[i]) * u.data()[i];
+  return linear(g, w.down_proj);      // [n, D]
+}
+
+struct Routing {
+  std::vector<int32_t> ids;   // [n, k] selected experts, ascending per token
+  std::vector<double> weights;  // [n, k] combine weights aligned with ids
+  int64_t k = 0;
+};
+
+// Indices of the `k` largest values (ties: lower index first), in that order.
+template <class T>
+inline std::vector<int64_t> topk_indices(const T* v, int64_t len, int64_t k) {
+  std::vector<int64_t> idx(std::size_t(len));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
+    return v[a] > v[b] || (v[a] == v[b] && a < b);
+  });
+  idx.resize(std::size_t(k));
+  return idx;
+}
+
+template <class T>
+inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
+                     int64_t layer, int64_t start_pos) {
+  const int64_t n = rows(x), E = c.n_routed_experts, G = c.n_group, per = c.experts_per_group();
+  const int64_t k = c.num_experts_per_tok;
+  Linear gate;
+  gate.weight = gw.weight;
+  Mat<T> logits = linear(x, gate);  // [n, E]
+  trace.emit("router_logits", layer, start_pos, n, E, logits.data());
+  std::vector<T> bias(std::size_t(E), T(0));
+  if (gw.e_score_correction_bias) bias = decode_vector<T>(*gw.e_score_correction_bias);
+  Routing r;
+  r.k = k;
+  r.ids.resize(std::size_t(n * k));
+  r.weights.resize(std::size_t(n * k));
+  std::vector<T> s(std::size_t(E)), b(std::size_t(E)), gs(std::size_t(G));
+  std::vector<T> all_s, all_b, all_g;
+  std::vector<int32_t> all_groups;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t e = 0; e < E; ++e) {
+      s[e] = sigmoid(logits(i, e));
+      b[e] = s[e] + bias[e];
+    }
+    for (int64_t g = 0; g < G; ++g) {  // group score: sum of the top-2 biased scores
+      auto top2 = topk_indices(b.data() + g * per, per, std::min<int64_t>(2, per));
+      T sum = 0;
+      for (int64_t j : top2) sum += b[std::size_t(g * per + j)];
+      gs[g] = sum;
+    }
+    auto groups = topk_indices(gs.data(), G, c.topk_group);
+    std::vector<T> masked(std::size_t(E), -INFINITY);
+    for (int64_t g : groups)
+      for (int64_t e = g * per; e < (g + 1) * per; ++e) masked[e] = b[e];
+    auto ids = topk_indices(masked.data(), E, k);
+    std::sort(ids.begin(), ids.end());
+    double denom = 0;
+    for (int64_t e : ids) denom += double(s[e]);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = ids[std::size_t(j)];
+      T wgt = s[e];
+      if (c.norm_topk_prob) wgt = T(double(wgt) / denom);
+      r.ids[std::size_t(i * k + j)] = int32_t(e);
+      r.weights[std::size_t(i * k + j)] = double(wgt * T(c.routed_scaling_factor));
+    }
+    if (trace.enabled()) {
+      all_s.insert(all_s.end(), s.begin(), s.end());
+      all_b.insert(all_b.end(), b.begin(), b.end());
+      all_g.insert(all_g.end(), gs.begin(), gs.end());
+      std::sort(groups.begin(), groups.end());
+      for (int64_t g : groups) all_groups.push_back(int32_t(g));
+    }
+  }
+  if (trace.enabled()) {
+    trace.emit("router_scores", layer, start_pos, n, E, all_s.data());
+    trace.emit("router_biased", layer, start_pos, n, E, all_b.data());
+    trace.emit("group_scores", layer, start_pos, n, G, all_g.data());
+    trace.emit("topk_groups", layer, start_pos, n, c.topk_group, all_groups.data());
+    trace.emit("topk_ids", layer, start_pos, n, k, r.ids.data());
+    trace.emit("topk_weights", layer, start_pos, n, k, r.weights.data());
+  }
+  return r;
+}
+
+// Tokens are grouped by expert: each expert that any token chose runs once on
+// the rows that chose it, and its weighted output is added to those rows.
+template <class T>
+inline Mat<T> moe_forward(const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+                          int64_t layer, int64_t start_pos, Routing* routing_out = nullptr) {
+  const int64_t n = rows(x), D = cols(x);
+  Routing r = route(c, w.gate, x, trace, layer, start_pos);
+  Mat<T> y = zeros<T>(n, D);
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    std::vector<int64_t> tok;
+    std::vector<T> wt;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < r.k; ++j)
+        if (r.ids[std::size_t(i * r.k + j)] == e) {
+          tok.push_back(i);
+          wt.push_back(T(r.weights[std::size_t(i * r.k + j)]));
+        }
+    if (tok.empty()) continue;
+    Mat<T> xe = empty<T>(int64_t(tok.size()), D);
+    for (std::size_t m = 0; m < tok.size(); ++m) std::copy_n(&x(tok[m], 0), D, &xe(m, 0));
+    Mat<T> ye = mlp_forward(w.experts[std::size_t(e)], xe);
+    for (std::size_t m = 0; m < tok.size(); ++m)
+      for (int64_t d = 0; d < D; ++d) y(tok[m], d) += wt[m] * ye(m, d);
+  }
+  trace.emit("routed_out", layer, start_pos, n, D, y.data());
+  if (w.shared_experts) {
+    Mat<T> z = mlp_forward(*w.shared_experts, x);
+    trace.emit("shared_out", layer, start_pos, n, D, z.data());
+    y += z;
+  }
+  if (routing_out) *routing_out = std::move(r);
+  return y;
+}
+
+}  // namespace dsv3

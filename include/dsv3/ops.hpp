@@ -1,0 +1,134 @@
+// dsv3/ops.hpp — the operations the forward pass is written in.
+//
+// Dimension legend used in shape comments throughout dsv3 (row-major):
+//   n = tokens in this call, t = cached positions, D = hidden_size,
+//   H = heads, V = vocab_size, E = routed experts.
+// Activations are Mat<T> (a row-major [rows, cols] xtensor); T is the compute
+// scalar, float or double. Matmuls go through BLAS (cblas_?gemm/?gemv).
+#pragma once
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <xtensor/xtensor.hpp>
+
+#include "weights.hpp"
+
+namespace dsv3 {
+
+template <class T>
+using Mat = xt::xtensor<T, 2>;
+
+template <class T>
+inline Mat<T> zeros(int64_t rows, int64_t cols) {
+  Mat<T> m = Mat<T>::from_shape({std::size_t(rows), std::size_t(cols)});
+  m.fill(T(0));
+  return m;
+}
+
+template <class T>
+inline Mat<T> empty(int64_t rows, int64_t cols) {
+  return Mat<T>::from_shape({std::size_t(rows), std::size_t(cols)});
+}
+
+template <class T>
+inline int64_t rows(const Mat<T>& m) { return int64_t(m.shape()[0]); }
+template <class T>
+inline int64_t cols(const Mat<T>& m) { return int64_t(m.shape()[1]); }
+
+// ---------------------------------------------------------------------------
+// BLAS: C[M,N] = alpha * op(A) op(B) + beta * C, row-major.
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                 int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+// y[n, r0:r1] = x[n, K] @ W[r0:r1, K]^T, W given row-major with K columns.
+template <class T>
+inline void matmul_wt(const T* x, int64_t n, int64_t K, const T* W, int64_t r, T* y, int64_t ldy) {
+  gemm(false, true, n, r, K, T(1), x, K, W, K, T(0), y, ldy);
+}
+
+// ---------------------------------------------------------------------------
+// linear: y[n, out] = x[n, in] @ W^T (nn.Linear without bias).
+// The stored weight is decoded to T a band of rows at a time (one FP8 row
+// block, or about 1 MB) and multiplied at once, so only that band ever exists
+// in T. F32 weights used at T = float are read in place.
+template <class T>
+inline Mat<T> linear(const Mat<T>& x, const Linear& W) {
+  const int64_t n = rows(x), K = W.in(), O = W.out();
+  if (cols(x) != K) fail("linear '", W.weight.name, "': input has ", cols(x), " columns, expected ", K);
+  Mat<T> y = empty<T>(n, O);
+  if constexpr (std::is_same_v<T, float>) {
+    if (W.weight.dtype == DType::F32 && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0) {
+      matmul_wt(x.data(), n, K, reinterpret_cast<const float*>(W.weight.data), O, y.data(), O);
+      return y;
+    }
+  }
+  int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(1, (int64_t(1) << 18) / K);
+  band = std::min(band, O);
+  std::vector<T> scratch(std::size_t(band * K));
+  for (int64_t r0 = 0; r0 < O; r0 += band) {
+    const int64_t r1 = std::min(O, r0 + band);
+    W.decode_rows(r0, r1, scratch.data());
+    matmul_wt(x.data(), n, K, scratch.data(), r1 - r0, y.data() + r0, O);
+  }
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// RMSNorm: y = w ⊙ x / sqrt(mean(x²) + eps), one row at a time
+// (model-semantics §4). The mean is accumulated in double.
+template <class T>
+inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps) {
+  const int64_t n = rows(x), d = cols(x);
+  if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
+  const std::vector<T> w = decode_vector<T>(weight);
+  Mat<T> y = empty<T>(n, d);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = &x(i, 0);
+    double ss = 0;
+    for (int64_t j = 0; j < d; ++j) ss += double(xi[j]) * double(xi[j]);
+    const T inv = T(1.0 / std::sqrt(ss / double(d) + eps));
+    T* yi = &y(i, 0);
+    for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * inv);
+  }
+  return y;
+}
+
+template <class T>
+inline T silu(T v) { return v / (T(1) + std::exp(-v)); }
+
+template <class T>
+inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+
+// In-place softmax over p[0..len); entries from `valid` on are masked (-inf).
+template <class T>
+inline void softmax_masked(T* p, int64_t len, int64_t valid) {
+  T mx = -INFINITY;
+  for (int64_t j = 0; j < valid; ++j) mx = std::max(mx, p[j]);
+  T sum = 0;
+  for (int64_t j = 0; j < valid; ++j) { p[j] = std::exp(p[j] - mx); sum += p[j]; }
+  const T inv = T(1) / sum;
+  for (int64_t j = 0; j < valid; ++j) p[j] *= inv;
+  for (int64_t j = valid; j < len; ++j) p[j] = T(0);
+}
+
+// x[rows, :] of a stored [V, D] matrix (the embedding lookup).
+template <class T>
+inline void gather_row(const TensorView& table, int64_t row, T* out) {
+  const int64_t d = table.shape[1];
+  decode_elements(table.data + std::size_t(row * d) * dtype_size(table.dtype), table.dtype, d, out);
+}
+
+}  // namespace dsv3

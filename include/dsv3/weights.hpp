@@ -1,0 +1,243 @@
+// dsv3/weights.hpp — the model's tensors, bound by their HF checkpoint names.
+//
+// Weights stay where the checkpoint's mmap put them, in their stored dtype.
+// A `Linear` is a [out, in] matrix (PyTorch nn.Linear convention) plus, for
+// FP8 e4m3fn storage, its `weight_scale_inv` blocks; `decode_rows` turns a
+// band of rows into the compute scalar when the matmul needs them, so the
+// model is never materialised in f32 (model-semantics §2.1, §9.2).
+//
+// The list of tensors lives in one place, `ModelWeights::bind`, which checks
+// each one's presence, shape and dtype and names the first that is wrong.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "dtype.hpp"
+#include "safetensors.hpp"
+
+namespace dsv3 {
+
+// Converts `n` stored elements starting at `src` to T.
+template <class T>
+inline void decode_elements(const uint8_t* src, DType dt, int64_t n, T* dst) {
+  switch (dt) {
+    case DType::F32:
+      for (int64_t i = 0; i < n; ++i) { float f; std::memcpy(&f, src + 4 * i, 4); dst[i] = T(f); }
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, src + 2 * i, 2); dst[i] = T(bf16_to_f32(h)); }
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, src + 2 * i, 2); dst[i] = T(f16_to_f32(h)); }
+      break;
+    case DType::F8_E4M3:
+      for (int64_t i = 0; i < n; ++i) dst[i] = T(fp8_e4m3_to_f32(src[i]));
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) dst[i] = T(load_as_double(src + dtype_size(dt) * i, dt));
+  }
+}
+
+// A 1-D tensor (norm weight, router bias) decoded to T.
+template <class T>
+inline std::vector<T> decode_vector(const TensorView& t) {
+  std::vector<T> v(std::size_t(t.numel()));
+  decode_elements(t.data, t.dtype, t.numel(), v.data());
+  return v;
+}
+
+struct Linear {
+  TensorView weight;                     // [out, in]
+  std::optional<TensorView> scale_inv;   // FP8 only: [ceil(out/br), ceil(in/bc)] F32
+  int64_t block_rows = 128, block_cols = 128;
+
+  int64_t out() const { return weight.shape[0]; }
+  int64_t in() const { return weight.shape[1]; }
+  bool is_fp8() const { return weight.dtype == DType::F8_E4M3; }
+
+  // Rows [r0, r1) as T, row-major into dst[(r1-r0) * in]. FP8:
+  // W[i,j] = fp8(Wq[i,j]) * scale_inv[i / br, j / bc] — a multiply despite the
+  // name (OFF kernel.py weight_dequant_kernel); partial edge blocks use the
+  // same block's scale.
+  template <class T>
+  void decode_rows(int64_t r0, int64_t r1, T* dst) const {
+    const int64_t n_in = in();
+    const std::size_t es = dtype_size(weight.dtype);
+    for (int64_t r = r0; r < r1; ++r) {
+      T* row = dst + (r - r0) * n_in;
+      decode_elements(weight.data + std::size_t(r * n_in) * es, weight.dtype, n_in, row);
+      if (scale_inv) {
+        const int64_t sc = scale_inv->shape[1];
+        const int64_t br = r / block_rows;
+        for (int64_t cb = 0; cb < sc; ++cb) {
+          const T s = T(scale_inv->at(br * sc + cb));
+          const int64_t c1 = std::min(n_in, (cb + 1) * block_cols);
+          for (int64_t c = cb * block_cols; c < c1; ++c) row[c] *= s;
+        }
+      }
+    }
+  }
+};
+
+struct MLPWeights {          // SwiGLU: down(silu(gate(x)) * up(x))
+  Linear gate_proj, up_proj, down_proj;
+};
+
+struct GateWeights {         // the MoE router
+  TensorView weight;                          // [n_routed_experts, hidden]
+  std::optional<TensorView> e_score_correction_bias;  // [n_routed_experts], F32 in V3
+};
+
+struct MoEWeights {
+  GateWeights gate;
+  std::vector<MLPWeights> experts;            // n_routed_experts
+  std::optional<MLPWeights> shared_experts;   // width moe_intermediate * n_shared_experts
+};
+
+struct AttentionWeights {    // MLA (model-semantics §5)
+  std::optional<Linear> q_proj;               // when q_lora_rank is null
+  std::optional<Linear> q_a_proj;             // [q_lora_rank, hidden]
+  std::optional<TensorView> q_a_layernorm;    // [q_lora_rank]
+  std::optional<Linear> q_b_proj;             // [H * qk_head_dim, q_lora_rank]
+  Linear kv_a_proj_with_mqa;                  // [kv_lora_rank + qk_rope_head_dim, hidden]
+  TensorView kv_a_layernorm;                  // [kv_lora_rank]
+  Linear kv_b_proj;                           // [H * (qk_nope + v_head), kv_lora_rank]
+  Linear o_proj;                              // [hidden, H * v_head]
+};
+
+struct LayerWeights {
+  TensorView input_layernorm;                 // [hidden]
+  AttentionWeights self_attn;
+  TensorView post_attention_layernorm;        // [hidden]
+  std::optional<MLPWeights> mlp;              // dense layers
+  std::optional<MoEWeights> moe;              // MoE layers (HF prefix `mlp.` too)
+};
+
+struct ModelWeights {
+  TensorView embed_tokens;                    // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  TensorView norm;                            // [hidden]
+  TensorView lm_head;                         // [vocab, hidden]
+
+  static ModelWeights bind(const Checkpoint& ck, const Config& cfg);
+};
+
+// ---------------------------------------------------------------------------
+namespace detail {
+
+inline const TensorView& need(const Checkpoint& ck, const std::string& name,
+                              const std::vector<int64_t>& shape, bool float_only = true) {
+  if (!ck.has(name))
+    fail(ck.dir(), ": missing tensor '", name, "' (expected shape ", shape_str(shape), ")");
+  const TensorView& t = ck.get(name);
+  if (t.shape != shape)
+    fail(t.file, ": tensor '", name, "' has shape ", shape_str(t.shape), ", expected ",
+         shape_str(shape));
+  if (float_only && !(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16 ||
+                      t.dtype == DType::F64))
+    fail(t.file, ": tensor '", name, "' has dtype ", dtype_name(t.dtype),
+         ", expected F32, BF16 or F16");
+  return t;
+}
+
+inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const std::string& prefix,
+                          int64_t out, int64_t in) {
+  const std::string wn = prefix + ".weight";
+  if (!ck.has(wn))
+    fail(ck.dir(), ": missing tensor '", wn, "' (expected shape ", shape_str({out, in}), ")");
+  const TensorView& w = ck.get(wn);
+  if (w.shape != std::vector<int64_t>{out, in})
+    fail(w.file, ": tensor '", wn, "' has shape ", shape_str(w.shape), ", expected ",
+         shape_str({out, in}));
+  Linear l;
+  l.weight = w;
+  if (w.dtype == DType::F8_E4M3) {
+    if (cfg.quantization_config) {
+      l.block_rows = cfg.quantization_config->block_rows;
+      l.block_cols = cfg.quantization_config->block_cols;
+    }
+    const std::string sn = prefix + ".weight_scale_inv";
+    const std::vector<int64_t> ss = {(out + l.block_rows - 1) / l.block_rows,
+                                     (in + l.block_cols - 1) / l.block_cols};
+    if (!ck.has(sn))
+      fail(ck.dir(), ": missing tensor '", sn, "' (FP8 weight '", wn, "' needs its ",
+           shape_str(ss), " F32 block scales)");
+    const TensorView& s = ck.get(sn);
+    if (s.shape != ss)
+      fail(s.file, ": tensor '", sn, "' has shape ", shape_str(s.shape), ", expected ",
+           shape_str(ss), " (", l.block_rows, "x", l.block_cols, " blocks of ", shape_str({out, in}), ")");
+    if (s.dtype != DType::F32 && s.dtype != DType::BF16)
+      fail(s.file, ": tensor '", sn, "' has dtype ", dtype_name(s.dtype), ", expected F32");
+    l.scale_inv = s;
+  } else if (!(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16 ||
+               w.dtype == DType::F64)) {
+    fail(w.file, ": tensor '", wn, "' has dtype ", dtype_name(w.dtype),
+         ", expected F32, BF16, F16 or F8_E4M3");
+  }
+  return l;
+}
+
+inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const std::string& prefix,
+                           int64_t hidden, int64_t inter) {
+  return {need_linear(ck, cfg, prefix + ".gate_proj", inter, hidden),
+          need_linear(ck, cfg, prefix + ".up_proj", inter, hidden),
+          need_linear(ck, cfg, prefix + ".down_proj", hidden, inter)};
+}
+
+}  // namespace detail
+
+inline ModelWeights ModelWeights::bind(const Checkpoint& ck, const Config& c) {
+  using detail::need;
+  using detail::need_linear;
+  using detail::need_mlp;
+  const int64_t D = c.hidden_size, H = c.num_attention_heads;
+  ModelWeights m;
+  m.embed_tokens = need(ck, "model.embed_tokens.weight", {c.vocab_size, D});
+  m.norm = need(ck, "model.norm.weight", {D});
+  m.lm_head = c.tie_word_embeddings && !ck.has("lm_head.weight")
+                  ? m.embed_tokens
+                  : need(ck, "lm_head.weight", {c.vocab_size, D});
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
+    const std::string p = "model.layers." + std::to_string(L) + ".";
+    LayerWeights lw;
+    lw.input_layernorm = need(ck, p + "input_layernorm.weight", {D});
+    lw.post_attention_layernorm = need(ck, p + "post_attention_layernorm.weight", {D});
+    AttentionWeights& a = lw.self_attn;
+    if (c.q_lora_rank) {
+      a.q_a_proj = need_linear(ck, c, p + "self_attn.q_a_proj", *c.q_lora_rank, D);
+      a.q_a_layernorm = need(ck, p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
+      a.q_b_proj = need_linear(ck, c, p + "self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
+    } else {
+      a.q_proj = need_linear(ck, c, p + "self_attn.q_proj", H * c.qk_head_dim(), D);
+    }
+    a.kv_a_proj_with_mqa = need_linear(ck, c, p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
+    a.kv_a_layernorm = need(ck, p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
+    a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj",
+                              H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    a.o_proj = need_linear(ck, c, p + "self_attn.o_proj", D, H * c.v_head_dim);
+    if (!c.is_moe_layer(L)) {
+      lw.mlp = need_mlp(ck, c, p + "mlp", D, c.intermediate_size);
+    } else {
+      MoEWeights moe;
+      moe.gate.weight = need(ck, p + "mlp.gate.weight", {c.n_routed_experts, D});
+      // The bias is what makes the routing "noaux_tc"; HF always has one.
+      moe.gate.e_score_correction_bias =
+          need(ck, p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts});
+      moe.experts.reserve(std::size_t(c.n_routed_experts));
+      for (int64_t e = 0; e < c.n_routed_experts; ++e)
+        moe.experts.push_back(
+            need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size));
+      if (c.n_shared_experts > 0)
+        moe.shared_experts = need_mlp(ck, c, p + "mlp.shared_experts", D, c.shared_intermediate());
+      lw.moe = std::move(moe);
+    }
+    m.layers.push_back(std::move(lw));
+  }
+  return m;
+}
+
+}  // namespace dsv3
