@@ -62,7 +62,7 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
     q = linear(x, *w.q_proj);
   }
   if (trace.enabled()) {
-    std::vector<T> nope(std::size_t(n * H * dn)), pe(std::size_t(n * H * dr));
+    std::vector<T> nope(static_cast<std::size_t>(n * H * dn)), pe(static_cast<std::size_t>(n * H * dr));
     for (int64_t i = 0; i < n * H; ++i) {
       std::copy_n(q.data() + i * dq, dn, nope.data() + i * dn);
       std::copy_n(q.data() + i * dq + dn, dr, pe.data() + i * dr);
@@ -73,7 +73,7 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < H; ++h) rope_apply(&q(i, h * dq + dn), dr, rope[std::size_t(i)], c.rope_interleave);
   if (trace.enabled()) {
-    std::vector<T> pe(std::size_t(n * H * dr));
+    std::vector<T> pe(static_cast<std::size_t>(n * H * dr));
     for (int64_t i = 0; i < n * H; ++i) std::copy_n(q.data() + i * dq + dn, dr, pe.data() + i * dr);
     trace.emit("q_pe_rope", layer, start_pos, n, H * dr, pe.data());
   }
@@ -97,13 +97,13 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
 
   // W_UK / W_UV: kv_b_proj rows for head h are [h*(dn+dv), (h+1)*(dn+dv)),
   // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r].
-  std::vector<T> wkv_b(std::size_t(H * (dn + dv) * r));
+  std::vector<T> wkv_b(static_cast<std::size_t>(H * (dn + dv) * r));
   w.kv_b_proj.decode_rows(0, H * (dn + dv), wkv_b.data());
 
   const T scale = T(c.softmax_scale());
   Mat<T> o = empty<T>(n, H * dv);                                   // [n, H*dv]
-  std::vector<T> scores(std::size_t(n * t));
-  std::vector<T> qh(std::size_t(n * std::max(r, dq)));
+  std::vector<T> scores(static_cast<std::size_t>(n * t));
+  std::vector<T> qh(static_cast<std::size_t>(n * std::max(r, dq)));
   std::vector<T> tmp(std::size_t(std::max(n * r, t * std::max(dn, dv))));
   for (int64_t h = 0; h < H; ++h) {
     const T* W_UK = wkv_b.data() + h * (dn + dv) * r;               // [dn, r]

@@ -42,7 +42,7 @@ struct Routing {
 // Indices of the `k` largest values (ties: lower index first), in that order.
 template <class T>
 inline std::vector<int64_t> topk_indices(const T* v, int64_t len, int64_t k) {
-  std::vector<int64_t> idx(std::size_t(len));
+  std::vector<int64_t> idx(static_cast<std::size_t>(len));
   std::iota(idx.begin(), idx.end(), 0);
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
     return v[a] > v[b] || (v[a] == v[b] && a < b);
@@ -66,7 +66,7 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
   r.k = k;
   r.ids.resize(std::size_t(n * k));
   r.weights.resize(std::size_t(n * k));
-  std::vector<T> s(std::size_t(E)), b(std::size_t(E)), gs(std::size_t(G));
+  std::vector<T> s(static_cast<std::size_t>(E)), b(static_cast<std::size_t>(E)), gs(static_cast<std::size_t>(G));
   std::vector<T> all_s, all_b, all_g;
   std::vector<int32_t> all_groups;
   for (int64_t i = 0; i < n; ++i) {

@@ -77,7 +77,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W) {
   }
   int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(1, (int64_t(1) << 18) / K);
   band = std::min(band, O);
-  std::vector<T> scratch(std::size_t(band * K));
+  std::vector<T> scratch(static_cast<std::size_t>(band * K));
   for (int64_t r0 = 0; r0 < O; r0 += band) {
     const int64_t r1 = std::min(O, r0 + band);
     W.decode_rows(r0, r1, scratch.data());

@@ -45,7 +45,7 @@ inline void decode_elements(const uint8_t* src, DType dt, int64_t n, T* dst) {
 // A 1-D tensor (norm weight, router bias) decoded to T.
 template <class T>
 inline std::vector<T> decode_vector(const TensorView& t) {
-  std::vector<T> v(std::size_t(t.numel()));
+  std::vector<T> v(static_cast<std::size_t>(t.numel()));
   decode_elements(t.data, t.dtype, t.numel(), v.data());
   return v;
 }
@@ -125,6 +125,62 @@ struct ModelWeights {
 
   static ModelWeights bind(const Checkpoint& ck, const Config& cfg);
 };
+
+// ---------------------------------------------------------------------------
+// The checkpoint's tensor list as the config implies it (HF names, shapes).
+// `make-model` writes exactly these and `inspect` checks a directory against
+// them. Linear entries name the module (".weight" / ".weight_scale_inv" are
+// added by the format).
+struct TensorSpec {
+  enum Kind { Embed, Norm, Linear, Router, RouterBias, Head };
+  std::string name;
+  std::vector<int64_t> shape;
+  Kind kind;
+  int64_t layer = -1;   // -1: global
+  int64_t expert = -1;  // routed expert index, or -1
+};
+
+inline std::vector<TensorSpec> expected_tensors(const Config& c) {
+  std::vector<TensorSpec> v;
+  const int64_t D = c.hidden_size, H = c.num_attention_heads;
+  v.push_back({"model.embed_tokens.weight", {c.vocab_size, D}, TensorSpec::Embed});
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
+    const std::string p = "model.layers." + std::to_string(L) + ".";
+    auto lin = [&](const std::string& n, int64_t o, int64_t i, int64_t e = -1) {
+      v.push_back({p + n, {o, i}, TensorSpec::Linear, L, e});
+    };
+    auto mlp = [&](const std::string& n, int64_t I, int64_t e = -1) {
+      lin(n + ".gate_proj", I, D, e);
+      lin(n + ".up_proj", I, D, e);
+      lin(n + ".down_proj", D, I, e);
+    };
+    v.push_back({p + "input_layernorm.weight", {D}, TensorSpec::Norm, L});
+    if (c.q_lora_rank) {
+      lin("self_attn.q_a_proj", *c.q_lora_rank, D);
+      v.push_back({p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank}, TensorSpec::Norm, L});
+      lin("self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
+    } else {
+      lin("self_attn.q_proj", H * c.qk_head_dim(), D);
+    }
+    lin("self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
+    v.push_back({p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, TensorSpec::Norm, L});
+    lin("self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    lin("self_attn.o_proj", D, H * c.v_head_dim);
+    v.push_back({p + "post_attention_layernorm.weight", {D}, TensorSpec::Norm, L});
+    if (!c.is_moe_layer(L)) {
+      mlp("mlp", c.intermediate_size);
+    } else {
+      v.push_back({p + "mlp.gate.weight", {c.n_routed_experts, D}, TensorSpec::Router, L});
+      v.push_back({p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, TensorSpec::RouterBias, L});
+      for (int64_t e = 0; e < c.n_routed_experts; ++e)
+        mlp("mlp.experts." + std::to_string(e), c.moe_intermediate_size, e);
+      if (c.n_shared_experts > 0) mlp("mlp.shared_experts", c.shared_intermediate());
+    }
+  }
+  v.push_back({"model.norm.weight", {D}, TensorSpec::Norm});
+  v.push_back({"lm_head.weight", {c.vocab_size, D}, TensorSpec::Head});
+  return v;
+}
 
 // ---------------------------------------------------------------------------
 namespace detail {

@@ -1,0 +1,378 @@
+// dsv3 — the command-line tool. One binary, subcommands:
+//   forward      logits for a token sequence (prefill, decode, chunked) -> .npy
+//   generate     greedy or sampled continuation of ids or of a text prompt
+//   chat         an interactive chat loop with the model's chat template
+//   make-model   a synthetic checkpoint in the HF layout (presets, dtypes)
+//   inspect      the tensor table of a checkpoint against its config
+//   tokenize / detokenize / render-chat   the tokenizer and chat template
+// Errors: one line `dsv3: error: ...` on stderr and exit code 1.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <dsv3/io.hpp>
+#include <dsv3/make_model.hpp>
+#include <dsv3/model.hpp>
+#include <dsv3/sampler.hpp>
+#include <dsv3/tokenizer.hpp>
+
+#if __has_include("cmd_text.hpp")
+#include <dsv3/chat_template.hpp>
+#include "cmd_text.hpp"
+#define DSV3_HAVE_CHAT 1
+#endif
+
+namespace {
+
+using namespace dsv3;
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    if (tok.empty()) continue;
+    std::size_t pos = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(tok, &pos);
+    } catch (...) {
+      pos = 0;
+    }
+    if (pos != tok.size() || v < INT32_MIN || v > INT32_MAX)
+      fail("--ids: '", tok, "' is not an integer token id (expected e.g. --ids 0,17,42)");
+    ids.push_back(int32_t(v));
+  }
+  if (ids.empty()) fail("--ids: no token ids given (expected e.g. --ids 0,17,42)");
+  return ids;
+}
+
+AttnForm parse_attn(const std::string& s) {
+  if (s == "absorb") return AttnForm::absorb;
+  if (s == "naive") return AttnForm::naive;
+  fail("--attn: '", s, "' is not absorb or naive");
+}
+
+// ---------------------------------------------------------------------------
+struct ForwardArgs {
+  std::string model, ids, out, mode = "prefill", attn = "absorb", precision = "f32";
+  int64_t prefill_len = 1, chunk = 0;
+};
+
+template <class T>
+void run_forward(const ForwardArgs& a) {
+  Model<T> m(a.model);
+  const auto ids = parse_ids(a.ids);
+  ForwardOptions opt;
+  opt.attn = parse_attn(a.attn);
+  const int64_t V = m.config().vocab_size, L = int64_t(ids.size());
+  auto cache = m.new_cache();
+  std::vector<float> out;
+  auto append = [&](const Mat<T>& lg) { out.insert(out.end(), lg.begin(), lg.end()); };
+  if (a.mode == "prefill") {
+    const int64_t chunk = a.chunk > 0 ? a.chunk : L;
+    for (int64_t s = 0; s < L; s += chunk) {
+      std::vector<int32_t> part(ids.begin() + s, ids.begin() + std::min(L, s + chunk));
+      append(m.forward(part, cache, opt));
+    }
+    write_npy_f32(a.out, out, std::size_t(L), std::size_t(V));
+  } else if (a.mode == "decode") {
+    const int64_t P = a.prefill_len;
+    if (P < 1 || P > L) fail("--prefill-len ", P, " must be in [1, ", L, "] (the number of ids)");
+    opt.all_logits = false;
+    append(m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + P), cache, opt));
+    for (int64_t i = P; i < L; ++i) append(m.forward({ids[std::size_t(i)]}, cache, opt));
+    write_npy_f32(a.out, out, std::size_t(L - P + 1), std::size_t(V));
+  } else {
+    fail("--mode: '", a.mode, "' is not prefill or decode");
+  }
+}
+
+// ---------------------------------------------------------------------------
+struct GenerateArgs {
+  std::string model, ids, prompt, system, tokenizer, template_file, precision = "f32", attn = "absorb";
+  int64_t max_new_tokens = 32;
+  bool json = false, chat = false;
+  SamplerOptions sampling;
+};
+
+Tokenizer load_tokenizer(const std::string& dir) { return Tokenizer::from_dir(dir); }
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path, ": cannot open");
+  std::ostringstream os;
+  os << f.rdbuf();
+  return os.str();
+}
+
+nlohmann::json chat_extra(const Tokenizer& tok) {
+  return {{"bos_token", tok.id_to_token(tok.bos_id())}, {"eos_token", tok.id_to_token(tok.eos_id())}};
+}
+
+#ifndef DSV3_HAVE_CHAT
+std::string render_chat(const std::string&, const nlohmann::json&, bool, const nlohmann::json&) {
+  fail("chat templates are not built in");
+}
+struct StreamDecoder {
+  const Tokenizer& t;
+  explicit StreamDecoder(const Tokenizer& tk) : t(tk) {}
+  std::string push(int32_t id) { return t.decode({id}); }
+  std::string flush() { return ""; }
+};
+void add_text_commands(CLI::App&) {}
+#endif
+
+// The prompt as ids: --ids as given, or --prompt through the tokenizer
+// (with --chat: rendered with the chat template and a generation prompt).
+std::vector<int32_t> prompt_ids(const GenerateArgs& a, const Tokenizer* tok) {
+  if (!a.ids.empty()) return parse_ids(a.ids);
+  if (!tok) fail("generate: give --ids or --prompt");
+  if (!a.chat) return tok->encode(a.prompt, tok->add_bos_default());
+  nlohmann::json msgs = nlohmann::json::array();
+  if (!a.system.empty()) msgs.push_back({{"role", "system"}, {"content", a.system}});
+  msgs.push_back({{"role", "user"}, {"content", a.prompt}});
+  const std::string tmpl = a.template_file.empty() ? tok->chat_template() : read_text_file(a.template_file);
+  const std::string text = render_chat(tmpl, msgs, true, chat_extra(*tok));
+  return tok->encode(text, false);  // the template writes BOS itself
+}
+
+template <class T>
+void run_generate(const GenerateArgs& a) {
+  Model<T> m(a.model);
+  std::unique_ptr<Tokenizer> tok;
+  if (a.ids.empty()) {
+    if (a.prompt.empty()) fail("generate: give --ids or --prompt");
+    tok = std::make_unique<Tokenizer>(load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer));
+  }
+  const auto ids = prompt_ids(a, tok.get());
+  Sampler sampler(a.sampling);
+  ForwardOptions opt;
+  opt.attn = parse_attn(a.attn);
+  opt.all_logits = false;
+  auto cache = m.new_cache();
+  const int64_t V = m.config().vocab_size;
+  std::vector<int32_t> gen;
+  std::unique_ptr<StreamDecoder> stream;
+  if (tok && !a.json) stream = std::make_unique<StreamDecoder>(*tok);
+  Mat<T> logits = m.forward(ids, cache, opt);
+  for (int64_t step = 0; step < a.max_new_tokens; ++step) {
+    const int32_t next = sampler.sample(logits.data(), V);
+    gen.push_back(next);
+    if (next == m.config().eos_token_id) break;
+    if (stream) {
+      std::cout << stream->push(next) << std::flush;
+    }
+    if (step + 1 < a.max_new_tokens) logits = m.forward({next}, cache, opt);
+  }
+  if (stream) std::cout << stream->flush() << std::endl;
+  if (a.json) {
+    nlohmann::json j = {{"prompt_ids", ids}, {"generated_ids", gen}};
+    if (tok) j["text"] = tok->decode(gen, true);
+    std::cout << j.dump() << std::endl;
+  } else if (!tok) {
+    for (std::size_t i = 0; i < gen.size(); ++i) std::cout << (i ? "," : "") << gen[i];
+    std::cout << std::endl;
+  }
+}
+
+// ---------------------------------------------------------------------------
+template <class T>
+void run_chat(const GenerateArgs& a) {
+  Model<T> m(a.model);
+  Tokenizer tok = load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
+  const std::string tmpl = a.template_file.empty() ? tok.chat_template() : read_text_file(a.template_file);
+  Sampler sampler(a.sampling);
+  ForwardOptions opt;
+  opt.attn = parse_attn(a.attn);
+  opt.all_logits = false;
+  nlohmann::json msgs = nlohmann::json::array();
+  if (!a.system.empty()) msgs.push_back({{"role", "system"}, {"content", a.system}});
+  std::string line;
+  std::cerr << "dsv3 chat: type a message, an empty line or Ctrl-D ends\n";
+  while (std::cout << "> " << std::flush, std::getline(std::cin, line) && !line.empty()) {
+    msgs.push_back({{"role", "user"}, {"content", line}});
+    // Re-run the whole rendered chat: simple, and exact by construction.
+    const auto ids = tok.encode(render_chat(tmpl, msgs, true, chat_extra(tok)), false);
+    auto cache = m.new_cache();
+    Mat<T> logits = m.forward(ids, cache, opt);
+    StreamDecoder stream(tok);
+    std::vector<int32_t> gen;
+    for (int64_t step = 0; step < a.max_new_tokens; ++step) {
+      const int32_t next = sampler.sample(logits.data(), m.config().vocab_size);
+      if (next == m.config().eos_token_id) break;
+      gen.push_back(next);
+      std::cout << stream.push(next) << std::flush;
+      if (cache.length + 1 > m.config().max_position_embeddings) break;
+      logits = m.forward({next}, cache, opt);
+    }
+    std::cout << stream.flush() << std::endl;
+    msgs.push_back({{"role", "assistant"}, {"content", tok.decode(gen, true)}});
+  }
+}
+
+// ---------------------------------------------------------------------------
+void run_inspect(const std::string& dir) {
+  const Config c = Config::from_file(dir + "/config.json");
+  Checkpoint ck(dir);
+  std::printf("%-64s %-8s %-16s %14s  %s\n", "tensor", "dtype", "shape", "bytes", "status");
+  uint64_t total = 0, active = 0, bytes = 0, missing = 0;
+  std::set<std::string> expected;
+  auto row = [&](const std::string& name, const std::vector<int64_t>& want) {
+    expected.insert(name);
+    int64_t numel = 1;
+    for (auto d : want) numel *= d;
+    if (!ck.has(name)) {
+      std::printf("%-64s %-8s %-16s %14s  MISSING\n", name.c_str(), "-", shape_str(want).c_str(), "-");
+      ++missing;
+      return numel;
+    }
+    const TensorView& t = ck.get(name);
+    const bool ok = t.shape == want;
+    std::printf("%-64s %-8s %-16s %14zu  %s\n", name.c_str(), dtype_name(t.dtype), shape_str(t.shape).c_str(),
+                t.nbytes(), ok ? "ok" : ("WRONG SHAPE, expected " + shape_str(want)).c_str());
+    bytes += t.nbytes();
+    if (!ok) ++missing;
+    return numel;
+  };
+  for (const TensorSpec& s : expected_tensors(c)) {
+    const bool lin = s.kind == TensorSpec::Linear;
+    const int64_t n = row(lin ? s.name + ".weight" : s.name, s.shape);
+    if (lin && ck.has(s.name + ".weight") && ck.get(s.name + ".weight").dtype == DType::F8_E4M3)
+      row(s.name + ".weight_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128});
+    total += uint64_t(n);
+    if (s.expert < 0 || s.expert < c.num_experts_per_tok) active += uint64_t(n);  // k experts' worth
+  }
+  uint64_t extra = 0;
+  for (const auto& name : ck.names())
+    if (!expected.count(name)) {
+      const TensorView& t = ck.get(name);
+      const bool mtp = name.rfind("model.layers." + std::to_string(c.num_hidden_layers) + ".", 0) == 0;
+      std::printf("%-64s %-8s %-16s %14zu  extra%s\n", name.c_str(), dtype_name(t.dtype),
+                  shape_str(t.shape).c_str(), t.nbytes(), mtp ? " (MTP layer, not used yet)" : "");
+      bytes += t.nbytes();
+      ++extra;
+    }
+  std::printf("\nfiles: %zu   tensor bytes: %llu   missing/wrong: %llu   extra: %llu\n", ck.num_files(),
+              (unsigned long long)bytes, (unsigned long long)missing, (unsigned long long)extra);
+  std::printf("parameters: total %llu (%.3fB), active per token %llu (%.3fB)\n", (unsigned long long)total,
+              double(total) / 1e9, (unsigned long long)active, double(active) / 1e9);
+  if (missing) fail(dir, ": ", missing, " tensor(s) missing or with the wrong shape (see the table)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dsv3: a reference implementation of DeepSeek-V3 (official inference/model.py semantics).\n"
+               "Machine outputs: float32 little-endian .npy (logits) and JSON."};
+  app.require_subcommand(1);
+
+  ForwardArgs fa;
+  auto* fwd = app.add_subcommand("forward", "Logits for a token sequence, written as float32 .npy.\n"
+                                 "prefill: [L, vocab], one row per position. decode: ids[:P] in one call, then one "
+                                 "token per call; [L-P+1, vocab], row 0 = last position of the first call.");
+  fwd->add_option("--model", fa.model, "Model directory (HF layout)")->required();
+  fwd->add_option("--ids", fa.ids, "Comma-separated token ids, e.g. 0,17,42")->required();
+  fwd->add_option("--out", fa.out, "Output .npy file")->required();
+  fwd->add_option("--mode", fa.mode, "prefill | decode")->capture_default_str();
+  fwd->add_option("--prefill-len", fa.prefill_len, "Decode mode: tokens in the first call")->capture_default_str();
+  fwd->add_option("--attn", fa.attn, "absorb (official default) | naive")->capture_default_str();
+  fwd->add_option("--precision", fa.precision, "Compute scalar: f32 | f64")->capture_default_str();
+  fwd->add_option("--chunk", fa.chunk, "Prefill mode: run the prompt in chunks of N tokens (0 = one call)");
+
+  GenerateArgs ga;
+  auto add_gen_opts = [&](CLI::App* s) {
+    s->add_option("--model", ga.model, "Model directory (HF layout)")->required();
+    s->add_option("--tokenizer", ga.tokenizer, "Tokenizer directory (default: the model directory)");
+    s->add_option("--template", ga.template_file, "Chat template file (default: tokenizer_config.json's)");
+    s->add_option("--system", ga.system, "System prompt (with --chat / chat)");
+    s->add_option("--max-new-tokens", ga.max_new_tokens, "Tokens to generate at most")->capture_default_str();
+    s->add_option("--temperature", ga.sampling.temperature, "0 = greedy")->capture_default_str();
+    s->add_option("--top-p", ga.sampling.top_p, "Nucleus sampling mass")->capture_default_str();
+    s->add_option("--top-k", ga.sampling.top_k, "Keep the k most likely tokens (0 = all)")->capture_default_str();
+    s->add_option("--seed", ga.sampling.seed, "Sampling seed (reproducible across runs)")->capture_default_str();
+    s->add_option("--precision", ga.precision, "Compute scalar: f32 | f64")->capture_default_str();
+    s->add_option("--attn", ga.attn, "absorb | naive")->capture_default_str();
+  };
+  auto* gen = app.add_subcommand("generate", "Generate tokens from --ids or a text --prompt; stops at EOS.\n"
+                                 "With --json prints {\"prompt_ids\": [...], \"generated_ids\": [...]}.");
+  add_gen_opts(gen);
+  gen->add_option("--ids", ga.ids, "Prompt token ids");
+  gen->add_option("--prompt", ga.prompt, "Prompt text (needs a tokenizer)");
+  gen->add_flag("--chat", ga.chat, "Wrap --prompt in the chat template with a generation prompt");
+  gen->add_flag("--json", ga.json, "Print one JSON object instead of streaming text");
+  auto* chat = app.add_subcommand("chat", "Interactive chat with the model (chat template, streaming).");
+  add_gen_opts(chat);
+
+  std::string mm_out, mm_preset = "tiny", mm_dtype = "f32";
+  int64_t mm_layers = 0;
+  uint64_t mm_seed = 0;
+  double mm_bias = 0.5, mm_shard_gb = 2.0;
+  std::string mm_tokenizer;
+  auto* mk = app.add_subcommand("make-model", "Write a synthetic checkpoint in the exact HF layout "
+                                "(config.json, safetensors, shards + index when large), deterministic from --seed.\n"
+                                "Presets: tiny (tests), demo (tiny, real 129280 vocab), mid (benchmarks), "
+                                "full-dims (DeepSeek-V3's real dimensions; pick --layers).");
+  mk->add_option("--out", mm_out, "Output directory")->required();
+  mk->add_option("--preset", mm_preset, "tiny | demo | mid | full-dims")->capture_default_str();
+  mk->add_option("--dtype", mm_dtype, "f32 | bf16 | fp8 (e4m3fn, 128x128 block scales)")->capture_default_str();
+  mk->add_option("--seed", mm_seed, "Seed")->capture_default_str();
+  mk->add_option("--layers", mm_layers, "Override num_hidden_layers");
+  mk->add_option("--bias-mean", mm_bias, "Mean of e_score_correction_bias")->capture_default_str();
+  mk->add_option("--shard-gb", mm_shard_gb, "Shard size in GB")->capture_default_str();
+  mk->add_option("--tokenizer", mm_tokenizer, "Copy tokenizer.json / tokenizer_config.json from this directory");
+
+  std::string insp_model;
+  auto* insp = app.add_subcommand("inspect", "Tensor table (name, dtype, shape, bytes, present/missing against "
+                                  "the config) and total/active parameter counts.");
+  insp->add_option("--model", insp_model, "Model directory")->required();
+
+  add_text_commands(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (*fwd) {
+      if (fa.precision == "f32") run_forward<float>(fa);
+      else if (fa.precision == "f64") run_forward<double>(fa);
+      else fail("--precision: '", fa.precision, "' is not f32 or f64");
+    } else if (*gen || *chat) {
+      auto run = *gen ? (ga.precision == "f64" ? run_generate<double> : run_generate<float>)
+                      : (ga.precision == "f64" ? run_chat<double> : run_chat<float>);
+      if (ga.precision != "f32" && ga.precision != "f64") fail("--precision: '", ga.precision, "' is not f32 or f64");
+      run(ga);
+    } else if (*mk) {
+      ModelSpec spec;
+      spec.config = preset_config(mm_preset);
+      if (mm_layers > 0) spec.config["num_hidden_layers"] = mm_layers;
+      spec.dtype = mm_dtype;
+      spec.seed = mm_seed;
+      spec.bias_mean = mm_bias;
+      spec.shard_bytes = uint64_t(mm_shard_gb * double(uint64_t(1) << 30));
+      const uint64_t bytes = make_model(mm_out, spec);
+      if (!mm_tokenizer.empty())
+        for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+          if (Checkpoint::file_exists(mm_tokenizer + "/" + f))
+            std::filesystem::copy_file(mm_tokenizer + "/" + f, mm_out + "/" + f,
+                                       std::filesystem::copy_options::overwrite_existing);
+      std::fprintf(stderr, "wrote %s: preset %s, %s, %.3f GB of tensors\n", mm_out.c_str(), mm_preset.c_str(),
+                   mm_dtype.c_str(), double(bytes) / 1e9);
+    } else if (*insp) {
+      run_inspect(insp_model);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
