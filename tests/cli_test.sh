@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# CLI end-to-end checks: make-model -> inspect -> forward in every mode, and
+# malformed inputs -> one-line error naming the culprit + non-zero exit code.
+# Usage: cli_test.sh path/to/dsv3 repo_root
+set -u
+DSV3=$1
+ROOT=$2
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# expect_error NEEDLE CMD... : exit code 1, exactly one stderr line, "dsv3: error:" + NEEDLE
+expect_error() {
+  local needle=$1; shift
+  "$@" >"$T/out" 2>"$T/err"
+  local rc=$?
+  local lines; lines=$(wc -l <"$T/err")
+  if [ "$rc" -ne 1 ]; then bad "exit $rc (want 1): $*"; cat "$T/err"; return; fi
+  if [ "$lines" -ne 1 ]; then bad "$lines stderr lines (want 1): $*"; cat "$T/err"; return; fi
+  if ! grep -q "^dsv3: error: " "$T/err"; then bad "no 'dsv3: error:' prefix: $(cat "$T/err")"; return; fi
+  if ! grep -qF -- "$needle" "$T/err"; then bad "message lacks '$needle': $(cat "$T/err")"; return; fi
+  ok
+}
+
+# npy_shape FILE -> the shape tuple in its header
+npy_shape() { head -c 128 "$1" | tr -d '\0' | grep -ao "'shape': ([0-9, ]*)" ; }
+
+# -- a tiny model in each dtype; forward in each mode -------------------------
+for dt in f32 bf16 fp8; do
+  M=$T/tiny-$dt
+  "$DSV3" make-model --out "$M" --preset tiny --dtype $dt --seed 3 2>/dev/null || bad "make-model $dt"
+  "$DSV3" inspect --model "$M" >"$T/insp" || bad "inspect $dt"
+  grep -q "missing/wrong: 0" "$T/insp" && ok || bad "inspect $dt reports missing tensors"
+  IDS=0,5,17,42,99,511,3,8,13,21,34,55,89,144,233,377,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24
+  "$DSV3" forward --model "$M" --ids $IDS --out "$T/p.npy" && ok || bad "forward prefill $dt"
+  [ "$(npy_shape "$T/p.npy")" = "'shape': (40, 512)" ] && ok || bad "prefill shape $(npy_shape "$T/p.npy")"
+  "$DSV3" forward --model "$M" --ids $IDS --out "$T/d.npy" --mode decode --prefill-len 10 --attn naive && ok || bad "forward decode $dt"
+  [ "$(npy_shape "$T/d.npy")" = "'shape': (31, 512)" ] && ok || bad "decode shape $(npy_shape "$T/d.npy")"
+  "$DSV3" forward --model "$M" --ids $IDS --out "$T/c.npy" --chunk 7 --precision f64 && ok || bad "forward chunked $dt"
+done
+"$DSV3" generate --model "$T/tiny-f32" --ids 0,5,17 --max-new-tokens 5 --json >"$T/g.json" && ok || bad generate
+grep -q '"generated_ids":\[' "$T/g.json" && ok || bad "generate --json output: $(cat "$T/g.json")"
+"$DSV3" generate --model "$T/tiny-f32" --ids 0,5,17 --max-new-tokens 5 --json --temperature 0.8 --top-p 0.9 --seed 7 >"$T/s1.json"
+"$DSV3" generate --model "$T/tiny-f32" --ids 0,5,17 --max-new-tokens 5 --json --temperature 0.8 --top-p 0.9 --seed 7 >"$T/s2.json"
+cmp -s "$T/s1.json" "$T/s2.json" && ok || bad "sampling with a seed is not reproducible"
+"$DSV3" make-model --out "$T/sharded" --preset tiny --dtype fp8 --shard-gb 0.0005 2>/dev/null
+[ -f "$T/sharded/model.safetensors.index.json" ] && ok || bad "make-model did not shard"
+"$DSV3" forward --model "$T/sharded" --ids 0,1,2 --out "$T/sh.npy" && ok || bad "forward on shards"
+
+# -- malformed inputs ---------------------------------------------------------
+M=$T/tiny-f32
+ST=$M/model.safetensors
+surgery() {  # surgery SRC DST PY: rewrite a safetensors header with python (stdlib only)
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, struct, sys
+src, dst, code = sys.argv[1:]
+b = open(src, 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n]); data = b[8 + n:]
+exec(code)
+hs = json.dumps(h).encode()
+open(dst, 'wb').write(struct.pack('<Q', len(hs)) + hs + data)
+PY
+}
+mk() { rm -rf "$T/bad"; mkdir -p "$T/bad"; cp "$M/config.json" "$T/bad/"; }
+
+mk; head -c 4 "$ST" >"$T/bad/model.safetensors"
+expect_error "truncated" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; head -c 100000 "$ST" >"$T/bad/model.safetensors"
+expect_error "run past the end of the data" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; surgery "$ST" "$T/bad/model.safetensors" "h['model.norm.weight']['data_offsets'][1] += 10**9"
+expect_error "'model.norm.weight'" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; surgery "$ST" "$T/bad/model.safetensors" "del h['model.layers.1.mlp.experts.7.up_proj.weight']"
+expect_error "missing tensor 'model.layers.1.mlp.experts.7.up_proj.weight'" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; surgery "$ST" "$T/bad/model.safetensors" "h['model.layers.0.self_attn.q_a_proj.weight']['shape'] = [160, 96]"
+expect_error "'model.layers.0.self_attn.q_a_proj.weight' has shape [160, 96], expected [96, 160]" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; surgery "$ST" "$T/bad/model.safetensors" "h['model.norm.weight']['dtype'] = 'I32'"
+expect_error "'model.norm.weight' has dtype I32" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; cp "$ST" "$T/bad/"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['n_group']=3; json.dump(c, open(sys.argv[1],'w'))" "$T/bad/config.json"
+expect_error "'n_group' = 3 must divide n_routed_experts = 16" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; cp "$ST" "$T/bad/"; echo '{"vocab_size": ' >"$T/bad/config.json"
+expect_error "config.json: invalid JSON" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; cp "$ST" "$T/bad/"; rm "$T/bad/config.json"
+expect_error "config.json: cannot open" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+expect_error "token id 512 is outside the vocabulary [0, 512)" "$DSV3" forward --model "$M" --ids 0,512 --out "$T/x.npy"
+expect_error "token id -1 is outside" "$DSV3" forward --model "$M" --ids 0,-1 --out "$T/x.npy"
+expect_error "'x' is not an integer token id" "$DSV3" forward --model "$M" --ids 0,x --out "$T/x.npy"
+LONG=$(python3 -c "print(','.join(['5']*1281))")
+expect_error "exceeds max_position_embeddings = 1280" "$DSV3" forward --model "$M" --ids "$LONG" --out "$T/x.npy"
+expect_error "unknown preset 'huge'" "$DSV3" make-model --out "$T/y" --preset huge
+[ ! -e "$T/x.npy" ] && ok || bad "a failed forward left an output file behind"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
