@@ -27,7 +27,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
@@ -55,6 +58,7 @@ struct Value {
   std::string s;  // Str: the string; Undefined: why it is undefined; Func: name
   std::shared_ptr<List> list;
   std::shared_ptr<Dict> dict;  // Dict and Ns
+  bool tuple = false;          // List created by a tuple literal (prints as (a, b))
 
   static Value undefined(std::string why) { Value v; v.s = std::move(why); return v; }
   static Value none() { Value v; v.k = K::None; return v; }
@@ -207,9 +211,10 @@ inline std::string py_str(const Value& v) {
     case Value::K::Float: return float_repr(v.f);
     case Value::K::Str: return v.s;
     case Value::K::List: {
-      std::string o = "[";
+      std::string o = v.tuple ? "(" : "[";
       for (size_t i = 0; i < v.list->size(); ++i) o += (i ? ", " : "") + py_repr((*v.list)[i]);
-      return o + "]";
+      if (v.tuple && v.list->size() == 1) o += ",";
+      return o + (v.tuple ? ")" : "]");
     }
     case Value::K::Dict: case Value::K::Ns: {
       std::string o = v.k == Value::K::Ns ? "<Namespace {" : "{";
@@ -722,6 +727,10 @@ class ExprParser {
         next();
         const Tok& nm = next();
         if (nm.t != Tok::Name) fail(nm.p, "expected a filter name after '|'");
+        static const char* known[] = {"length", "count", "default", "d", "safe", "string", "tojson", "trim", "upper",
+                                      "lower", "int", "float", "first", "last", "list", "join", "items", "replace", "abs"};
+        if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return nm.s == k; }) == std::end(known))
+          fail(nm.p, "unsupported filter '" + nm.s + "'");
         auto f = mk(Node::Filter, nm.p);
         f->s = nm.s;
         f->x = n;
@@ -733,6 +742,11 @@ class ExprParser {
         if (is_name("not")) { next(); te->neg = true; }
         const Tok& nm = next();
         if (nm.t != Tok::Name) fail(nm.p, "expected a test name after 'is'");
+        static const char* known[] = {"defined", "undefined", "none", "boolean", "true", "false", "string", "number",
+                                      "integer", "float", "mapping", "sequence", "iterable", "callable", "eq", "equalto",
+                                      "ne", "even", "odd", "divisibleby"};
+        if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return nm.s == k; }) == std::end(known))
+          fail(nm.p, "unsupported test '" + nm.s + "'");
         te->s = nm.s;
         te->x = n;
         if (is_op("(")) call_args(te);
@@ -1334,7 +1348,9 @@ class Interp {
       case Node::ListLit: case Node::TupleLit: {
         List l;
         for (const auto& e : n->a) l.push_back(eval(e));
-        return Value::make_list(std::move(l));
+        Value r = Value::make_list(std::move(l));
+        r.tuple = n->t == Node::TupleLit;
+        return r;
       }
       case Node::DictLit: {
         Value d = Value::make_dict();

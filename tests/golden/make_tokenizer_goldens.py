@@ -17,6 +17,9 @@ Writes, under tests/golden/tokenizer/:
   heldout.jsonl  a second corpus (seed 98765) built the same way
   chats.jsonl    rendered chats for both templates
                  {"template","messages","add_generation_prompt","rendered"}
+  jinja_cases.jsonl  small templates exercising the Jinja features dsv3
+                 implements, rendered by HF's jinja environment
+                 {"template","vars","rendered"}
 Everything is deterministic (seeded RNG, no time/locale input).
 
 UNICODE_NOTE: dsv3 runs the pre-tokenizer regexes with the system Oniguruma
@@ -249,6 +252,44 @@ def write_chats(path):
     print(f"wrote {path}: {n} chats")
 
 
+JINJA_CASES = [
+    # (template, variables)
+    ("a\n  {% if true %}\n    x\n  {% endif %}\nb", {}),
+    ("  {%- if true -%}  y  {%- endif -%}  ", {}),
+    ("{% for i in xs %}\n  {{ i }}\n{% endfor %}\n", {"xs": [1, 2, 3]}),
+    ("{%+ if true %} kept{% endif +%}\nnext", {}),
+    ("  {{ 'var' }}  {# comment #}\n  tail", {}),
+    ("line1\r\nline2\r\n{% if true %}\r\nz{% endif %}\n\n", {}),
+    ("{{ 'a\\nb\\t\\x41\\u00e9' }}|{{ \"q'\" }}", {}),
+    ("{{ 1 + 2 * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % -3 }} {{ 2 ** 10 }} {{ 7 / 2 }} {{ 1.0 }} {{ 1e20 }} {{ 0.1 + 0.2 }} {{ 1e-5 }}", {}),
+    ("{{ none }} {{ true }} {{ [1, 'a', none, 2.5] }} {{ {'k': 'v'} }} {{ undefined_var }}|", {}),
+    ("{% for x in xs %}{{ loop.index }}/{{ loop.index0 }}/{{ loop.length }}/{{ loop.first }}/{{ loop.last }}/{{ loop.revindex }};{% endfor %}", {"xs": ["a", "b", "c"]}),
+    ("{% for x in xs if x > 1 %}{{ x }}{% else %}empty{% endfor %}|{% for x in [] %}{% else %}none{% endfor %}", {"xs": [1, 2, 3]}),
+    ("{% for x in xs %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}{% endif %}{{ x }}{% endfor %}", {"xs": [1, 2, 3, 4, 5]}),
+    ("{% set ns = namespace(n=0, s='') %}{% for x in xs %}{% set ns.n = ns.n + x %}{% set ns.s = ns.s ~ x %}{% endfor %}{{ ns.n }} {{ ns.s }}", {"xs": [1, 2, 3]}),
+    ("{% set a = 1 %}{% for x in xs %}{% set a = x %}{% endfor %}{{ a }}", {"xs": [5, 6]}),
+    ("{{ m['role'] }} {{ m.content }} {{ m.missing is defined }} {{ m['content'] is none }} {{ m.x is not none }}", {"m": {"role": "user", "content": None}}),
+    ("{{ xs[0] }} {{ xs[-1] }} {{ xs[1:] }} {{ xs[::-1] }} {{ 'héllo'[1:3] }} {{ xs | length }} {{ 'abc' | length }}", {"xs": [1, 2, 3]}),
+    ("{{ 'a' in 'cat' }} {{ 2 in xs }} {{ 'k' in d }} {{ 5 not in xs }} {{ 1 < 2 < 3 }} {{ 'b' > 'a' }} {{ 1 == 1.0 }}", {"xs": [1, 2], "d": {"k": 1}}),
+    ("{{ x | tojson }} {{ x | tojson(indent=2) }} {{ 'é\"' | tojson }}", {"x": {"a": [1, 2.5, None, True], "b": "\u00e9"}}),
+    ("{{ ' pad ' | trim }}|{{ 'AbC' | upper }}|{{ 'AbC' | lower }}|{{ xs | join(', ') }}|{{ xs | first }}|{{ xs | last }}|{{ u | default('dflt') }}", {"xs": [1, 2, 3]}),
+    ("{{ '  s  '.strip() }}|{{ 'a,b'.split(',') }}|{{ 'abc'.startswith('ab') }}|{{ d.get('k') }}|{{ d.get('z', 'no') }}|{% for k, v in d.items() %}{{ k }}={{ v }}{% endfor %}", {"d": {"k": 1}}),
+    ("{{ 'yes' if x else 'no' }} {{ x and 'a' or 'b' }} {{ not x }} {{ (1, 2) }}", {"x": 0}),
+    ("{% if x is string %}s{% elif x is number %}n{% else %}o{% endif %}{{ 3 is odd }}{{ 4 is even }}{{ x is integer }}", {"x": 3}),
+    ("{% generation %}gen{% endgeneration %}", {}),
+]
+
+
+def write_jinja_cases(path):
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for tmpl, variables in JINJA_CASES:
+            r = _compile_jinja_template(tmpl).render(**variables)
+            f.write(json.dumps({"template": tmpl, "vars": variables, "rendered": r}, ensure_ascii=False) + "\n")
+    print(f"wrote {path}: {len(JINJA_CASES)} jinja cases")
+
+
 def main():
     if unicodedata.unidata_version != "14.0.0":
         sys.exit(f"need Python with Unicode 14.0.0 data (Python 3.11), have {unicodedata.unidata_version}")
@@ -258,6 +299,7 @@ def main():
     write_corpus(os.path.join(OUTDIR, "corpus.jsonl"), make_corpus(1234, 700), tk, hf)
     write_corpus(os.path.join(OUTDIR, "heldout.jsonl"), make_corpus(98765, 400), tk, hf)
     write_chats(os.path.join(OUTDIR, "chats.jsonl"))
+    write_jinja_cases(os.path.join(OUTDIR, "jinja_cases.jsonl"))
 
 
 if __name__ == "__main__":
