@@ -158,6 +158,18 @@ TEST_CASE("tokenizer: error cases") {
               R"({"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"a"},"behavior":"Removed","invert":false}]})"));
         }).find("Split behavior 'Removed' is not supported") != std::string::npos);
   CHECK(error_of([&] { dsv3::Tokenizer::from_json_text("{not json"); }).find("not valid JSON") != std::string::npos);
+  const std::string bl = R"({"type":"ByteLevel","add_prefix_space":false,"use_regex":false})";
+  auto with_model = [&](const std::string& model) {
+    return std::string(R"({"pre_tokenizer":)") + bl + R"(,"decoder":{"type":"ByteLevel"},"model":)" + model + "}";
+  };
+  CHECK(error_of([&] { dsv3::Tokenizer::from_json_text(with_model(R"({"type":"BPE","vocab":[],"merges":[]})")); })
+            .find("model.vocab: expected an object") != std::string::npos);
+  CHECK(error_of([&] { dsv3::Tokenizer::from_json_text(with_model(R"({"type":"BPE","vocab":{"a":"x"},"merges":[]})")); })
+            .find("model.vocab['a']: expected a non-negative integer id") != std::string::npos);
+  CHECK(error_of([&] { dsv3::Tokenizer::from_json_text(with_model(R"({"type":"BPE","vocab":{},"merges":[]})")); })
+            .find("byte-level symbol for byte 0 is missing") != std::string::npos);
+  CHECK(error_of([&] { dsv3::Tokenizer::from_json_text(with_model(R"({"type":"Unigram","vocab":[]})")); })
+            .find("type 'Unigram' is not supported") != std::string::npos);
 }
 
 TEST_CASE("tokenizer: Unicode version difference vs HF is documented") {
