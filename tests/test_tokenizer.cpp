@@ -111,6 +111,26 @@ TEST_CASE("tokenizer: basic facts of the DeepSeek-V3 tokenizer") {
 TEST_CASE("tokenizer: corpus goldens (exact)") { check_corpus("corpus.jsonl", 1000); }
 TEST_CASE("tokenizer: held-out goldens (exact)") { check_corpus("heldout.jsonl", 500); }
 
+TEST_CASE("tokenizer: added-token lstrip/rstrip/single_word match HF (modified copy)") {
+  auto recs = read_jsonl(kGolden + "added_token_flags.jsonl");
+  REQUIRE(recs.size() > 1);
+  auto j = nlohmann::json::parse(dsv3::tok_detail::read_file(kTokDir + "/tokenizer.json"));
+  const auto& edits = recs[0]["edits"];
+  for (auto& a : j["added_tokens"]) {
+    std::string id = std::to_string(a["id"].get<int>());
+    if (edits.contains(id))
+      for (auto it = edits[id].begin(); it != edits[id].end(); ++it) a[it.key()] = it.value();
+  }
+  auto t = dsv3::Tokenizer::from_json_text(j.dump());
+  size_t ok = 0;
+  for (size_t i = 1; i < recs.size(); ++i) {
+    auto ids = t.encode(recs[i]["text"].get<std::string>());
+    if (ids == recs[i]["ids"].get<std::vector<int32_t>>()) ++ok;
+    else FAIL_CHECK("flags mismatch for " << recs[i]["text"].dump() << ": got " << nlohmann::json(ids).dump());
+  }
+  CHECK(ok == recs.size() - 1);
+}
+
 TEST_CASE("tokenizer: streaming decode holds back split UTF-8 characters") {
   const auto& t = tok();
   // '😀' is 4 bytes; ids that each carry part of it must not emit a partial char.

@@ -20,6 +20,8 @@ Writes, under tests/golden/tokenizer/:
   jinja_cases.jsonl  small templates exercising the Jinja features dsv3
                  implements, rendered by HF's jinja environment
                  {"template","vars","rendered"}
+  added_token_flags.jsonl  first line {"edits": {id: {flag: value}}}, then
+                 {"text","ids"} encoded with those lstrip/rstrip/single_word edits
 Everything is deterministic (seeded RNG, no time/locale input).
 
 UNICODE_NOTE: dsv3 runs the pre-tokenizer regexes with the system Oniguruma
@@ -290,6 +292,29 @@ def write_jinja_cases(path):
     print(f"wrote {path}: {len(JINJA_CASES)} jinja cases")
 
 
+# Added-token flags are all false in this tokenizer.json except `normalized`;
+# to pin HF's lstrip / rstrip / single_word handling, some flags are switched on
+# in a modified copy (the C++ test applies the same FLAG_EDITS).
+FLAG_EDITS = {128803: {"lstrip": True, "rstrip": True}, 128804: {"single_word": True}, 128805: {"lstrip": True}}
+FLAG_TEXTS = ["a  <｜User｜>  b", "x<｜User｜>y", "\u3000\t<｜User｜>\n\nz", "<｜User｜><｜User｜>", "  <｜User｜>",
+              "word<｜Assistant｜>", "word <｜Assistant｜> x", "<｜Assistant｜>", "é<｜Assistant｜>", "_<｜Assistant｜>",
+              "1<｜Assistant｜>", " <｜Assistant｜>!", "ab  <|EOT|>  cd", "<|EOT|> <|EOT|>", "中<｜Assistant｜>",
+              "<｜User｜>  <|EOT|>"]
+
+
+def write_flags(path):
+    with open(os.path.join(TOKDIR, "tokenizer.json"), encoding="utf-8") as f:
+        d = json.load(f)
+    for a in d["added_tokens"]:
+        a.update(FLAG_EDITS.get(a["id"], {}))
+    tk = Tokenizer.from_str(json.dumps(d))
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps({"edits": {str(k): v for k, v in FLAG_EDITS.items()}}) + "\n")
+        for t in FLAG_TEXTS:
+            f.write(json.dumps({"text": t, "ids": tk.encode(t, add_special_tokens=False).ids}, ensure_ascii=False) + "\n")
+    print(f"wrote {path}: {len(FLAG_TEXTS)} texts")
+
+
 def main():
     if unicodedata.unidata_version != "14.0.0":
         sys.exit(f"need Python with Unicode 14.0.0 data (Python 3.11), have {unicodedata.unidata_version}")
@@ -300,6 +325,7 @@ def main():
     write_corpus(os.path.join(OUTDIR, "heldout.jsonl"), make_corpus(98765, 400), tk, hf)
     write_chats(os.path.join(OUTDIR, "chats.jsonl"))
     write_jinja_cases(os.path.join(OUTDIR, "jinja_cases.jsonl"))
+    write_flags(os.path.join(OUTDIR, "added_token_flags.jsonl"))
 
 
 if __name__ == "__main__":
