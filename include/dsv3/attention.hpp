@@ -45,7 +45,7 @@ struct LatentCache {
 template <class T>
 inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<T>& x,
                           LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope,
-                          AttnForm form, const Trace& trace, int64_t layer) {
+                          AttnForm form, const Trace& trace, int64_t layer, const Variants& v = {}) {
   const int64_t n = rows(x), H = c.num_attention_heads;
   const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dq = c.qk_head_dim();
   const int64_t dv = c.v_head_dim, r = c.kv_lora_rank;
@@ -53,13 +53,13 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   // -- queries: [n, H, nope | rope]
   Mat<T> q;
   if (w.q_a_proj) {
-    Mat<T> q_a = linear(x, *w.q_a_proj);                           // [n, q_lora]
+    Mat<T> q_a = linear(x, *w.q_a_proj, v);                           // [n, q_lora]
     trace.emit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
-    Mat<T> c_q = rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps);  // [n, q_lora]
+    Mat<T> c_q = rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
     trace.emit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
-    q = linear(c_q, *w.q_b_proj);                                  // [n, H*dq]
+    q = linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
   } else {
-    q = linear(x, *w.q_proj);
+    q = linear(x, *w.q_proj, v);
   }
   if (trace.enabled()) {
     std::vector<T> nope(static_cast<std::size_t>(n * H * dn)), pe(static_cast<std::size_t>(n * H * dr));
@@ -72,6 +72,7 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   }
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < H; ++h) rope_apply(&q(i, h * dq + dn), dr, rope[std::size_t(i)], c.rope_interleave);
+  round_act(v, q);
   if (trace.enabled()) {
     std::vector<T> pe(static_cast<std::size_t>(n * H * dr));
     for (int64_t i = 0; i < n * H; ++i) std::copy_n(q.data() + i * dq + dn, dr, pe.data() + i * dr);
@@ -79,15 +80,16 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   }
 
   // -- latent kv for the new tokens, appended to the cache
-  Mat<T> kv = linear(x, w.kv_a_proj_with_mqa);                      // [n, r + dr]
+  Mat<T> kv = linear(x, w.kv_a_proj_with_mqa, v);                      // [n, r + dr]
   Mat<T> c_kv_raw = empty<T>(n, r);
   for (int64_t i = 0; i < n; ++i) std::copy_n(&kv(i, 0), r, &c_kv_raw(i, 0));
-  Mat<T> c_kv = rms_norm(c_kv_raw, w.kv_a_layernorm, c.rms_norm_eps);
+  Mat<T> c_kv = rms_norm(c_kv_raw, w.kv_a_layernorm, c.rms_norm_eps, v);
   trace.emit("c_kv", layer, start_pos, n, r, c_kv.data());
   Mat<T> k_pe = empty<T>(n, dr);
   for (int64_t i = 0; i < n; ++i) std::copy_n(&kv(i, r), dr, &k_pe(i, 0));
   trace.emit("k_pe", layer, start_pos, n, dr, k_pe.data());
   for (int64_t i = 0; i < n; ++i) rope_apply(&k_pe(i, 0), dr, rope[std::size_t(i)], c.rope_interleave);
+  round_act(v, k_pe);
   trace.emit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
   cache.c_kv.insert(cache.c_kv.end(), c_kv.begin(), c_kv.end());
   cache.k_pe.insert(cache.k_pe.end(), k_pe.begin(), k_pe.end());
@@ -100,11 +102,13 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   std::vector<T> wkv_b(static_cast<std::size_t>(H * (dn + dv) * r));
   w.kv_b_proj.decode_rows(0, H * (dn + dv), wkv_b.data());
 
-  const T scale = T(c.softmax_scale());
+  const T scale = T(c.softmax_scale(v.yarn_enabled(c.rope_scaling.original_max_position_embeddings)));
+  const bool bf16 = v.bf16_activations;  // OFF: bf16 einsums, probabilities .type_as(x)
+  auto rnd = [&](T* p, int64_t count) { round_bf16_if(bf16, p, p + count); };
   Mat<T> o = empty<T>(n, H * dv);                                   // [n, H*dv]
   std::vector<T> scores(static_cast<std::size_t>(n * t));
   std::vector<T> qh(static_cast<std::size_t>(n * std::max(r, dq)));
-  std::vector<T> tmp(std::size_t(std::max(n * r, t * std::max(dn, dv))));
+  std::vector<T> tmp(static_cast<std::size_t>(std::max(n * r, t * std::max(dn, dv))));
   for (int64_t h = 0; h < H; ++h) {
     const T* W_UK = wkv_b.data() + h * (dn + dv) * r;               // [dn, r]
     const T* W_UV = W_UK + dn * r;                                  // [dv, r]
@@ -113,12 +117,14 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
     if (form == AttnForm::absorb) {
       // q_lat[n, r] = q_nope[n, dn] @ W_UK[dn, r]
       gemm(false, false, n, r, dn, T(1), q_nope, H * dq, W_UK, r, T(0), qh.data(), r);
+      rnd(qh.data(), n * r);
       // scores[n, t] = q_lat @ C^T + q_pe @ KP^T
       gemm(false, true, n, t, r, T(1), qh.data(), r, C, r, T(0), scores.data(), t);
       gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
     } else {
       // k_nope[t, dn] = C @ W_UK^T; scores = q_nope @ k_nope^T + q_pe @ KP^T
       gemm(false, true, t, dn, r, T(1), C, r, W_UK, r, T(0), tmp.data(), dn);
+      rnd(tmp.data(), t * dn);
       gemm(false, true, n, t, dn, T(1), q_nope, H * dq, tmp.data(), dn, T(0), scores.data(), t);
       gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
     }
@@ -127,20 +133,24 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
       T* s = scores.data() + i * t;
       for (int64_t j = 0; j < t; ++j) s[j] *= scale;
       softmax_masked(s, t, start_pos + i + 1);
+      rnd(s, t);
     }
     T* oh = o.data() + h * dv;                                      // rows stride H*dv
     if (form == AttnForm::absorb) {
       // o_lat[n, r] = P[n, t] @ C[t, r];  o_h[n, dv] = o_lat @ W_UV^T
       gemm(false, false, n, r, t, T(1), scores.data(), t, C, r, T(0), tmp.data(), r);
+      rnd(tmp.data(), n * r);
       gemm(false, true, n, dv, r, T(1), tmp.data(), r, W_UV, r, T(0), oh, H * dv);
     } else {
       // v[t, dv] = C @ W_UV^T;  o_h = P @ v
       gemm(false, true, t, dv, r, T(1), C, r, W_UV, r, T(0), tmp.data(), dv);
+      rnd(tmp.data(), t * dv);
       gemm(false, false, n, dv, t, T(1), scores.data(), t, tmp.data(), dv, T(0), oh, H * dv);
     }
   }
+  round_act(v, o);
   trace.emit("attn_out", layer, start_pos, n, H * dv, o.data());
-  Mat<T> out = linear(o, w.o_proj);                                 // [n, D]
+  Mat<T> out = linear(o, w.o_proj, v);                                 // [n, D]
   trace.emit("attn_o_proj", layer, start_pos, n, cols(out), out.data());
   return out;
 }

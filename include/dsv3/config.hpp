@@ -80,9 +80,9 @@ struct Config {
 
   // Softmax scale: qk_head_dim^-1/2, times mscale^2 with mscale from
   // mscale_all_dim when YaRN is on (model-semantics §6; Megatron-LM#1429).
-  double softmax_scale() const {
+  double softmax_scale(bool yarn_on = true) const {
     double s = 1.0 / std::sqrt(double(qk_head_dim()));
-    if (rope_scaling.type == "yarn" && rope_scaling.mscale_all_dim != 0.0 &&
+    if (yarn_on && rope_scaling.type == "yarn" && rope_scaling.mscale_all_dim != 0.0 &&
         rope_scaling.factor > 1.0) {
       const double m = 0.1 * rope_scaling.mscale_all_dim * std::log(rope_scaling.factor) + 1.0;
       s *= m * m;

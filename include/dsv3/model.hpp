@@ -24,6 +24,7 @@
 #include "rope.hpp"
 #include "safetensors.hpp"
 #include "trace.hpp"
+#include "variants.hpp"
 #include "weights.hpp"
 
 namespace dsv3 {
@@ -49,11 +50,15 @@ template <class T>
 class Model {
  public:
   // Opens a HF-layout directory: config.json + model.safetensors (or shards).
-  explicit Model(const std::string& dir)
+  // `variants` selects other engines' choices (variants.hpp); default official.
+  explicit Model(const std::string& dir, const Variants& variants = {})
       : config_(Config::from_file(dir + "/config.json")),
         ckpt_(std::make_unique<Checkpoint>(dir)),
         w_(ModelWeights::bind(*ckpt_, config_)),
-        inv_freq_(rope_inv_freq(config_)) {}
+        v_(variants),
+        inv_freq_(rope_inv_freq(config_, v_.yarn_enabled(config_.rope_scaling.original_max_position_embeddings))) {}
+
+  const Variants& variants() const { return v_; }
 
   const Config& config() const { return config_; }
   const ModelWeights& weights() const { return w_; }
@@ -82,6 +87,7 @@ class Model {
     // embedding: a plain row lookup, no scaling
     Mat<T> h = empty<T>(n, D);
     for (int64_t i = 0; i < n; ++i) gather_row(w_.embed_tokens, ids[std::size_t(i)], &h(i, 0));
+    round_act(v_, h);
     trace.emit("embed", -1, start, n, D, h.data());
 
     std::vector<RopeRow> rope;
@@ -89,15 +95,17 @@ class Model {
 
     for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
       const LayerWeights& lw = w_.layers[std::size_t(L)];
-      Mat<T> a_in = rms_norm(h, lw.input_layernorm, c.rms_norm_eps);
+      Mat<T> a_in = rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
       trace.emit("attn_norm", L, start, n, D, a_in.data());
-      h += mla_forward(c, lw.self_attn, a_in, cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L);
+      h += mla_forward(c, lw.self_attn, a_in, cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L, v_);
+      round_act(v_, h);
       trace.emit("resid_attn", L, start, n, D, h.data());
-      Mat<T> f_in = rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps);
+      Mat<T> f_in = rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
       trace.emit("ffn_norm", L, start, n, D, f_in.data());
-      Mat<T> f = lw.moe ? moe_forward(c, *lw.moe, f_in, trace, L, start) : mlp_forward(*lw.mlp, f_in);
+      Mat<T> f = lw.moe ? moe_forward(c, *lw.moe, f_in, trace, L, start, v_) : mlp_forward(*lw.mlp, f_in, v_);
       trace.emit("ffn_out", L, start, n, D, f.data());
       h += f;
+      round_act(v_, h);
       trace.emit("resid_ffn", L, start, n, D, h.data());
     }
     cache.length = start + n;
@@ -107,11 +115,11 @@ class Model {
       last = empty<T>(1, D);
       std::copy_n(&h(n - 1, 0), D, last.data());
     }
-    Mat<T> hn = rms_norm(last, w_.norm, c.rms_norm_eps);
+    Mat<T> hn = rms_norm(last, w_.norm, c.rms_norm_eps, v_);
     trace.emit("final_norm", -1, opt.all_logits ? start : start + n - 1, rows(hn), D, hn.data());
     Linear head;
     head.weight = w_.lm_head;
-    Mat<T> logits = linear(hn, head);
+    Mat<T> logits = linear(hn, head, v_);
     trace.emit("logits", -1, opt.all_logits ? start : start + n - 1, rows(logits), cols(logits),
                logits.data());
     return logits;
@@ -121,6 +129,7 @@ class Model {
   Config config_;
   std::unique_ptr<Checkpoint> ckpt_;
   ModelWeights w_;
+  Variants v_;
   std::vector<float> inv_freq_;
 };
 

@@ -26,11 +26,16 @@ namespace dsv3 {
 
 // SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts.
 template <class T>
-inline Mat<T> mlp_forward(const MLPWeights& w, const Mat<T>& x) {
-  Mat<T> g = linear(x, w.gate_proj);  // [n, I]
-  Mat<T> u = linear(x, w.up_proj);    // [n, I]
-  for (std::size_t i = 0; i < g.size(); ++i) g.data()[i] = silu(g.data()[i]) * u.data()[i];
-  return linear(g, w.down_proj);      // [n, D]
+inline Mat<T> mlp_forward(const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
+  Mat<T> g = linear(x, w.gate_proj, v);  // [n, I]
+  Mat<T> u = linear(x, w.up_proj, v);    // [n, I]
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    T a = silu(g.data()[i]);
+    if (v.bf16_activations) a = T(round_bf16(float(a)));
+    g.data()[i] = a * u.data()[i];
+  }
+  round_act(v, g);
+  return linear(g, w.down_proj, v);      // [n, D]
 }
 
 struct Routing {
@@ -53,14 +58,20 @@ inline std::vector<int64_t> topk_indices(const T* v, int64_t len, int64_t k) {
 
 template <class T>
 inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
-                     int64_t layer, int64_t start_pos) {
+                     int64_t layer, int64_t start_pos, const Variants& v = {}) {
   const int64_t n = rows(x), E = c.n_routed_experts, G = c.n_group, per = c.experts_per_group();
-  const int64_t k = c.num_experts_per_tok;
+  const int64_t k = v.experts_per_tok > 0 ? v.experts_per_tok : c.num_experts_per_tok;
+  if (k > c.topk_group * per)
+    fail("experts_per_tok = ", k, " exceeds the ", c.topk_group * per, " experts of the kept groups");
+  const bool bf16 = v.router_precision == "bf16";  // OFF Gate: bf16 linear, sigmoid, weights
+  const T fill = v.group_mask_fill == "0" ? T(0) : T(-INFINITY);
+  auto rb = [&](T a) { return bf16 ? T(round_bf16(float(a))) : a; };
   Linear gate;
   gate.weight = gw.weight;
   Mat<T> logits = linear(x, gate);  // [n, E]
+  if (bf16) round_bf16_if(true, logits.begin(), logits.end());
   trace.emit("router_logits", layer, start_pos, n, E, logits.data());
-  std::vector<T> bias(std::size_t(E), T(0));
+  std::vector<T> bias(static_cast<std::size_t>(E), T(0));
   if (gw.e_score_correction_bias) bias = decode_vector<T>(*gw.e_score_correction_bias);
   Routing r;
   r.k = k;
@@ -71,7 +82,7 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
   std::vector<int32_t> all_groups;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t e = 0; e < E; ++e) {
-      s[e] = sigmoid(logits(i, e));
+      s[e] = rb(sigmoid(logits(i, e)));
       b[e] = s[e] + bias[e];
     }
     for (int64_t g = 0; g < G; ++g) {  // group score: sum of the top-2 biased scores
@@ -81,19 +92,20 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
       gs[g] = sum;
     }
     auto groups = topk_indices(gs.data(), G, c.topk_group);
-    std::vector<T> masked(std::size_t(E), -INFINITY);
+    std::vector<T> masked(std::size_t(E), fill);
     for (int64_t g : groups)
       for (int64_t e = g * per; e < (g + 1) * per; ++e) masked[e] = b[e];
     auto ids = topk_indices(masked.data(), E, k);
     std::sort(ids.begin(), ids.end());
     double denom = 0;
     for (int64_t e : ids) denom += double(s[e]);
+    denom = double(rb(T(denom)));
     for (int64_t j = 0; j < k; ++j) {
       const int64_t e = ids[std::size_t(j)];
       T wgt = s[e];
-      if (c.norm_topk_prob) wgt = T(double(wgt) / denom);
+      if (c.norm_topk_prob) wgt = rb(T(double(wgt) / denom));
       r.ids[std::size_t(i * k + j)] = int32_t(e);
-      r.weights[std::size_t(i * k + j)] = double(wgt * T(c.routed_scaling_factor));
+      r.weights[std::size_t(i * k + j)] = double(rb(wgt * T(c.routed_scaling_factor)));
     }
     if (trace.enabled()) {
       all_s.insert(all_s.end(), s.begin(), s.end());
@@ -118,9 +130,9 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
 // the rows that chose it, and its weighted output is added to those rows.
 template <class T>
 inline Mat<T> moe_forward(const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
-                          int64_t layer, int64_t start_pos, Routing* routing_out = nullptr) {
+                          int64_t layer, int64_t start_pos, const Variants& v = {}) {
   const int64_t n = rows(x), D = cols(x);
-  Routing r = route(c, w.gate, x, trace, layer, start_pos);
+  Routing r = route(c, w.gate, x, trace, layer, start_pos, v);
   Mat<T> y = zeros<T>(n, D);
   for (int64_t e = 0; e < c.n_routed_experts; ++e) {
     std::vector<int64_t> tok;
@@ -134,17 +146,21 @@ inline Mat<T> moe_forward(const Config& c, const MoEWeights& w, const Mat<T>& x,
     if (tok.empty()) continue;
     Mat<T> xe = empty<T>(int64_t(tok.size()), D);
     for (std::size_t m = 0; m < tok.size(); ++m) std::copy_n(&x(tok[m], 0), D, &xe(m, 0));
-    Mat<T> ye = mlp_forward(w.experts[std::size_t(e)], xe);
+    Mat<T> ye = mlp_forward(w.experts[std::size_t(e)], xe, v);
     for (std::size_t m = 0; m < tok.size(); ++m)
-      for (int64_t d = 0; d < D; ++d) y(tok[m], d) += wt[m] * ye(m, d);
+      for (int64_t d = 0; d < D; ++d) {
+        T& dst = y(tok[m], d);
+        dst += v.bf16_activations ? T(round_bf16(float(wt[m] * ye(m, d)))) : wt[m] * ye(m, d);
+        if (v.bf16_activations) dst = T(round_bf16(float(dst)));  // OFF: bf16 running sum
+      }
   }
   trace.emit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
-    Mat<T> z = mlp_forward(*w.shared_experts, x);
+    Mat<T> z = mlp_forward(*w.shared_experts, x, v);
     trace.emit("shared_out", layer, start_pos, n, D, z.data());
     y += z;
+    round_act(v, y);
   }
-  if (routing_out) *routing_out = std::move(r);
   return y;
 }
 

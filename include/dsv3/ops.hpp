@@ -16,6 +16,7 @@
 
 #include <xtensor/xtensor.hpp>
 
+#include "variants.hpp"
 #include "weights.hpp"
 
 namespace dsv3 {
@@ -59,38 +60,91 @@ inline void matmul_wt(const T* x, int64_t n, int64_t K, const T* W, int64_t r, T
   gemm(false, true, n, r, K, T(1), x, K, W, K, T(0), y, ldy);
 }
 
+// Rounds a whole activation to bf16 when the bf16-activation knob is on.
+template <class T>
+inline void round_act(const Variants& v, Mat<T>& m) {
+  round_bf16_if(v.bf16_activations, m.begin(), m.end());
+}
+
+// OFF gemm_impl="fp8" (Variants::fp8_w8a8): activations quantised per row in
+// 1×128 blocks along K (amax clamped to 1e-4, s = amax/448, e4m3 RNE), each
+// K block's fp8×fp8 dot accumulated exactly and added to an fp32 accumulator
+// times both scales (kernel.py act_quant_kernel, fp8_gemm_kernel).
+template <class T>
+inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
+  const int64_t n = rows(x), K = W.in(), O = W.out(), bc = W.block_cols, nb = (K + bc - 1) / bc;
+  std::vector<float> xq(static_cast<std::size_t>(n * K)), sx(static_cast<std::size_t>(n * nb));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k0 = b * bc, k1 = std::min(K, k0 + bc);
+      float amax = 0;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(float(x(i, k))));
+      const float s = std::max(amax, 1e-4f) / 448.0f;
+      sx[std::size_t(i * nb + b)] = s;
+      for (int64_t k = k0; k < k1; ++k)
+        xq[std::size_t(i * K + k)] = fp8_e4m3_to_f32(f32_to_fp8_e4m3(float(x(i, k)) / s));
+    }
+  Mat<T> y = empty<T>(n, O);
+  std::vector<float> wq(static_cast<std::size_t>(K));
+  const int64_t sc = W.scale_inv->shape[1];
+  for (int64_t o = 0; o < O; ++o) {
+    decode_elements(W.weight.data + std::size_t(o * K), DType::F8_E4M3, K, wq.data());
+    for (int64_t i = 0; i < n; ++i) {
+      float acc = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        double part = 0;  // fp8 x fp8 products are exact in double
+        for (int64_t k = b * bc; k < std::min(K, (b + 1) * bc); ++k)
+          part += double(xq[std::size_t(i * K + k)]) * double(wq[std::size_t(k)]);
+        acc += float(part) * sx[std::size_t(i * nb + b)] * float(W.scale_inv->at((o / W.block_rows) * sc + b));
+      }
+      y(i, o) = T(acc);
+    }
+  }
+  return y;
+}
+
 // ---------------------------------------------------------------------------
 // linear: y[n, out] = x[n, in] @ W^T (nn.Linear without bias).
 // The stored weight is decoded to T a band of rows at a time (one FP8 row
 // block, or about 1 MB) and multiplied at once, so only that band ever exists
 // in T. F32 weights used at T = float are read in place.
 template <class T>
-inline Mat<T> linear(const Mat<T>& x, const Linear& W) {
+inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   const int64_t n = rows(x), K = W.in(), O = W.out();
   if (cols(x) != K) fail("linear '", W.weight.name, "': input has ", cols(x), " columns, expected ", K);
+  if (v.fp8_w8a8 && W.is_fp8()) {
+    Mat<T> y = linear_w8a8(x, W);
+    round_act(v, y);
+    return y;
+  }
   Mat<T> y = empty<T>(n, O);
+  bool done = false;
   if constexpr (std::is_same_v<T, float>) {
     if (W.weight.dtype == DType::F32 && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0) {
       matmul_wt(x.data(), n, K, reinterpret_cast<const float*>(W.weight.data), O, y.data(), O);
-      return y;
+      done = true;
     }
   }
-  int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(1, (int64_t(1) << 18) / K);
-  band = std::min(band, O);
-  std::vector<T> scratch(static_cast<std::size_t>(band * K));
-  for (int64_t r0 = 0; r0 < O; r0 += band) {
-    const int64_t r1 = std::min(O, r0 + band);
-    W.decode_rows(r0, r1, scratch.data());
-    matmul_wt(x.data(), n, K, scratch.data(), r1 - r0, y.data() + r0, O);
+  if (!done) {
+    int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(1, (int64_t(1) << 18) / K);
+    band = std::min(band, O);
+    std::vector<T> scratch(static_cast<std::size_t>(band * K));
+    for (int64_t r0 = 0; r0 < O; r0 += band) {
+      const int64_t r1 = std::min(O, r0 + band);
+      W.decode_rows(r0, r1, scratch.data());
+      matmul_wt(x.data(), n, K, scratch.data(), r1 - r0, y.data() + r0, O);
+    }
   }
+  round_act(v, y);
   return y;
 }
 
 // ---------------------------------------------------------------------------
 // RMSNorm: y = w ⊙ x / sqrt(mean(x²) + eps), one row at a time
-// (model-semantics §4). The mean is accumulated in double.
+// (model-semantics §4). The mean is accumulated in double. With bf16
+// activations the result is rounded once, or twice as HF does (Variants).
 template <class T>
-inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps) {
+inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps, const Variants& v = {}) {
   const int64_t n = rows(x), d = cols(x);
   if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
   const std::vector<T> w = decode_vector<T>(weight);
@@ -101,8 +155,13 @@ inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps) {
     for (int64_t j = 0; j < d; ++j) ss += double(xi[j]) * double(xi[j]);
     const T inv = T(1.0 / std::sqrt(ss / double(d) + eps));
     T* yi = &y(i, 0);
-    for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * inv);
+    if (v.bf16_activations && v.rmsnorm_rounding == "hf") {
+      for (int64_t j = 0; j < d; ++j) yi[j] = T(round_bf16(float(w[j] * T(round_bf16(float(xi[j] * inv))))));
+    } else {
+      for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * inv);
+    }
   }
+  round_act(v, y);
   return y;
 }
 

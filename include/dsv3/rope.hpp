@@ -31,14 +31,16 @@ inline double correction_dim(double num_rotations, int64_t dim, double base, dou
 // dimensions of beta_fast and beta_slow: f/s·(1−m) + f·m, m = 1 − ramp.
 // Always applied when rope_scaling is yarn (the HF/MLX rule; the official code
 // also gates it on max_seq_len > original_max_position_embeddings).
-inline std::vector<float> rope_inv_freq(const Config& c) {
+// `yarn_on` = false reproduces OFF's gate (Variants::yarn "official" with
+// max_seq_len <= original): plain RoPE frequencies.
+inline std::vector<float> rope_inv_freq(const Config& c, bool yarn_on = true) {
   const int64_t d = c.qk_rope_head_dim;
   std::vector<float> f(std::size_t(d / 2));
   for (int64_t i = 0; i < d / 2; ++i) {
     const float expo = float(2 * i) / float(d);
     f[std::size_t(i)] = 1.0f / std::pow(float(c.rope_theta), expo);
   }
-  if (c.rope_scaling.type != "yarn") return f;
+  if (c.rope_scaling.type != "yarn" || !yarn_on) return f;
   const auto& y = c.rope_scaling;
   const double L0 = double(y.original_max_position_embeddings);
   double low = std::floor(rope_detail::correction_dim(y.beta_fast, d, c.rope_theta, L0));

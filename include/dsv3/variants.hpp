@@ -1,0 +1,105 @@
+// dsv3/variants.hpp — named knobs that reproduce other engines' choices.
+//
+// The default of every knob is the official inference/model.py behaviour
+// (or, for precision, the exact math in the compute scalar). Each knob names
+// the engine whose behaviour it reproduces, so that `dsv3 compare` can turn a
+// mismatch into a cause. The divergences themselves are catalogued in
+// model-semantics §12 (D-numbers below).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "dtype.hpp"
+#include "error.hpp"
+
+namespace dsv3 {
+
+struct Variants {
+  // D7. Masked-group fill before the top-k: −inf (OFF since @1398800; HF
+  // since transformers#45441) or 0.0 (mlx-lm deepseek_v3.py `put_along_axis(..., 0.0)`,
+  // HF before #45441, vLLM before #13474). Differs when biased scores are negative.
+  std::string group_mask_fill = "-inf";       // "-inf" | "0"
+  // D6. Router precision: fp32 (HF, vLLM after #14027) or bf16 (OFF Gate:
+  // bf16 linear, bf16 sigmoid, bf16 combine weights; the fp32 bias still
+  // promotes the selection scores, OFF @4592be4).
+  std::string router_precision = "fp32";      // "fp32" | "bf16"
+  // OFF holds activations in bf16 (torch.set_default_dtype(torch.bfloat16)
+  // in generate.py): every linear/norm/RoPE output, the residual stream and
+  // the attention probabilities are rounded to bf16.
+  bool bf16_activations = false;
+  // D12. RMSNorm rounding with bf16 activations: "single" (fp32 normalise and
+  // weight multiply, one rounding; torch >= 2.5 F.rms_norm, MLX) or "hf"
+  // (fp32 normalise -> bf16 -> × weight in bf16; HF DeepseekV3RMSNorm, OFF on
+  // its pinned torch 2.4).
+  std::string rmsnorm_rounding = "single";    // "single" | "hf"
+  // D14. OFF gemm_impl="fp8": FP8 linears quantise activations in 1×128
+  // blocks (amax clamped to 1e-4, scale amax/448, e4m3 RNE) and accumulate
+  // each 128-wide K block's exact fp8×fp8 dot in fp32, scaled by both block
+  // scales (kernel.py act_quant_kernel / fp8_gemm_kernel). Default: W8A16
+  // (dequantised weights, OFF gemm_impl="bf16").
+  bool fp8_w8a8 = false;
+  // D3. YaRN "always" (HF, MLX) or "official": only when max_seq_len >
+  // original_max_position_embeddings (OFF precompute_freqs_cis and the
+  // softmax-scale mscale), with OFF's max_seq_len (default 16384).
+  std::string yarn = "always";                // "always" | "official"
+  int64_t max_seq_len = 16384;
+  // Number of routed experts per token; 0 = config (num_experts_per_tok).
+  // llama.cpp `--override-kv deepseek2.expert_used_count=int:6`
+  // (ggml-org/llama.cpp#11446), KTransformers' 6-expert mode.
+  int64_t experts_per_tok = 0;
+
+  bool yarn_enabled(int64_t original_max_position_embeddings) const {
+    return yarn == "always" || max_seq_len > original_max_position_embeddings;
+  }
+
+  static Variants from_json(const nlohmann::json& j, const std::string& where = "variants") {
+    Variants v;
+    if (!j.is_object()) fail(where, ": expected a JSON object");
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      const std::string& k = it.key();
+      const auto& x = it.value();
+      auto str = [&](std::string& dst, std::initializer_list<const char*> allowed) {
+        if (!x.is_string()) fail(where, ": '", k, "' must be a string");
+        dst = x.get<std::string>();
+        for (const char* a : allowed) if (dst == a) return;
+        std::string list;
+        for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
+        fail(where, ": '", k, "' = \"", dst, "\" is not one of ", list);
+      };
+      if (k == "group_mask_fill") str(v.group_mask_fill, {"-inf", "0"});
+      else if (k == "router_precision") str(v.router_precision, {"fp32", "bf16"});
+      else if (k == "rmsnorm_rounding") str(v.rmsnorm_rounding, {"single", "hf"});
+      else if (k == "yarn") str(v.yarn, {"always", "official"});
+      else if (k == "bf16_activations" || k == "fp8_w8a8") {
+        if (!x.is_boolean()) fail(where, ": '", k, "' must be true or false");
+        (k == "bf16_activations" ? v.bf16_activations : v.fp8_w8a8) = x.get<bool>();
+      } else if (k == "max_seq_len" || k == "experts_per_tok") {
+        if (!x.is_number_integer() || x.get<int64_t>() < 0) fail(where, ": '", k, "' must be a non-negative integer");
+        (k == "max_seq_len" ? v.max_seq_len : v.experts_per_tok) = x.get<int64_t>();
+      } else {
+        fail(where, ": unknown knob '", k, "' (known: group_mask_fill, router_precision, bf16_activations, "
+             "rmsnorm_rounding, fp8_w8a8, yarn, max_seq_len, experts_per_tok)");
+      }
+    }
+    return v;
+  }
+
+  nlohmann::json to_json() const {
+    return {{"group_mask_fill", group_mask_fill}, {"router_precision", router_precision},
+            {"bf16_activations", bf16_activations}, {"rmsnorm_rounding", rmsnorm_rounding},
+            {"fp8_w8a8", fp8_w8a8}, {"yarn", yarn}, {"max_seq_len", max_seq_len},
+            {"experts_per_tok", experts_per_tok}};
+  }
+};
+
+// Rounds every element to bf16 when `on` (OFF's bf16 activations).
+template <class It>
+inline void round_bf16_if(bool on, It begin, It end) {
+  if (!on) return;
+  for (It p = begin; p != end; ++p) *p = decltype(+*p)(round_bf16(float(*p)));
+}
+
+}  // namespace dsv3
