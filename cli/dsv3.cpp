@@ -23,11 +23,9 @@
 #include <dsv3/sampler.hpp>
 #include <dsv3/tokenizer.hpp>
 
-#if __has_include("cmd_text.hpp")
 #include <dsv3/chat_template.hpp>
+
 #include "cmd_text.hpp"
-#define DSV3_HAVE_CHAT 1
-#endif
 
 namespace {
 
@@ -114,21 +112,9 @@ std::string read_text_file(const std::string& path) {
 }
 
 nlohmann::json chat_extra(const Tokenizer& tok) {
-  return {{"bos_token", tok.id_to_token(tok.bos_id())}, {"eos_token", tok.id_to_token(tok.eos_id())}};
+  return {{"bos_token", tok.bos_token()}, {"eos_token", tok.eos_token()}};
 }
 
-#ifndef DSV3_HAVE_CHAT
-std::string render_chat(const std::string&, const nlohmann::json&, bool, const nlohmann::json&) {
-  fail("chat templates are not built in");
-}
-struct StreamDecoder {
-  const Tokenizer& t;
-  explicit StreamDecoder(const Tokenizer& tk) : t(tk) {}
-  std::string push(int32_t id) { return t.decode({id}); }
-  std::string flush() { return ""; }
-};
-void add_text_commands(CLI::App&) {}
-#endif
 
 // The prompt as ids: --ids as given, or --prompt through the tokenizer
 // (with --chat: rendered with the chat template and a generation prompt).
@@ -337,11 +323,7 @@ int main(int argc, char** argv) {
   add_text_commands(app);
 
   try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
+    app.parse(argc, argv);  // the text subcommands run in their callbacks
     if (*fwd) {
       if (fa.precision == "f32") run_forward<float>(fa);
       else if (fa.precision == "f64") run_forward<double>(fa);
@@ -370,6 +352,8 @@ int main(int argc, char** argv) {
     } else if (*insp) {
       run_inspect(insp_model);
     }
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dsv3: error: %s\n", e.what());
     return 1;
