@@ -22,9 +22,12 @@
 #include <dsv3/model.hpp>
 #include <dsv3/sampler.hpp>
 #include <dsv3/tokenizer.hpp>
+#include <dsv3/trace_file.hpp>
+#include <dsv3/variants.hpp>
 
 #include <dsv3/chat_template.hpp>
 
+#include "cmd_compare.hpp"
 #include "cmd_text.hpp"
 
 namespace {
@@ -59,14 +62,59 @@ AttnForm parse_attn(const std::string& s) {
 }
 
 // ---------------------------------------------------------------------------
+// Variant knobs on the command line: --variants FILE.json and one flag each.
+struct VariantArgs {
+  std::string file;
+  nlohmann::json flags = nlohmann::json::object();
+  std::string mask_fill, router, rmsnorm, yarn;
+  bool bf16 = false, w8a8 = false;
+  int64_t max_seq_len = -1, experts = -1;
+
+  void add(CLI::App* s) {
+    s->add_option("--variants", file, "JSON file of variant knobs (see docs/variants.md)");
+    s->add_option("--group-mask-fill", mask_fill, "-inf (official) | 0 (mlx-lm, HF before #45441)");
+    s->add_option("--router-precision", router, "fp32 (HF/vLLM) | bf16 (official Gate)");
+    s->add_flag("--bf16-activations", bf16, "Round activations to bf16 where the official code holds bf16");
+    s->add_option("--rmsnorm-rounding", rmsnorm, "single | hf (bf16 before the weight multiply)");
+    s->add_flag("--fp8-w8a8", w8a8, "Official gemm_impl=fp8: act_quant 1x128 + per-block fp32 accumulation");
+    s->add_option("--yarn", yarn, "always (HF/MLX) | official (only if max_seq_len > original)");
+    s->add_option("--max-seq-len", max_seq_len, "Official max_seq_len for --yarn official (default 16384)");
+    s->add_option("--experts-per-tok", experts, "Override num_experts_per_tok (llama.cpp expert_used_count)");
+  }
+  Variants get() const {
+    nlohmann::json j = nlohmann::json::object();
+    if (!file.empty()) {
+      std::ifstream f(file);
+      if (!f) fail(file, ": cannot open");
+      try {
+        f >> j;
+      } catch (const nlohmann::json::exception& e) {
+        fail(file, ": invalid JSON: ", e.what());
+      }
+    }
+    if (!mask_fill.empty()) j["group_mask_fill"] = mask_fill;
+    if (!router.empty()) j["router_precision"] = router;
+    if (bf16) j["bf16_activations"] = true;
+    if (!rmsnorm.empty()) j["rmsnorm_rounding"] = rmsnorm;
+    if (w8a8) j["fp8_w8a8"] = true;
+    if (!yarn.empty()) j["yarn"] = yarn;
+    if (max_seq_len >= 0) j["max_seq_len"] = max_seq_len;
+    if (experts >= 0) j["experts_per_tok"] = experts;
+    return Variants::from_json(j, file.empty() ? "variant flags" : file);
+  }
+};
+
+// ---------------------------------------------------------------------------
 struct ForwardArgs {
   std::string model, ids, out, mode = "prefill", attn = "absorb", precision = "f32";
   int64_t prefill_len = 1, chunk = 0;
+  VariantArgs variants;
+  std::string names;  // trace only: comma-separated globs
 };
 
 template <class T>
 void run_forward(const ForwardArgs& a) {
-  Model<T> m(a.model);
+  Model<T> m(a.model, a.variants.get());
   const auto ids = parse_ids(a.ids);
   ForwardOptions opt;
   opt.attn = parse_attn(a.attn);
@@ -99,6 +147,7 @@ struct GenerateArgs {
   int64_t max_new_tokens = 32;
   bool json = false, chat = false;
   SamplerOptions sampling;
+  VariantArgs variants;
 };
 
 Tokenizer load_tokenizer(const std::string& dir) { return Tokenizer::from_dir(dir); }
@@ -132,7 +181,7 @@ std::vector<int32_t> prompt_ids(const GenerateArgs& a, const Tokenizer* tok) {
 
 template <class T>
 void run_generate(const GenerateArgs& a) {
-  Model<T> m(a.model);
+  Model<T> m(a.model, a.variants.get());
   std::unique_ptr<Tokenizer> tok;
   if (a.ids.empty()) {
     if (a.prompt.empty()) fail("generate: give --ids or --prompt");
@@ -172,7 +221,7 @@ void run_generate(const GenerateArgs& a) {
 // ---------------------------------------------------------------------------
 template <class T>
 void run_chat(const GenerateArgs& a) {
-  Model<T> m(a.model);
+  Model<T> m(a.model, a.variants.get());
   Tokenizer tok = load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
   const std::string tmpl = a.template_file.empty() ? tok.chat_template() : read_text_file(a.template_file);
   Sampler sampler(a.sampling);
@@ -202,6 +251,51 @@ void run_chat(const GenerateArgs& a) {
     std::cout << stream.flush() << std::endl;
     msgs.push_back({{"role", "assistant"}, {"content", tok.decode(gen, true)}});
   }
+}
+
+// ---------------------------------------------------------------------------
+// fnmatch-style glob: '*' any run, '?' one character.
+bool glob_match(const char* p, const char* s) {
+  if (!*p) return !*s;
+  if (*p == '*') return glob_match(p + 1, s) || (*s && glob_match(p, s + 1));
+  return *s && (*p == '?' || *p == *s) && glob_match(p + 1, s + 1);
+}
+
+template <class T>
+void run_trace(const ForwardArgs& a) {
+  Model<T> m(a.model, a.variants.get());
+  const auto ids = parse_ids(a.ids);
+  std::vector<std::string> globs;
+  std::stringstream ss(a.names);
+  for (std::string g; std::getline(ss, g, ',');)
+    if (!g.empty()) globs.push_back(g);
+  TraceCollector col;
+  // --names matches the bare name ("q_pe*") or the key ("layers.3.*")
+  Trace trace(col.sink(), [&](const std::string& name) {
+    if (globs.empty()) return true;
+    for (const auto& g : globs)
+      if (glob_match(g.c_str(), name.c_str())) return true;
+    return false;
+  });
+  ForwardOptions opt;
+  opt.attn = parse_attn(a.attn);
+  auto cache = m.new_cache();
+  const int64_t L = int64_t(ids.size());
+  if (a.mode == "prefill") {
+    const int64_t chunk = a.chunk > 0 ? a.chunk : L;
+    for (int64_t s = 0; s < L; s += chunk)
+      m.forward(std::vector<int32_t>(ids.begin() + s, ids.begin() + std::min(L, s + chunk)), cache, opt, trace);
+  } else if (a.mode == "decode") {
+    if (a.prefill_len < 1 || a.prefill_len > L) fail("--prefill-len ", a.prefill_len, " must be in [1, ", L, "]");
+    m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + a.prefill_len), cache, opt, trace);
+    for (int64_t i = a.prefill_len; i < L; ++i) m.forward({ids[std::size_t(i)]}, cache, opt, trace);
+  } else {
+    fail("--mode: '", a.mode, "' is not prefill or decode");
+  }
+  nlohmann::json meta = {{"engine", "dsv3"}, {"model", a.model}, {"ids", ids}, {"precision", a.precision},
+                         {"attn", a.attn}, {"variants", m.variants().to_json()}};
+  col.write(a.out, meta);
+  std::fprintf(stderr, "wrote %s: %zu tensors\n", a.out.c_str(), col.entries().size());
 }
 
 // ---------------------------------------------------------------------------
@@ -272,6 +366,30 @@ int main(int argc, char** argv) {
   fwd->add_option("--attn", fa.attn, "absorb (official default) | naive")->capture_default_str();
   fwd->add_option("--precision", fa.precision, "Compute scalar: f32 | f64")->capture_default_str();
   fwd->add_option("--chunk", fa.chunk, "Prefill mode: run the prompt in chunks of N tokens (0 = one call)");
+  fa.variants.add(fwd);
+
+  ForwardArgs ta;
+  auto* trc = app.add_subcommand("trace", "Run the forward pass and write its named intermediate tensors to a "
+                                 "safetensors trace (manifest in __metadata__.dsv3_manifest; names: docs/trace-names.md).");
+  trc->add_option("--model", ta.model, "Model directory (HF layout)")->required();
+  trc->add_option("--ids", ta.ids, "Comma-separated token ids")->required();
+  trc->add_option("--out", ta.out, "Output trace .safetensors")->required();
+  trc->add_option("--names", ta.names, "Comma-separated globs of trace names to keep (default: all)");
+  trc->add_option("--mode", ta.mode, "prefill | decode")->capture_default_str();
+  trc->add_option("--prefill-len", ta.prefill_len, "Decode mode: tokens in the first call")->capture_default_str();
+  trc->add_option("--chunk", ta.chunk, "Prefill in chunks of N tokens");
+  trc->add_option("--attn", ta.attn, "absorb | naive")->capture_default_str();
+  trc->add_option("--precision", ta.precision, "f32 | f64")->capture_default_str();
+  ta.variants.add(trc);
+
+  std::string cmp_a, cmp_b, cmp_tol = "f32", cmp_report, cmp_json;
+  auto* cmp = app.add_subcommand("compare", "Compare two traces tensor by tensor (A = reference). Exit code 1 "
+                                 "past tolerance. Tolerance presets: exact, f32, bf16, fp8.");
+  cmp->add_option("A", cmp_a, "Reference trace (.safetensors)")->required();
+  cmp->add_option("B", cmp_b, "Trace under test")->required();
+  cmp->add_option("--tol", cmp_tol, "exact | f32 | bf16 | fp8")->capture_default_str();
+  cmp->add_option("--report", cmp_report, "Write an HTML report (inline SVG, no network assets)");
+  cmp->add_option("--json", cmp_json, "Write the per-tensor metrics as JSON");
 
   GenerateArgs ga;
   auto add_gen_opts = [&](CLI::App* s) {
@@ -286,6 +404,7 @@ int main(int argc, char** argv) {
     s->add_option("--seed", ga.sampling.seed, "Sampling seed (reproducible across runs)")->capture_default_str();
     s->add_option("--precision", ga.precision, "Compute scalar: f32 | f64")->capture_default_str();
     s->add_option("--attn", ga.attn, "absorb | naive")->capture_default_str();
+    ga.variants.add(s);
   };
   auto* gen = app.add_subcommand("generate", "Generate tokens from --ids or a text --prompt; stops at EOS.\n"
                                  "With --json prints {\"prompt_ids\": [...], \"generated_ids\": [...]}.");
@@ -328,6 +447,12 @@ int main(int argc, char** argv) {
       if (fa.precision == "f32") run_forward<float>(fa);
       else if (fa.precision == "f64") run_forward<double>(fa);
       else fail("--precision: '", fa.precision, "' is not f32 or f64");
+    } else if (*trc) {
+      if (ta.precision == "f32") run_trace<float>(ta);
+      else if (ta.precision == "f64") run_trace<double>(ta);
+      else fail("--precision: '", ta.precision, "' is not f32 or f64");
+    } else if (*cmp) {
+      return dsv3_cli::run_compare(cmp_a, cmp_b, cmp_tol, cmp_report, cmp_json);
     } else if (*gen || *chat) {
       auto run = *gen ? (ga.precision == "f64" ? run_generate<double> : run_generate<float>)
                       : (ga.precision == "f64" ? run_chat<double> : run_chat<float>);

@@ -79,6 +79,7 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
   r.weights.resize(std::size_t(n * k));
   std::vector<T> s(static_cast<std::size_t>(E)), b(static_cast<std::size_t>(E)), gs(static_cast<std::size_t>(G));
   std::vector<T> all_s, all_b, all_g;
+  std::vector<double> all_margin;
   std::vector<int32_t> all_groups;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t e = 0; e < E; ++e) {
@@ -95,7 +96,10 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
     std::vector<T> masked(std::size_t(E), fill);
     for (int64_t g : groups)
       for (int64_t e = g * per; e < (g + 1) * per; ++e) masked[e] = b[e];
-    auto ids = topk_indices(masked.data(), E, k);
+    auto ids = topk_indices(masked.data(), E, std::min(E, k + 1));
+    // near-tie margin: k-th minus (k+1)-th candidate (what a rounding can flip)
+    const double margin = int64_t(ids.size()) > k ? double(masked[ids[std::size_t(k - 1)]] - masked[ids[std::size_t(k)]]) : INFINITY;
+    ids.resize(std::size_t(k));
     std::sort(ids.begin(), ids.end());
     double denom = 0;
     for (int64_t e : ids) denom += double(s[e]);
@@ -111,6 +115,7 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
       all_s.insert(all_s.end(), s.begin(), s.end());
       all_b.insert(all_b.end(), b.begin(), b.end());
       all_g.insert(all_g.end(), gs.begin(), gs.end());
+      all_margin.push_back(margin);
       std::sort(groups.begin(), groups.end());
       for (int64_t g : groups) all_groups.push_back(int32_t(g));
     }
@@ -122,6 +127,7 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
     trace.emit("topk_groups", layer, start_pos, n, c.topk_group, all_groups.data());
     trace.emit("topk_ids", layer, start_pos, n, k, r.ids.data());
     trace.emit("topk_weights", layer, start_pos, n, k, r.weights.data());
+    trace.emit("topk_margin", layer, start_pos, n, 1, all_margin.data());
   }
   return r;
 }
