@@ -21,6 +21,7 @@
 #include <dsv3/make_model.hpp>
 #include <dsv3/model.hpp>
 #include <dsv3/sampler.hpp>
+#include <dsv3/speculative.hpp>
 #include <dsv3/tokenizer.hpp>
 #include <dsv3/trace_file.hpp>
 #include <dsv3/variants.hpp>
@@ -110,6 +111,8 @@ struct ForwardArgs {
   int64_t prefill_len = 1, chunk = 0;
   VariantArgs variants;
   std::string names;  // trace only: comma-separated globs
+  std::string mtp_out;
+  bool mtp_zero_pos0 = false;
 };
 
 template <class T>
@@ -122,11 +125,27 @@ void run_forward(const ForwardArgs& a) {
   auto cache = m.new_cache();
   std::vector<float> out;
   auto append = [&](const Mat<T>& lg) { out.insert(out.end(), lg.begin(), lg.end()); };
+  if (!a.mtp_out.empty() && a.mode != "prefill") fail("--mtp-out needs --mode prefill");
   if (a.mode == "prefill") {
     const int64_t chunk = a.chunk > 0 ? a.chunk : L;
+    ForwardOptionsT<T> popt;
+    popt.attn = opt.attn;
+    Mat<T> h_all = empty<T>(L, m.config().hidden_size), h;
+    if (!a.mtp_out.empty()) popt.hidden = &h;
     for (int64_t s = 0; s < L; s += chunk) {
       std::vector<int32_t> part(ids.begin() + s, ids.begin() + std::min(L, s + chunk));
-      append(m.forward(part, cache, opt));
+      append(m.forward(part, cache, popt));
+      if (popt.hidden) std::copy(h.begin(), h.end(), h_all.begin() + s * m.config().hidden_size);
+    }
+    if (!a.mtp_out.empty()) {
+      // MTP logits [L-1, V]: row i from h_i and ids[i+1] (predicts ids[i+2])
+      if (L < 2) fail("--mtp-out needs at least 2 ids");
+      MTPOptions mo;
+      mo.zero_pos0 = a.mtp_zero_pos0;
+      mo.attn = opt.attn;
+      auto mcache = m.new_mtp_cache();
+      Mat<T> ml = m.mtp_forward(row_slice(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
+      write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
     }
     write_npy_f32(a.out, out, std::size_t(L), std::size_t(V));
   } else if (a.mode == "decode") {
@@ -145,7 +164,8 @@ void run_forward(const ForwardArgs& a) {
 struct GenerateArgs {
   std::string model, ids, prompt, system, tokenizer, template_file, precision = "f32", attn = "absorb";
   int64_t max_new_tokens = 32;
-  bool json = false, chat = false;
+  bool json = false, chat = false, mtp_zero_pos0 = false;
+  std::string speculative;
   SamplerOptions sampling;
   VariantArgs variants;
 };
@@ -197,6 +217,33 @@ void run_generate(const GenerateArgs& a) {
   std::vector<int32_t> gen;
   std::unique_ptr<StreamDecoder> stream;
   if (tok && !a.json) stream = std::make_unique<StreamDecoder>(*tok);
+  if (!a.speculative.empty()) {
+    if (a.speculative != "mtp") fail("--speculative: '", a.speculative, "' is not mtp");
+    if (a.sampling.temperature != 0) fail("--speculative mtp is exact greedy decoding: use --temperature 0");
+    MTPOptions mo;
+    mo.zero_pos0 = a.mtp_zero_pos0;
+    const SpecResult r = generate_speculative_mtp(m, ids, a.max_new_tokens, mo, opt.attn, [&](int32_t t) {
+      if (stream && t != m.config().eos_token_id) std::cout << stream->push(t) << std::flush;
+    });
+    if (stream) std::cout << stream->flush() << std::endl;
+    if (a.json) {
+      nlohmann::json steps = nlohmann::json::array();
+      for (const auto& st : r.steps)
+        steps.push_back({{"position", st.position}, {"draft", st.draft}, {"accepted", st.accepted},
+                         {"main_token", st.main_token}, {"emitted", st.emitted}});
+      nlohmann::json j = {{"prompt_ids", ids}, {"generated_ids", r.generated}, {"mtp_drafted", r.drafted},
+                          {"mtp_accepted", r.accepted},
+                          {"mtp_acceptance_rate", r.drafted ? double(r.accepted) / double(r.drafted) : 0.0},
+                          {"mtp_steps", steps}};
+      if (tok) j["text"] = tok->decode(r.generated, true);
+      std::cout << j.dump() << std::endl;
+    } else if (!tok) {
+      for (std::size_t i = 0; i < r.generated.size(); ++i) std::cout << (i ? "," : "") << r.generated[i];
+      std::cout << std::endl;
+      std::fprintf(stderr, "mtp: %lld of %lld drafts accepted\n", (long long)r.accepted, (long long)r.drafted);
+    }
+    return;
+  }
   Mat<T> logits = m.forward(ids, cache, opt);
   for (int64_t step = 0; step < a.max_new_tokens; ++step) {
     const int32_t next = sampler.sample(logits.data(), V);
@@ -303,7 +350,7 @@ void run_inspect(const std::string& dir) {
   const Config c = Config::from_file(dir + "/config.json");
   Checkpoint ck(dir);
   std::printf("%-64s %-8s %-16s %14s  %s\n", "tensor", "dtype", "shape", "bytes", "status");
-  uint64_t total = 0, active = 0, bytes = 0, missing = 0;
+  uint64_t total = 0, active = 0, bytes = 0, missing = 0, mtp_params = 0;
   std::set<std::string> expected;
   auto row = [&](const std::string& name, const std::vector<int64_t>& want) {
     expected.insert(name);
@@ -322,13 +369,15 @@ void run_inspect(const std::string& dir) {
     if (!ok) ++missing;
     return numel;
   };
-  for (const TensorSpec& s : expected_tensors(c)) {
+  const bool has_mtp = c.num_nextn_predict_layers > 0 && ck.has(ModelWeights::mtp_marker(c));
+  for (const TensorSpec& s : expected_tensors(c, has_mtp)) {
     const bool lin = s.kind == TensorSpec::Linear;
     const int64_t n = row(lin ? s.name + ".weight" : s.name, s.shape);
     if (lin && ck.has(s.name + ".weight") && ck.get(s.name + ".weight").dtype == DType::F8_E4M3)
       row(s.name + ".weight_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128});
-    total += uint64_t(n);
-    if (s.expert < 0 || s.expert < c.num_experts_per_tok) active += uint64_t(n);  // k experts' worth
+    if (s.layer < c.num_hidden_layers) total += uint64_t(n);
+    if (s.layer >= c.num_hidden_layers) mtp_params += uint64_t(n);
+    else if (s.expert < 0 || s.expert < c.num_experts_per_tok) active += uint64_t(n);  // k experts' worth
   }
   uint64_t extra = 0;
   for (const auto& name : ck.names())
@@ -336,7 +385,8 @@ void run_inspect(const std::string& dir) {
       const TensorView& t = ck.get(name);
       const bool mtp = name.rfind("model.layers." + std::to_string(c.num_hidden_layers) + ".", 0) == 0;
       std::printf("%-64s %-8s %-16s %14zu  extra%s\n", name.c_str(), dtype_name(t.dtype),
-                  shape_str(t.shape).c_str(), t.nbytes(), mtp ? " (MTP layer, not used yet)" : "");
+                  shape_str(t.shape).c_str(), t.nbytes(),
+                  mtp ? " (MTP layer of an incomplete or unconfigured MTP module)" : "");
       bytes += t.nbytes();
       ++extra;
     }
@@ -344,6 +394,9 @@ void run_inspect(const std::string& dir) {
               (unsigned long long)bytes, (unsigned long long)missing, (unsigned long long)extra);
   std::printf("parameters: total %llu (%.3fB), active per token %llu (%.3fB)\n", (unsigned long long)total,
               double(total) / 1e9, (unsigned long long)active, double(active) / 1e9);
+  if (has_mtp)
+    std::printf("MTP module: %lld layer(s), %llu parameters (%.3fB, embedding and head copies included)\n",
+                (long long)c.num_nextn_predict_layers, (unsigned long long)mtp_params, double(mtp_params) / 1e9);
   if (missing) fail(dir, ": ", missing, " tensor(s) missing or with the wrong shape (see the table)");
 }
 
@@ -366,6 +419,8 @@ int main(int argc, char** argv) {
   fwd->add_option("--attn", fa.attn, "absorb (official default) | naive")->capture_default_str();
   fwd->add_option("--precision", fa.precision, "Compute scalar: f32 | f64")->capture_default_str();
   fwd->add_option("--chunk", fa.chunk, "Prefill mode: run the prompt in chunks of N tokens (0 = one call)");
+  fwd->add_option("--mtp-out", fa.mtp_out, "Also write the MTP module's logits [L-1, vocab]: row i from h_i and ids[i+1]");
+  fwd->add_flag("--mtp-zero-pos0", fa.mtp_zero_pos0, "MTP: zero the embedding at position 0 (vLLM's rule)");
   fa.variants.add(fwd);
 
   ForwardArgs ta;
@@ -413,6 +468,9 @@ int main(int argc, char** argv) {
   gen->add_option("--prompt", ga.prompt, "Prompt text (needs a tokenizer)");
   gen->add_flag("--chat", ga.chat, "Wrap --prompt in the chat template with a generation prompt");
   gen->add_flag("--json", ga.json, "Print one JSON object instead of streaming text");
+  gen->add_option("--speculative", ga.speculative, "mtp: draft one token per step with the MTP layer, verify with "
+                  "the main model (greedy; output identical to plain greedy; --json adds mtp_drafted/mtp_accepted)");
+  gen->add_flag("--mtp-zero-pos0", ga.mtp_zero_pos0, "MTP: zero the embedding at position 0 (vLLM's rule)");
   auto* chat = app.add_subcommand("chat", "Interactive chat with the model (chat template, streaming).");
   add_gen_opts(chat);
 
@@ -433,6 +491,8 @@ int main(int argc, char** argv) {
   mk->add_option("--bias-mean", mm_bias, "Mean of e_score_correction_bias")->capture_default_str();
   mk->add_option("--shard-gb", mm_shard_gb, "Shard size in GB")->capture_default_str();
   mk->add_option("--tokenizer", mm_tokenizer, "Copy tokenizer.json / tokenizer_config.json from this directory");
+  bool mm_mtp = false;
+  mk->add_flag("--mtp", mm_mtp, "Also write an MTP layer (model.layers.{num_hidden_layers}.*)");
 
   std::string insp_model;
   auto* insp = app.add_subcommand("inspect", "Tensor table (name, dtype, shape, bytes, present/missing against "
@@ -466,6 +526,7 @@ int main(int argc, char** argv) {
       spec.seed = mm_seed;
       spec.bias_mean = mm_bias;
       spec.shard_bytes = uint64_t(mm_shard_gb * double(uint64_t(1) << 30));
+      spec.mtp = mm_mtp;
       const uint64_t bytes = make_model(mm_out, spec);
       if (!mm_tokenizer.empty())
         for (const char* f : {"tokenizer.json", "tokenizer_config.json"})

@@ -49,6 +49,35 @@ cmp -s "$T/s1.json" "$T/s2.json" && ok || bad "sampling with a seed is not repro
 [ -f "$T/sharded/model.safetensors.index.json" ] && ok || bad "make-model did not shard"
 "$DSV3" forward --model "$T/sharded" --ids 0,1,2 --out "$T/sh.npy" && ok || bad "forward on shards"
 
+# -- MTP: make-model --mtp, forward --mtp-out, speculative generation ---------
+"$DSV3" make-model --out "$T/mtp" --preset tiny --dtype fp8 --mtp 2>/dev/null || bad "make-model --mtp"
+"$DSV3" inspect --model "$T/mtp" >"$T/insp" && grep -q "model.layers.3.eh_proj.weight .*BF16" "$T/insp" && ok || bad "inspect does not list the BF16 MTP eh_proj"
+grep -q "MTP module: 1 layer" "$T/insp" && ok || bad "inspect MTP summary"
+"$DSV3" forward --model "$T/mtp" --ids 0,5,17,42,99 --out "$T/m.npy" --mtp-out "$T/mtp.npy" && ok || bad "forward --mtp-out"
+[ "$(npy_shape "$T/mtp.npy")" = "'shape': (4, 512)" ] && ok || bad "mtp shape $(npy_shape "$T/mtp.npy")"
+"$DSV3" generate --model "$T/mtp" --ids 0,5,17 --max-new-tokens 9 --json >"$T/plain.json"
+"$DSV3" generate --model "$T/mtp" --ids 0,5,17 --max-new-tokens 9 --json --speculative mtp >"$T/spec.json"
+python3 -c "import json,sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2])); sys.exit(0 if a['generated_ids']==b['generated_ids'] and b['mtp_drafted']>0 and 'mtp_accepted' in b else 1)" "$T/plain.json" "$T/spec.json" \
+  && ok || bad "speculative != plain greedy: $(cat "$T/plain.json") $(cat "$T/spec.json")"
+expect_error "no MTP layer" "$DSV3" forward --model "$T/tiny-f32" --ids 0,1,2 --out "$T/x.npy" --mtp-out "$T/y.npy"
+expect_error "--speculative mtp is exact greedy decoding" "$DSV3" generate --model "$T/mtp" --ids 0,1 --speculative mtp --temperature 0.5
+
+# -- trace and compare ----------------------------------------------------------
+NB=$ROOT/tests/golden/model/neg-bias-f32
+IDS16=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['ids'][:16])))" "$NB/meta.json")
+"$DSV3" trace --model "$NB" --ids "$IDS16" --out "$T/ta.safetensors" 2>/dev/null && ok || bad "trace"
+"$DSV3" trace --model "$NB" --ids "$IDS16" --out "$T/tb.safetensors" --group-mask-fill 0 2>/dev/null
+"$DSV3" compare "$T/ta.safetensors" "$T/ta.safetensors" --tol exact >/dev/null && ok || bad "a trace differs from itself"
+"$DSV3" compare "$T/ta.safetensors" "$T/tb.safetensors" --report "$T/r.html" >"$T/cmp.txt"
+[ $? -eq 1 ] && ok || bad "compare of mismatched knobs exited 0"
+grep -q "first tensor past tolerance (forward order): layers.1.topk_ids" "$T/cmp.txt" && ok || bad "compare did not name the first divergent tensor: $(tail -5 "$T/cmp.txt")"
+grep -q "routing differs first at layer 1, token position 0: A experts \[5,9,10,11\]" "$T/cmp.txt" && ok || bad "routing diff: $(grep routing "$T/cmp.txt")"
+grep -q "<svg" "$T/r.html" && grep -q "Routing differs first" "$T/r.html" && ! grep -q "http://\|https://" <(grep -v "xmlns=" "$T/r.html") && ok || bad "HTML report"
+A16=$ROOT/tests/golden/model/a-f32
+IDSA=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['ids'][:16])))" "$A16/meta.json")
+"$DSV3" trace --model "$A16" --ids "$IDSA" --out "$T/dsv3-a.safetensors" 2>/dev/null
+"$DSV3" compare "$T/dsv3-a.safetensors" "$ROOT/tests/golden/trace/a-f32-hf.safetensors" --tol f32 >"$T/hf.txt" && ok || bad "dsv3 vs HF transformers trace fails at the f32 preset: $(tail -3 "$T/hf.txt")"
+
 # -- malformed inputs ---------------------------------------------------------
 M=$T/tiny-f32
 ST=$M/model.safetensors

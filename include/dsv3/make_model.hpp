@@ -35,6 +35,7 @@ struct ModelSpec {
   uint64_t seed = 0;
   double bias_mean = 0.5;       // e_score_correction_bias mean (negative: see the mask-fill knob)
   uint64_t shard_bytes = uint64_t(2) << 30;  // start a new shard past this size
+  bool mtp = false;             // also write the MTP layer(s) (num_nextn_predict_layers, default 1)
 };
 
 // Named presets. `tiny`: the test model (dims not multiples of 128 so FP8 has
@@ -164,7 +165,9 @@ inline const std::array<uint8_t, 65536>& fp8_normal_table() {
 inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   using make_detail::Rng;
   using make_detail::name_seed;
-  const Config c = Config::from_json(spec.config, "make-model config");
+  nlohmann::json cj = spec.config;
+  if (spec.mtp && cj.value("num_nextn_predict_layers", 0) == 0) cj["num_nextn_predict_layers"] = 1;
+  const Config c = Config::from_json(cj, "make-model config");
   if (spec.dtype != "f32" && spec.dtype != "bf16" && spec.dtype != "fp8")
     fail("make-model: --dtype '", spec.dtype, "' is not one of f32, bf16, fp8");
   const bool fp8 = spec.dtype == "fp8";
@@ -174,10 +177,12 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   std::vector<TensorToWrite> ts;
   const uint64_t seed = spec.seed;
   // A tensor of `shape` with values mean + std·N(0,1), stored as `dt`.
+  // `seed_name`: whose stream to use (a copy of another tensor when it differs).
   auto gaussian = [&](const std::string& name, std::vector<int64_t> shape, double mean, double std,
-                      DType dt) {
+                      DType dt, const std::string& seed_name = "") {
+    const std::string sn = seed_name.empty() ? name : seed_name;
     ts.push_back({name, dt, shape, [=](uint8_t* out) {
-      Rng rng(name_seed(seed, name));
+      Rng rng(name_seed(seed, sn));
       int64_t n = 1;
       for (int64_t d : shape) n *= d;
       for (int64_t i = 0; i < n; ++i) {
@@ -187,9 +192,9 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
       }
     }});
   };
-  auto linear = [&](const std::string& prefix, int64_t out, int64_t in) {
+  auto linear = [&](const std::string& prefix, int64_t out, int64_t in, bool keep_bf16) {
     const double sigma = 1.0 / std::sqrt(double(in));
-    if (!fp8) return gaussian(prefix + ".weight", {out, in}, 0.0, sigma, dense_dt);
+    if (!fp8 || keep_bf16) return gaussian(prefix + ".weight", {out, in}, 0.0, sigma, dense_dt);
     const int64_t br = 128, bc = 128, sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
     const std::string wn = prefix + ".weight", sn = prefix + ".weight_scale_inv";
     ts.push_back({wn, DType::F8_E4M3, {out, in}, [=](uint8_t* o) {
@@ -214,19 +219,19 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
     }});
   };
   const double inv_sqrt_d = 1.0 / std::sqrt(double(c.hidden_size));
-  for (const TensorSpec& t : expected_tensors(c)) {
+  for (const TensorSpec& t : expected_tensors(c, spec.mtp)) {
     switch (t.kind) {
-      case TensorSpec::Embed: gaussian(t.name, t.shape, 0.0, 1.0, dense_dt); break;
+      case TensorSpec::Embed: gaussian(t.name, t.shape, 0.0, 1.0, dense_dt, t.copy_of); break;
       case TensorSpec::Norm: gaussian(t.name, t.shape, 1.0, 0.1, dense_dt); break;
-      case TensorSpec::Linear: linear(t.name, t.shape[0], t.shape[1]); break;
+      case TensorSpec::Linear: linear(t.name, t.shape[0], t.shape[1], t.keep_bf16); break;
       case TensorSpec::Router: gaussian(t.name, t.shape, 0.0, inv_sqrt_d, dense_dt); break;
       case TensorSpec::RouterBias: gaussian(t.name, t.shape, spec.bias_mean, 0.1, DType::F32); break;
-      case TensorSpec::Head: gaussian(t.name, t.shape, 0.0, inv_sqrt_d, dense_dt); break;
+      case TensorSpec::Head: gaussian(t.name, t.shape, 0.0, inv_sqrt_d, dense_dt, t.copy_of); break;
     }
   }
 
   // config.json
-  nlohmann::json cfg = spec.config;
+  nlohmann::json cfg = cj;
   cfg["torch_dtype"] = spec.dtype == "f32" ? "float32" : "bfloat16";
   if (fp8)
     cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},

@@ -29,10 +29,13 @@
 
 namespace dsv3 {
 
-struct ForwardOptions {
+template <class T>
+struct ForwardOptionsT {
   AttnForm attn = AttnForm::absorb;
-  bool all_logits = true;  // false: only the last position's row (decode)
+  bool all_logits = true;     // false: only the last position's row (decode)
+  Mat<T>* hidden = nullptr;   // if set: the final-normed hidden state of every row (MTP input)
 };
+using ForwardOptions = ForwardOptionsT<float>;
 
 template <class T>
 struct KVCache {
@@ -44,6 +47,25 @@ struct KVCache {
     for (const auto& l : layers) b += (l.c_kv.size() + l.k_pe.size()) * sizeof(T);
     return b;
   }
+  // Forgets positions [len, length) (a rejected speculative draft).
+  void truncate(int64_t len) {
+    if (len < 0 || len > length) fail("KVCache::truncate(", len, "): cache holds ", length, " positions");
+    for (auto& l : layers) {
+      if (length == 0) continue;
+      l.c_kv.resize(l.c_kv.size() / std::size_t(length) * std::size_t(len));
+      l.k_pe.resize(l.k_pe.size() / std::size_t(length) * std::size_t(len));
+    }
+    length = len;
+  }
+};
+
+// Multi-token prediction options (model-semantics §10).
+struct MTPOptions {
+  // vLLM deepseek_mtp.py DeepSeekMultiTokenPredictorLayer.forward zeroes the
+  // embedding at position 0 ("masking inputs at position 0"); SGLang
+  // deepseek_nextn.py and the paper do not. Default: not zeroed.
+  bool zero_pos0 = false;
+  AttnForm attn = AttnForm::absorb;
 };
 
 template <class T>
@@ -72,8 +94,13 @@ class Model {
 
   // Runs ids at positions [cache.length, cache.length + n); returns logits
   // [n, V] (or [1, V] for the last position when !opt.all_logits).
-  Mat<T> forward(const std::vector<int32_t>& ids, KVCache<T>& cache, const ForwardOptions& opt = {},
+  template <class Opt = ForwardOptionsT<T>>
+  Mat<T> forward(const std::vector<int32_t>& ids, KVCache<T>& cache, const Opt& opt_in = {},
                  const Trace& trace = Trace()) const {
+    ForwardOptionsT<T> opt;
+    opt.attn = opt_in.attn;
+    opt.all_logits = opt_in.all_logits;
+    if constexpr (std::is_same_v<Opt, ForwardOptionsT<T>>) opt.hidden = opt_in.hidden;
     const Config& c = config_;
     const int64_t n = int64_t(ids.size()), D = c.hidden_size, start = cache.length;
     if (n == 0) fail("forward: no token ids given");
@@ -90,25 +117,11 @@ class Model {
     round_act(v_, h);
     trace.emit("embed", -1, start, n, D, h.data());
 
-    std::vector<RopeRow> rope;
-    for (int64_t i = 0; i < n; ++i) rope.push_back(rope_row(inv_freq_, start + i));
-
-    for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-      const LayerWeights& lw = w_.layers[std::size_t(L)];
-      Mat<T> a_in = rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
-      trace.emit("attn_norm", L, start, n, D, a_in.data());
-      h += mla_forward(c, lw.self_attn, a_in, cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L, v_);
-      round_act(v_, h);
-      trace.emit("resid_attn", L, start, n, D, h.data());
-      Mat<T> f_in = rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
-      trace.emit("ffn_norm", L, start, n, D, f_in.data());
-      Mat<T> f = lw.moe ? moe_forward(c, *lw.moe, f_in, trace, L, start, v_) : mlp_forward(*lw.mlp, f_in, v_);
-      trace.emit("ffn_out", L, start, n, D, f.data());
-      h += f;
-      round_act(v_, h);
-      trace.emit("resid_ffn", L, start, n, D, h.data());
-    }
+    const std::vector<RopeRow> rope = rope_rows(start, n);
+    for (int64_t L = 0; L < c.num_hidden_layers; ++L)
+      block_forward(w_.layers[std::size_t(L)], h, cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L);
     cache.length = start + n;
+    if (opt.hidden) *opt.hidden = rms_norm(h, w_.norm, c.rms_norm_eps, v_);
 
     Mat<T> last = h;
     if (!opt.all_logits) {
@@ -125,7 +138,85 @@ class Model {
     return logits;
   }
 
+  // -- multi-token prediction ------------------------------------------------
+  bool has_mtp() const { return !w_.mtp.empty(); }
+  KVCache<T> new_mtp_cache() const {
+    KVCache<T> c;
+    c.layers.resize(1);
+    return c;
+  }
+
+  // MTP logits for rows at positions [cache.length, cache.length + n):
+  // row i takes h (the main model's final-normed hidden state at that
+  // position) and the NEXT token, and predicts the token after that.
+  //   u = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)])   embedding first
+  //       (vLLM deepseek_mtp.py, SGLang deepseek_nextn.py; not the paper's order)
+  //   g = DecoderBlock(u) at RoPE position i, with the MTP's own latent cache
+  //   logits = shared_head.head(shared_head.norm(g))
+  Mat<T> mtp_forward(const Mat<T>& h, const std::vector<int32_t>& next_ids, KVCache<T>& cache,
+                     const MTPOptions& o = {}, const Trace& trace = Trace()) const {
+    const Config& c = config_;
+    if (w_.mtp.empty())
+      fail("MTP: the checkpoint has no MTP layer (missing '", ModelWeights::mtp_marker(c),
+           "'; config num_nextn_predict_layers = ", c.num_nextn_predict_layers, ")");
+    const MTPWeights& m = w_.mtp[0];
+    const int64_t n = rows(h), D = c.hidden_size, start = cache.length;
+    if (int64_t(next_ids.size()) != n) fail("MTP: ", n, " hidden rows but ", next_ids.size(), " next tokens");
+    if (start + n > c.max_position_embeddings)
+      fail("MTP: position ", start + n - 1, " exceeds max_position_embeddings = ", c.max_position_embeddings);
+    Mat<T> e = empty<T>(n, D);
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t id = next_ids[std::size_t(i)];
+      if (id < 0 || id >= c.vocab_size) fail("MTP: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
+      gather_row(m.embed_tokens, id, &e(i, 0));
+      if (o.zero_pos0 && start + i == 0) std::fill_n(&e(i, 0), D, T(0));
+    }
+    const Mat<T> en = rms_norm(e, m.enorm, c.rms_norm_eps, v_);
+    const Mat<T> hn = rms_norm(h, m.hnorm, c.rms_norm_eps, v_);
+    Mat<T> cat = empty<T>(n, 2 * D);  // [n, 2D] = [enorm(e) | hnorm(h)]
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(&en(i, 0), D, &cat(i, 0));
+      std::copy_n(&hn(i, 0), D, &cat(i, D));
+    }
+    Mat<T> u = linear(cat, m.eh_proj, v_);
+    const int64_t L = c.num_hidden_layers;  // trace layer index of the MTP block
+    trace.emit("mtp_eh_proj", L, start, n, D, u.data());
+    block_forward(m.block, u, cache.layers[0], start, rope_rows(start, n), o.attn, trace, L);
+    cache.length = start + n;
+    Linear head;
+    head.weight = m.shared_head_head;
+    Mat<T> logits = linear(rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), head, v_);
+    trace.emit("mtp_logits", L, start, n, cols(logits), logits.data());
+    return logits;
+  }
+
  private:
+  std::vector<RopeRow> rope_rows(int64_t start, int64_t n) const {
+    std::vector<RopeRow> r;
+    for (int64_t i = 0; i < n; ++i) r.push_back(rope_row(inv_freq_, start + i));
+    return r;
+  }
+
+  // One pre-norm decoder block, in place on the residual stream h [n, D]:
+  //   h = h + MLA(RMSNorm(h)),  h = h + FFN(RMSNorm(h))  (dense MLP or MoE)
+  void block_forward(const LayerWeights& lw, Mat<T>& h, LatentCache<T>& cache, int64_t start,
+                     const std::vector<RopeRow>& rope, AttnForm attn, const Trace& trace, int64_t L) const {
+    const Config& c = config_;
+    const int64_t n = rows(h), D = cols(h);
+    Mat<T> a_in = rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
+    trace.emit("attn_norm", L, start, n, D, a_in.data());
+    h += mla_forward(c, lw.self_attn, a_in, cache, start, rope, attn, trace, L, v_);
+    round_act(v_, h);
+    trace.emit("resid_attn", L, start, n, D, h.data());
+    Mat<T> f_in = rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
+    trace.emit("ffn_norm", L, start, n, D, f_in.data());
+    Mat<T> f = lw.moe ? moe_forward(c, *lw.moe, f_in, trace, L, start, v_) : mlp_forward(*lw.mlp, f_in, v_);
+    trace.emit("ffn_out", L, start, n, D, f.data());
+    h += f;
+    round_act(v_, h);
+    trace.emit("resid_ffn", L, start, n, D, h.data());
+  }
+
   Config config_;
   std::unique_ptr<Checkpoint> ckpt_;
   ModelWeights w_;

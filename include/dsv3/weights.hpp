@@ -117,13 +117,30 @@ struct LayerWeights {
   std::optional<MoEWeights> moe;              // MoE layers (HF prefix `mlp.` too)
 };
 
+// Multi-token prediction module (model-semantics §10), stored as layer
+// num_hidden_layers + j: its own copies of the embedding and head, two norms,
+// the [hidden, 2·hidden] projection, and a full MoE decoder block.
+struct MTPWeights {
+  TensorView embed_tokens;                    // [vocab, hidden] (copy of the main one)
+  TensorView enorm, hnorm;                    // [hidden]
+  Linear eh_proj;                             // [hidden, 2·hidden]; BF16 in the FP8 release
+  LayerWeights block;                         // MLA + MoE
+  TensorView shared_head_norm;                // [hidden]
+  TensorView shared_head_head;                // [vocab, hidden] (copy of lm_head)
+};
+
 struct ModelWeights {
   TensorView embed_tokens;                    // [vocab, hidden]
   std::vector<LayerWeights> layers;
   TensorView norm;                            // [hidden]
   TensorView lm_head;                         // [vocab, hidden]
+  std::vector<MTPWeights> mtp;                // empty unless the checkpoint has them
 
   static ModelWeights bind(const Checkpoint& ck, const Config& cfg);
+  // Name of the tensor that marks an MTP layer as present.
+  static std::string mtp_marker(const Config& c, int64_t j = 0) {
+    return "model.layers." + std::to_string(c.num_hidden_layers + j) + ".eh_proj.weight";
+  }
 };
 
 // ---------------------------------------------------------------------------
@@ -138,14 +155,20 @@ struct TensorSpec {
   Kind kind;
   int64_t layer = -1;   // -1: global
   int64_t expert = -1;  // routed expert index, or -1
+  std::string copy_of;  // make-model: same values as this tensor (MTP's embedding/head)
+  bool keep_bf16 = false;  // stays BF16 in FP8 checkpoints (MTP eh_proj)
+
+  TensorSpec(std::string n, std::vector<int64_t> s, Kind k, int64_t l = -1, int64_t e = -1,
+             std::string copy = "", bool bf16 = false)
+      : name(std::move(n)), shape(std::move(s)), kind(k), layer(l), expert(e),
+        copy_of(std::move(copy)), keep_bf16(bf16) {}
 };
 
-inline std::vector<TensorSpec> expected_tensors(const Config& c) {
+inline std::vector<TensorSpec> expected_tensors(const Config& c, bool with_mtp = false) {
   std::vector<TensorSpec> v;
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   v.push_back({"model.embed_tokens.weight", {c.vocab_size, D}, TensorSpec::Embed});
-  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    const std::string p = "model.layers." + std::to_string(L) + ".";
+  auto layer = [&](int64_t L, const std::string& p, bool moe) {
     auto lin = [&](const std::string& n, int64_t o, int64_t i, int64_t e = -1) {
       v.push_back({p + n, {o, i}, TensorSpec::Linear, L, e});
     };
@@ -167,7 +190,7 @@ inline std::vector<TensorSpec> expected_tensors(const Config& c) {
     lin("self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
     lin("self_attn.o_proj", D, H * c.v_head_dim);
     v.push_back({p + "post_attention_layernorm.weight", {D}, TensorSpec::Norm, L});
-    if (!c.is_moe_layer(L)) {
+    if (!moe) {
       mlp("mlp", c.intermediate_size);
     } else {
       v.push_back({p + "mlp.gate.weight", {c.n_routed_experts, D}, TensorSpec::Router, L});
@@ -176,9 +199,24 @@ inline std::vector<TensorSpec> expected_tensors(const Config& c) {
         mlp("mlp.experts." + std::to_string(e), c.moe_intermediate_size, e);
       if (c.n_shared_experts > 0) mlp("mlp.shared_experts", c.shared_intermediate());
     }
-  }
+  };
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L)
+    layer(L, "model.layers." + std::to_string(L) + ".", c.is_moe_layer(L));
   v.push_back({"model.norm.weight", {D}, TensorSpec::Norm});
   v.push_back({"lm_head.weight", {c.vocab_size, D}, TensorSpec::Head});
+  if (with_mtp) {
+    for (int64_t j = 0; j < c.num_nextn_predict_layers; ++j) {
+      const int64_t L = c.num_hidden_layers + j;
+      const std::string p = "model.layers." + std::to_string(L) + ".";
+      v.push_back({p + "embed_tokens.weight", {c.vocab_size, D}, TensorSpec::Embed, L, -1, "model.embed_tokens.weight"});
+      v.push_back({p + "enorm.weight", {D}, TensorSpec::Norm, L});
+      v.push_back({p + "hnorm.weight", {D}, TensorSpec::Norm, L});
+      v.push_back({p + "eh_proj", {D, 2 * D}, TensorSpec::Linear, L, -1, "", true});
+      layer(L, p, true);
+      v.push_back({p + "shared_head.norm.weight", {D}, TensorSpec::Norm, L});
+      v.push_back({p + "shared_head.head.weight", {c.vocab_size, D}, TensorSpec::Head, L, -1, "lm_head.weight"});
+    }
+  }
   return v;
 }
 
@@ -246,52 +284,68 @@ inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const std::s
 
 }  // namespace detail
 
+namespace detail {
+
+// One decoder block at `prefix` ("model.layers.L."); MoE when `moe`.
+inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std::string& p, bool moe) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads;
+  LayerWeights lw;
+  lw.input_layernorm = need(ck, p + "input_layernorm.weight", {D});
+  lw.post_attention_layernorm = need(ck, p + "post_attention_layernorm.weight", {D});
+  AttentionWeights& a = lw.self_attn;
+  if (c.q_lora_rank) {
+    a.q_a_proj = need_linear(ck, c, p + "self_attn.q_a_proj", *c.q_lora_rank, D);
+    a.q_a_layernorm = need(ck, p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
+    a.q_b_proj = need_linear(ck, c, p + "self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
+  } else {
+    a.q_proj = need_linear(ck, c, p + "self_attn.q_proj", H * c.qk_head_dim(), D);
+  }
+  a.kv_a_proj_with_mqa = need_linear(ck, c, p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
+  a.kv_a_layernorm = need(ck, p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
+  a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj",
+                            H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+  a.o_proj = need_linear(ck, c, p + "self_attn.o_proj", D, H * c.v_head_dim);
+  if (!moe) {
+    lw.mlp = need_mlp(ck, c, p + "mlp", D, c.intermediate_size);
+    return lw;
+  }
+  MoEWeights m;
+  m.gate.weight = need(ck, p + "mlp.gate.weight", {c.n_routed_experts, D});
+  // The bias is what makes the routing "noaux_tc"; HF always has one.
+  m.gate.e_score_correction_bias = need(ck, p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts});
+  m.experts.reserve(static_cast<std::size_t>(c.n_routed_experts));
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)
+    m.experts.push_back(need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size));
+  if (c.n_shared_experts > 0) m.shared_experts = need_mlp(ck, c, p + "mlp.shared_experts", D, c.shared_intermediate());
+  lw.moe = std::move(m);
+  return lw;
+}
+
+}  // namespace detail
+
 inline ModelWeights ModelWeights::bind(const Checkpoint& ck, const Config& c) {
   using detail::need;
-  using detail::need_linear;
-  using detail::need_mlp;
-  const int64_t D = c.hidden_size, H = c.num_attention_heads;
+  const int64_t D = c.hidden_size;
   ModelWeights m;
   m.embed_tokens = need(ck, "model.embed_tokens.weight", {c.vocab_size, D});
   m.norm = need(ck, "model.norm.weight", {D});
   m.lm_head = c.tie_word_embeddings && !ck.has("lm_head.weight")
                   ? m.embed_tokens
                   : need(ck, "lm_head.weight", {c.vocab_size, D});
-  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
-    const std::string p = "model.layers." + std::to_string(L) + ".";
-    LayerWeights lw;
-    lw.input_layernorm = need(ck, p + "input_layernorm.weight", {D});
-    lw.post_attention_layernorm = need(ck, p + "post_attention_layernorm.weight", {D});
-    AttentionWeights& a = lw.self_attn;
-    if (c.q_lora_rank) {
-      a.q_a_proj = need_linear(ck, c, p + "self_attn.q_a_proj", *c.q_lora_rank, D);
-      a.q_a_layernorm = need(ck, p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
-      a.q_b_proj = need_linear(ck, c, p + "self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
-    } else {
-      a.q_proj = need_linear(ck, c, p + "self_attn.q_proj", H * c.qk_head_dim(), D);
-    }
-    a.kv_a_proj_with_mqa = need_linear(ck, c, p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
-    a.kv_a_layernorm = need(ck, p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
-    a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj",
-                              H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-    a.o_proj = need_linear(ck, c, p + "self_attn.o_proj", D, H * c.v_head_dim);
-    if (!c.is_moe_layer(L)) {
-      lw.mlp = need_mlp(ck, c, p + "mlp", D, c.intermediate_size);
-    } else {
-      MoEWeights moe;
-      moe.gate.weight = need(ck, p + "mlp.gate.weight", {c.n_routed_experts, D});
-      // The bias is what makes the routing "noaux_tc"; HF always has one.
-      moe.gate.e_score_correction_bias =
-          need(ck, p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts});
-      moe.experts.reserve(std::size_t(c.n_routed_experts));
-      for (int64_t e = 0; e < c.n_routed_experts; ++e)
-        moe.experts.push_back(
-            need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size));
-      if (c.n_shared_experts > 0)
-        moe.shared_experts = need_mlp(ck, c, p + "mlp.shared_experts", D, c.shared_intermediate());
-      lw.moe = std::move(moe);
-    }
-    m.layers.push_back(std::move(lw));
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L)
+    m.layers.push_back(detail::need_layer(ck, c, "model.layers." + std::to_string(L) + ".", c.is_moe_layer(L)));
+  // MTP layers: bound when the checkpoint has them (HF/OFF/MLX conversions drop them).
+  for (int64_t j = 0; j < c.num_nextn_predict_layers && ck.has(mtp_marker(c, j)); ++j) {
+    const std::string p = "model.layers." + std::to_string(c.num_hidden_layers + j) + ".";
+    MTPWeights t;
+    t.embed_tokens = need(ck, p + "embed_tokens.weight", {c.vocab_size, D});
+    t.enorm = need(ck, p + "enorm.weight", {D});
+    t.hnorm = need(ck, p + "hnorm.weight", {D});
+    t.eh_proj = detail::need_linear(ck, c, p + "eh_proj", D, 2 * D);
+    t.block = detail::need_layer(ck, c, p, true);
+    t.shared_head_norm = need(ck, p + "shared_head.norm.weight", {D});
+    t.shared_head_head = need(ck, p + "shared_head.head.weight", {c.vocab_size, D});
+    m.mtp.push_back(std::move(t));
   }
   return m;
 }
