@@ -68,7 +68,7 @@ struct VariantArgs {
   std::string file;
   nlohmann::json flags = nlohmann::json::object();
   std::string mask_fill, router, rmsnorm, yarn;
-  bool bf16 = false, w8a8 = false;
+  bool bf16 = false, w8a8 = false, dq_bf16 = false;
   int64_t max_seq_len = -1, experts = -1;
 
   void add(CLI::App* s) {
@@ -78,6 +78,7 @@ struct VariantArgs {
     s->add_flag("--bf16-activations", bf16, "Round activations to bf16 where the official code holds bf16");
     s->add_option("--rmsnorm-rounding", rmsnorm, "single | hf (bf16 before the weight multiply)");
     s->add_flag("--fp8-w8a8", w8a8, "Official gemm_impl=fp8: act_quant 1x128 + per-block fp32 accumulation");
+    s->add_flag("--fp8-dequant-bf16", dq_bf16, "Round dequantised FP8 weights to bf16 (official weight_dequant, mlx-lm)");
     s->add_option("--yarn", yarn, "always (HF/MLX) | official (only if max_seq_len > original)");
     s->add_option("--max-seq-len", max_seq_len, "Official max_seq_len for --yarn official (default 16384)");
     s->add_option("--experts-per-tok", experts, "Override num_experts_per_tok (llama.cpp expert_used_count)");
@@ -98,6 +99,7 @@ struct VariantArgs {
     if (bf16) j["bf16_activations"] = true;
     if (!rmsnorm.empty()) j["rmsnorm_rounding"] = rmsnorm;
     if (w8a8) j["fp8_w8a8"] = true;
+    if (dq_bf16) j["fp8_dequant_bf16"] = true;
     if (!yarn.empty()) j["yarn"] = yarn;
     if (max_seq_len >= 0) j["max_seq_len"] = max_seq_len;
     if (experts >= 0) j["experts_per_tok"] = experts;

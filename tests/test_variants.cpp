@@ -99,6 +99,14 @@ TEST_CASE("knob fp8_w8a8 (official gemm_impl=fp8) on the FP8 checkpoint") {
   CHECK(max_diff(run("a-f32", Variants{}).logits, run("a-f32", v).logits) == 0.0);
 }
 
+TEST_CASE("knob fp8_dequant_bf16 (official weight_dequant, mlx-lm sanitize) rounds FP8 weights to bf16") {
+  Variants v;
+  v.fp8_dequant_bf16 = true;
+  const double d = max_diff(run("a-fp8", Variants{}).logits, run("a-fp8", v).logits);
+  CHECK(d > 1e-5);
+  CHECK(max_diff(run("a-bf16", Variants{}).logits, run("a-bf16", v).logits) == 0.0);  // no FP8 weights
+}
+
 TEST_CASE("knob yarn=official: YaRN off when max_seq_len <= original_max_position_embeddings") {
   Variants v;
   v.yarn = "official";

@@ -101,6 +101,7 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r].
   std::vector<T> wkv_b(static_cast<std::size_t>(H * (dn + dv) * r));
   w.kv_b_proj.decode_rows(0, H * (dn + dv), wkv_b.data());
+  if (v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8()) round_bf16_if(true, wkv_b.begin(), wkv_b.end());
 
   const T scale = T(c.softmax_scale(v.yarn_enabled(c.rope_scaling.original_max_position_embeddings)));
   const bool bf16 = v.bf16_activations;  // OFF: bf16 einsums, probabilities .type_as(x)

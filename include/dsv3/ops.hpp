@@ -132,6 +132,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
     for (int64_t r0 = 0; r0 < O; r0 += band) {
       const int64_t r1 = std::min(O, r0 + band);
       W.decode_rows(r0, r1, scratch.data());
+      if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (r1 - r0) * K);
       matmul_wt(x.data(), n, K, scratch.data(), r1 - r0, y.data() + r0, O);
     }
   }

@@ -41,6 +41,10 @@ struct Variants {
   // scales (kernel.py act_quant_kernel / fp8_gemm_kernel). Default: W8A16
   // (dequantised weights, OFF gemm_impl="bf16").
   bool fp8_w8a8 = false;
+  // D15. Round dequantised FP8 weights to bf16 before the matmul: OFF
+  // weight_dequant writes bf16(fp8·s) (kernel.py), mlx-lm's sanitize
+  // dequantises FP8 checkpoints to bf16 at load. Default: the f32 product.
+  bool fp8_dequant_bf16 = false;
   // D3. YaRN "always" (HF, MLX) or "official": only when max_seq_len >
   // original_max_position_embeddings (OFF precompute_freqs_cis and the
   // softmax-scale mscale), with OFF's max_seq_len (default 16384).
@@ -73,15 +77,15 @@ struct Variants {
       else if (k == "router_precision") str(v.router_precision, {"fp32", "bf16"});
       else if (k == "rmsnorm_rounding") str(v.rmsnorm_rounding, {"single", "hf"});
       else if (k == "yarn") str(v.yarn, {"always", "official"});
-      else if (k == "bf16_activations" || k == "fp8_w8a8") {
+      else if (k == "bf16_activations" || k == "fp8_w8a8" || k == "fp8_dequant_bf16") {
         if (!x.is_boolean()) fail(where, ": '", k, "' must be true or false");
-        (k == "bf16_activations" ? v.bf16_activations : v.fp8_w8a8) = x.get<bool>();
+        (k == "bf16_activations" ? v.bf16_activations : k == "fp8_w8a8" ? v.fp8_w8a8 : v.fp8_dequant_bf16) = x.get<bool>();
       } else if (k == "max_seq_len" || k == "experts_per_tok") {
         if (!x.is_number_integer() || x.get<int64_t>() < 0) fail(where, ": '", k, "' must be a non-negative integer");
         (k == "max_seq_len" ? v.max_seq_len : v.experts_per_tok) = x.get<int64_t>();
       } else {
         fail(where, ": unknown knob '", k, "' (known: group_mask_fill, router_precision, bf16_activations, "
-             "rmsnorm_rounding, fp8_w8a8, yarn, max_seq_len, experts_per_tok)");
+             "rmsnorm_rounding, fp8_w8a8, fp8_dequant_bf16, yarn, max_seq_len, experts_per_tok)");
       }
     }
     return v;
@@ -90,7 +94,7 @@ struct Variants {
   nlohmann::json to_json() const {
     return {{"group_mask_fill", group_mask_fill}, {"router_precision", router_precision},
             {"bf16_activations", bf16_activations}, {"rmsnorm_rounding", rmsnorm_rounding},
-            {"fp8_w8a8", fp8_w8a8}, {"yarn", yarn}, {"max_seq_len", max_seq_len},
+            {"fp8_w8a8", fp8_w8a8}, {"fp8_dequant_bf16", fp8_dequant_bf16}, {"yarn", yarn}, {"max_seq_len", max_seq_len},
             {"experts_per_tok", experts_per_tok}};
   }
 };
