@@ -7,7 +7,9 @@
 //   tokenize / detokenize / render-chat   the tokenizer and chat template
 // Errors: one line `dsv3: error: ...` on stderr and exit code 1.
 #include <CLI/CLI.hpp>
+#include <omp.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -31,9 +33,16 @@
 #include "cmd_compare.hpp"
 #include "cmd_text.hpp"
 
+// OpenBLAS's thread control, if the BLAS in use is OpenBLAS (weak: absent elsewhere).
+extern "C" __attribute__((weak)) void openblas_set_num_threads(int);
+
 namespace {
 
 using namespace dsv3;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
@@ -246,7 +255,10 @@ void run_generate(const GenerateArgs& a) {
     }
     return;
   }
+  const double t0 = now_s();
   Mat<T> logits = m.forward(ids, cache, opt);
+  const double t1 = now_s();
+  int64_t decode_calls = 0;
   for (int64_t step = 0; step < a.max_new_tokens; ++step) {
     const int32_t next = sampler.sample(logits.data(), V);
     gen.push_back(next);
@@ -254,12 +266,21 @@ void run_generate(const GenerateArgs& a) {
     if (stream) {
       std::cout << stream->push(next) << std::flush;
     }
-    if (step + 1 < a.max_new_tokens) logits = m.forward({next}, cache, opt);
+    if (step + 1 < a.max_new_tokens) {
+      logits = m.forward({next}, cache, opt);
+      ++decode_calls;
+    }
   }
+  const double t2 = now_s();
   if (stream) std::cout << stream->flush() << std::endl;
   if (a.json) {
     nlohmann::json j = {{"prompt_ids", ids}, {"generated_ids", gen}};
     if (tok) j["text"] = tok->decode(gen, true);
+    j["timing"] = {{"prefill_s", t1 - t0}, {"prefill_tokens", ids.size()},
+                   {"prefill_tokens_per_s", double(ids.size()) / (t1 - t0)},
+                   {"decode_s", t2 - t1}, {"decode_calls", decode_calls},
+                   {"decode_tokens_per_s", decode_calls ? double(decode_calls) / (t2 - t1) : 0.0},
+                   {"kv_cache_bytes", cache.bytes()}};
     std::cout << j.dump() << std::endl;
   } else if (!tok) {
     for (std::size_t i = 0; i < gen.size(); ++i) std::cout << (i ? "," : "") << gen[i];
@@ -408,6 +429,9 @@ int main(int argc, char** argv) {
   CLI::App app{"dsv3: a reference implementation of DeepSeek-V3 (official inference/model.py semantics).\n"
                "Machine outputs: float32 little-endian .npy (logits) and JSON."};
   app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "Threads for BLAS and dsv3's kernels (0 = library default); results are "
+                 "bit-identical for every count")->check(CLI::Range(0, 1024));
 
   ForwardArgs fa;
   auto* fwd = app.add_subcommand("forward", "Logits for a token sequence, written as float32 .npy.\n"
@@ -505,6 +529,10 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);  // the text subcommands run in their callbacks
+    if (threads > 0) {
+      if (openblas_set_num_threads) openblas_set_num_threads(threads);
+      omp_set_num_threads(threads);
+    }
     if (*fwd) {
       if (fa.precision == "f32") run_forward<float>(fa);
       else if (fa.precision == "f64") run_forward<double>(fa);
