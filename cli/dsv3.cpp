@@ -33,9 +33,6 @@
 #include "cmd_compare.hpp"
 #include "cmd_text.hpp"
 
-// OpenBLAS's thread control, if the BLAS in use is OpenBLAS (weak: absent elsewhere).
-extern "C" __attribute__((weak)) void openblas_set_num_threads(int);
-
 namespace {
 
 using namespace dsv3;
@@ -529,10 +526,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);  // the text subcommands run in their callbacks
-    if (threads > 0) {
-      if (openblas_set_num_threads) openblas_set_num_threads(threads);
-      omp_set_num_threads(threads);
-    }
+    if (threads > 0) omp_set_num_threads(threads);  // BLAS runs single-threaded inside (ops.hpp)
     if (*fwd) {
       if (fa.precision == "f32") run_forward<float>(fa);
       else if (fa.precision == "f64") run_forward<double>(fa);

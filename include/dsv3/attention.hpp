@@ -98,55 +98,63 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   const T* KP = cache.k_pe.data();                                  // [t, dr]
 
   // W_UK / W_UV: kv_b_proj rows for head h are [h*(dn+dv), (h+1)*(dn+dv)),
-  // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r].
-  std::vector<T> wkv_b(static_cast<std::size_t>(H * (dn + dv) * r));
-  w.kv_b_proj.decode_rows(0, H * (dn + dv), wkv_b.data());
-  if (v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8()) round_bf16_if(true, wkv_b.begin(), wkv_b.end());
-
+  // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r]. Each
+  // head decodes its own rows when it needs them (no copy of the whole matrix).
   const T scale = T(c.softmax_scale(v.yarn_enabled(c.rope_scaling.original_max_position_embeddings)));
   const bool bf16 = v.bf16_activations;  // OFF: bf16 einsums, probabilities .type_as(x)
   auto rnd = [&](T* p, int64_t count) { round_bf16_if(bf16, p, p + count); };
+  const bool round_w = v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8();
   Mat<T> o = empty<T>(n, H * dv);                                   // [n, H*dv]
-  std::vector<T> scores(static_cast<std::size_t>(n * t));
-  std::vector<T> qh(static_cast<std::size_t>(n * std::max(r, dq)));
-  std::vector<T> tmp(static_cast<std::size_t>(std::max(n * r, t * std::max(dn, dv))));
-  for (int64_t h = 0; h < H; ++h) {
-    const T* W_UK = wkv_b.data() + h * (dn + dv) * r;               // [dn, r]
-    const T* W_UV = W_UK + dn * r;                                  // [dv, r]
-    const T* q_nope = q.data() + h * dq;                            // rows stride H*dq
-    const T* q_pe = q_nope + dn;
-    if (form == AttnForm::absorb) {
-      // q_lat[n, r] = q_nope[n, dn] @ W_UK[dn, r]
-      gemm(false, false, n, r, dn, T(1), q_nope, H * dq, W_UK, r, T(0), qh.data(), r);
-      rnd(qh.data(), n * r);
-      // scores[n, t] = q_lat @ C^T + q_pe @ KP^T
-      gemm(false, true, n, t, r, T(1), qh.data(), r, C, r, T(0), scores.data(), t);
-      gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
-    } else {
-      // k_nope[t, dn] = C @ W_UK^T; scores = q_nope @ k_nope^T + q_pe @ KP^T
-      gemm(false, true, t, dn, r, T(1), C, r, W_UK, r, T(0), tmp.data(), dn);
-      rnd(tmp.data(), t * dn);
-      gemm(false, true, n, t, dn, T(1), q_nope, H * dq, tmp.data(), dn, T(0), scores.data(), t);
-      gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
-    }
-    // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
-    for (int64_t i = 0; i < n; ++i) {
-      T* s = scores.data() + i * t;
-      for (int64_t j = 0; j < t; ++j) s[j] *= scale;
-      softmax_masked(s, t, start_pos + i + 1);
-      rnd(s, t);
-    }
-    T* oh = o.data() + h * dv;                                      // rows stride H*dv
-    if (form == AttnForm::absorb) {
-      // o_lat[n, r] = P[n, t] @ C[t, r];  o_h[n, dv] = o_lat @ W_UV^T
-      gemm(false, false, n, r, t, T(1), scores.data(), t, C, r, T(0), tmp.data(), r);
-      rnd(tmp.data(), n * r);
-      gemm(false, true, n, dv, r, T(1), tmp.data(), r, W_UV, r, T(0), oh, H * dv);
-    } else {
-      // v[t, dv] = C @ W_UV^T;  o_h = P @ v
-      gemm(false, true, t, dv, r, T(1), C, r, W_UV, r, T(0), tmp.data(), dv);
-      rnd(tmp.data(), t * dv);
-      gemm(false, false, n, dv, t, T(1), scores.data(), t, tmp.data(), dv, T(0), oh, H * dv);
+  blas_single_threaded();
+  // Heads are independent: threads take whole heads, so every head's sums run
+  // in the same order whatever the thread count.
+#pragma omp parallel
+  {
+    std::vector<T> wkv(static_cast<std::size_t>((dn + dv) * r));
+    std::vector<T> scores(static_cast<std::size_t>(n * t));
+    std::vector<T> qh(static_cast<std::size_t>(n * r));
+    std::vector<T> tmp(static_cast<std::size_t>(std::max(n * r, t * std::max(dn, dv))));
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < H; ++h) {
+      w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
+      if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
+      const T* W_UK = wkv.data();                                   // [dn, r]
+      const T* W_UV = W_UK + dn * r;                                // [dv, r]
+      const T* q_nope = q.data() + h * dq;                          // rows stride H*dq
+      const T* q_pe = q_nope + dn;
+      if (form == AttnForm::absorb) {
+        // q_lat[n, r] = q_nope[n, dn] @ W_UK[dn, r]
+        gemm(false, false, n, r, dn, T(1), q_nope, H * dq, W_UK, r, T(0), qh.data(), r);
+        rnd(qh.data(), n * r);
+        // scores[n, t] = q_lat @ C^T + q_pe @ KP^T
+        gemm(false, true, n, t, r, T(1), qh.data(), r, C, r, T(0), scores.data(), t);
+        gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
+      } else {
+        // k_nope[t, dn] = C @ W_UK^T; scores = q_nope @ k_nope^T + q_pe @ KP^T
+        gemm(false, true, t, dn, r, T(1), C, r, W_UK, r, T(0), tmp.data(), dn);
+        rnd(tmp.data(), t * dn);
+        gemm(false, true, n, t, dn, T(1), q_nope, H * dq, tmp.data(), dn, T(0), scores.data(), t);
+        gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
+      }
+      // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
+      for (int64_t i = 0; i < n; ++i) {
+        T* s = scores.data() + i * t;
+        for (int64_t j = 0; j < t; ++j) s[j] *= scale;
+        softmax_masked(s, t, start_pos + i + 1);
+        rnd(s, t);
+      }
+      T* oh = o.data() + h * dv;                                    // rows stride H*dv
+      if (form == AttnForm::absorb) {
+        // o_lat[n, r] = P[n, t] @ C[t, r];  o_h[n, dv] = o_lat @ W_UV^T
+        gemm(false, false, n, r, t, T(1), scores.data(), t, C, r, T(0), tmp.data(), r);
+        rnd(tmp.data(), n * r);
+        gemm(false, true, n, dv, r, T(1), tmp.data(), r, W_UV, r, T(0), oh, H * dv);
+      } else {
+        // v[t, dv] = C @ W_UV^T;  o_h = P @ v
+        gemm(false, true, t, dv, r, T(1), C, r, W_UV, r, T(0), tmp.data(), dv);
+        rnd(tmp.data(), t * dv);
+        gemm(false, false, n, dv, t, T(1), scores.data(), t, tmp.data(), dv, T(0), oh, H * dv);
+      }
     }
   }
   round_act(v, o);

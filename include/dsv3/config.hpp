@@ -8,7 +8,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <sys/stat.h>
+
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 
@@ -238,11 +241,16 @@ inline Config Config::from_json(const nlohmann::json& j, const std::string& wher
 }
 
 inline Config Config::from_file(const std::string& path) {
-  std::ifstream f(path);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) fail(path, ": cannot open (expected a HF config.json)");
+  if (!S_ISREG(st.st_mode)) fail(path, ": not a regular file (expected a HF config.json)");
+  std::ifstream f(path, std::ios::binary);
   if (!f) fail(path, ": cannot open (expected a HF config.json)");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) fail(path, ": read error");
   nlohmann::json j;
   try {
-    f >> j;
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail(path, ": invalid JSON: ", e.what());
   }

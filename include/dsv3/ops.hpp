@@ -42,6 +42,21 @@ template <class T>
 inline int64_t cols(const Mat<T>& m) { return int64_t(m.shape()[1]); }
 
 // ---------------------------------------------------------------------------
+// Threads. dsv3 parallelises with OpenMP over output rows, heads and bands
+// of fixed size, and calls BLAS single-threaded from inside: the work each
+// thread does never depends on the thread count, so results are
+// bit-identical for any count, and OpenBLAS's own threads never compete with
+// OpenMP's (OpenBLAS is only told so when it is the BLAS linked in).
+extern "C" __attribute__((weak)) void openblas_set_num_threads(int);
+
+inline void blas_single_threaded() {
+  static const bool once = [] {
+    if (openblas_set_num_threads) openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
 // BLAS: C[M,N] = alpha * op(A) op(B) + beta * C, row-major.
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -104,9 +119,48 @@ inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
 }
 
 // ---------------------------------------------------------------------------
+// Few rows (decode): fused dequantise-and-multiply. Threads split the output
+// rows; each row is decoded from its stored bytes into a row buffer (read
+// once, never a scratch copy of the matrix) and dotted with every input row
+// in a fixed order, so the result is bit-identical for any thread count.
+constexpr int64_t kFusedMaxRows = 4;
+
+template <class T>
+inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Mat<T>& y) {
+  const int64_t n = rows(x), K = W.in(), O = W.out();
+  const bool round_w = v.fp8_dequant_bf16 && W.is_fp8();
+  const T* direct = nullptr;  // F32 weights at T = float are read in place
+  if constexpr (std::is_same_v<T, float>)
+    if (W.weight.dtype == DType::F32 && !W.scale_inv && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
+      direct = reinterpret_cast<const float*>(W.weight.data);
+#pragma omp parallel
+  {
+    std::vector<T> row(direct ? 0 : static_cast<std::size_t>(K));
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < O; ++o) {
+      const T* w = direct ? direct + o * K : row.data();
+      if (!direct) {
+        W.decode_rows(o, o + 1, row.data());
+        if (round_w) round_bf16_if(true, row.begin(), row.end());
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const T* xi = x.data() + i * K;
+        // 8 independent partial sums, combined in a fixed order
+        T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8)
+          for (int j = 0; j < 8; ++j) acc[j] += xi[k + j] * w[k + j];
+        for (; k < K; ++k) acc[k % 8] += xi[k] * w[k];
+        y(i, o) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      }
+    }
+  }
+}
+
 // linear: y[n, out] = x[n, in] @ W^T (nn.Linear without bias).
-// The stored weight is decoded to T a band of rows at a time (one FP8 row
-// block, or about 1 MB) and multiplied at once, so only that band ever exists
+// Up to kFusedMaxRows rows: the fused kernel above. More rows (prefill): the
+// stored weight is decoded to T a band of rows at a time (one FP8 row block,
+// or about 1 MB) and multiplied with BLAS gemm, so only that band ever exists
 // in T. F32 weights used at T = float are read in place.
 template <class T>
 inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
@@ -117,23 +171,33 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
     round_act(v, y);
     return y;
   }
+  blas_single_threaded();
   Mat<T> y = empty<T>(n, O);
-  bool done = false;
-  if constexpr (std::is_same_v<T, float>) {
-    if (W.weight.dtype == DType::F32 && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0) {
-      matmul_wt(x.data(), n, K, reinterpret_cast<const float*>(W.weight.data), O, y.data(), O);
-      done = true;
-    }
+  if (n <= kFusedMaxRows) {
+    linear_fused(x, W, v, y);
+    round_act(v, y);
+    return y;
   }
-  if (!done) {
-    int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(1, (int64_t(1) << 18) / K);
-    band = std::min(band, O);
-    std::vector<T> scratch(static_cast<std::size_t>(band * K));
-    for (int64_t r0 = 0; r0 < O; r0 += band) {
-      const int64_t r1 = std::min(O, r0 + band);
-      W.decode_rows(r0, r1, scratch.data());
-      if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (r1 - r0) * K);
-      matmul_wt(x.data(), n, K, scratch.data(), r1 - r0, y.data() + r0, O);
+  const T* direct = nullptr;  // F32 weights at T = float: gemm reads the mapping in place
+  if constexpr (std::is_same_v<T, float>)
+    if (W.weight.dtype == DType::F32 && !W.scale_inv && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
+      direct = reinterpret_cast<const float*>(W.weight.data);
+  // Bands of output rows, of a size that does not depend on the thread count.
+  int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(16, (int64_t(1) << 18) / K);
+  band = std::min(band, O);
+  const int64_t nbands = (O + band - 1) / band;
+#pragma omp parallel
+  {
+    std::vector<T> scratch(direct ? 0 : static_cast<std::size_t>(band * K));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nbands; ++b) {
+      const int64_t r0 = b * band, r1 = std::min(O, r0 + band);
+      const T* w = direct ? direct + r0 * K : scratch.data();
+      if (!direct) {
+        W.decode_rows(r0, r1, scratch.data());
+        if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (r1 - r0) * K);
+      }
+      matmul_wt(x.data(), n, K, w, r1 - r0, y.data() + r0, O);
     }
   }
   round_act(v, y);

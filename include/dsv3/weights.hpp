@@ -10,6 +10,7 @@
 // each one's presence, shape and dtype and names the first that is wrong.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -20,6 +21,16 @@
 #include "safetensors.hpp"
 
 namespace dsv3 {
+
+// All 256 e4m3fn codes as floats (exact), for table decoding.
+inline const float* fp8_e4m3_table() {
+  static const auto t = [] {
+    std::array<float, 256> a{};
+    for (int b = 0; b < 256; ++b) a[std::size_t(b)] = fp8_e4m3_to_f32(uint8_t(b));
+    return a;
+  }();
+  return t.data();
+}
 
 // Converts `n` stored elements starting at `src` to T.
 template <class T>
@@ -34,9 +45,11 @@ inline void decode_elements(const uint8_t* src, DType dt, int64_t n, T* dst) {
     case DType::F16:
       for (int64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, src + 2 * i, 2); dst[i] = T(f16_to_f32(h)); }
       break;
-    case DType::F8_E4M3:
-      for (int64_t i = 0; i < n; ++i) dst[i] = T(fp8_e4m3_to_f32(src[i]));
+    case DType::F8_E4M3: {
+      const float* lut = fp8_e4m3_table();
+      for (int64_t i = 0; i < n; ++i) dst[i] = T(lut[src[i]]);
       break;
+    }
     default:
       for (int64_t i = 0; i < n; ++i) dst[i] = T(load_as_double(src + dtype_size(dt) * i, dt));
   }
