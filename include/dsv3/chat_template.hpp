@@ -116,6 +116,9 @@ namespace detail {
 
 struct Pos { int line = 1, col = 1; };
 
+constexpr int64_t kMaxRange = 100000;          // jinja2's sandbox MAX_RANGE: range() longer than this is an error
+constexpr int64_t kMaxRepeat = int64_t(1) << 20;  // longest string (bytes) / list (items) made by '*' (hostile templates)
+
 [[noreturn]] inline void fail(const Pos& p, const std::string& msg) {
   throw std::runtime_error("chat template: " + msg + " (line " + std::to_string(p.line) + ", column " +
                            std::to_string(p.col) + ")");
@@ -1203,7 +1206,7 @@ class Interp {
     };
     int64_t a = norm(lo, hl, st > 0 ? 0 : len - 1), b = norm(hi, hh, st > 0 ? len : -1);
     std::vector<Value> out;
-    for (int64_t k = a; st > 0 ? k < b : k > b; k += st) out.push_back(src[size_t(k)]);
+    for (int64_t k = a; st > 0 ? k < b : k > b; k = __builtin_add_overflow(k, st, &k) ? b : k) out.push_back(src[size_t(k)]);
     if (is_str) {
       std::string s;
       for (auto& v : out) s += v.s;
@@ -1230,7 +1233,7 @@ class Interp {
       const Value* seq = (a.k == Value::K::Str || a.k == Value::K::List) ? &a : (b.k == Value::K::Str || b.k == Value::K::List) ? &b : nullptr;
       const Value* cnt = seq == &a ? &b : &a;
       if (seq && (cnt->k == Value::K::Int || cnt->k == Value::K::Bool)) {
-        int64_t c = std::max<int64_t>(0, cnt->as_int());
+        int64_t c = std::max<int64_t>(0, cnt->as_int()); if (c > 0 && (seq->k == Value::K::Str ? seq->s.size() : seq->list->size()) > size_t(kMaxRepeat) / size_t(c)) fail(p, "sequence repetition result is too long (limit " + std::to_string(kMaxRepeat) + ")");
         if (seq->k == Value::K::Str) { std::string s; for (int64_t k = 0; k < c; ++k) s += seq->s; return Value::str(s); }
         List l;
         for (int64_t k = 0; k < c; ++k) l.insert(l.end(), seq->list->begin(), seq->list->end());
@@ -1246,7 +1249,7 @@ class Interp {
     if (op == "**") {
       if (!fl && b.as_int() >= 0) {
         int64_t r = 1;
-        for (int64_t k = 0; k < b.as_int(); ++k) r *= a.as_int();
+        if (const int64_t x = a.as_int(), e = b.as_int(); x >= -1 && x <= 1) r = x == 0 ? (e == 0) : (x == 1 || e % 2 == 0 ? 1 : -1); else for (int64_t k = 0; k < e; ++k) if (__builtin_mul_overflow(r, x, &r)) fail(p, "integer overflow in '**' (64-bit integers)");  // |x| >= 2 overflows within 63 steps
         return Value::integer(r);
       }
       return Value::flt(std::pow(a.as_double(), b.as_double()));
@@ -1261,6 +1264,7 @@ class Interp {
       if (op == "%") { double m = std::fmod(x, y); if (m != 0 && ((m < 0) != (y < 0))) m += y; return Value::flt(m); }
     } else {
       int64_t x = a.as_int(), y = b.as_int();
+      if (int64_t r; (op == "+" && __builtin_add_overflow(x, y, &r)) || (op == "-" && __builtin_sub_overflow(x, y, &r)) || (op == "*" && __builtin_mul_overflow(x, y, &r)) || (y == -1 && x == INT64_MIN && (op == "//" || op == "%"))) fail(p, "integer overflow in '" + op + "' (64-bit integers)");
       if (op == "+") return Value::integer(x + y);
       if (op == "-") return Value::integer(x - y);
       if (op == "*") return Value::integer(x * y);
@@ -1315,6 +1319,7 @@ class Interp {
         no_undef(v, n->p);
         if (!v.is_num()) fail(n->p, std::string("bad operand type for unary ") + (n->t == Node::Neg ? "-" : "+") + ": '" + type_name(v) + "'");
         if (n->t == Node::Pos_) return v.k == Value::K::Bool ? Value::integer(v.as_int()) : v;
+        if (v.k != Value::K::Float && v.as_int() == INT64_MIN) fail(n->p, "integer overflow in unary '-' (64-bit integers)");
         return v.k == Value::K::Float ? Value::flt(-v.f) : Value::integer(-v.as_int());
       }
       case Node::Not: return Value::boolean(!truthy(eval(n->x)));
@@ -1478,7 +1483,7 @@ class Interp {
       else fail(n->p, "range() expects 1 to 3 arguments");
       if (step == 0) fail(n->p, "range() step must not be zero");
       List l;
-      for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) l.push_back(Value::integer(k));
+      for (int64_t k = start; step > 0 ? k < stop : k > stop; k = __builtin_add_overflow(k, step, &k) ? stop : k) if (l.size() >= size_t(kMaxRange)) fail(n->p, "range() too big (the sandbox limit is " + std::to_string(kMaxRange) + " items)"); else l.push_back(Value::integer(k));
       return Value::make_list(std::move(l));
     }
     if (f.s == "strftime_now") {
