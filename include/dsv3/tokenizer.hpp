@@ -255,7 +255,7 @@ class TokenizerJsonSax {
   bool boolean(bool b) { return value(json(b)); }
   bool number_integer(json::number_integer_t v) {
     if (mode_ == Vocab && depth_ == 1) {
-      if (v < 0 || v > INT32_MAX) return bad("model.vocab['" + key_ + "']: expected a non-negative integer id");
+      if (v < 0 || v >= (int64_t(1) << 24)) return bad("model.vocab['" + key_ + "']: expected a non-negative integer id");
       vocab.emplace_back(std::move(key_), int64_t(v));
       return true;
     }
@@ -263,7 +263,7 @@ class TokenizerJsonSax {
   }
   bool number_unsigned(json::number_unsigned_t v) {
     if (mode_ == Vocab && depth_ == 1) {
-      if (v > uint64_t(INT32_MAX)) return bad("model.vocab['" + key_ + "']: id out of range");
+      if (v >= (uint64_t(1) << 24)) return bad("model.vocab['" + key_ + "']: id " + std::to_string(v) + " out of range (ids must be < 2^24; a larger one would allocate a table that large)");
       vocab.emplace_back(std::move(key_), int64_t(v));
       return true;
     }
@@ -710,8 +710,8 @@ class Tokenizer {
       const auto& c = need(e, "content", w);
       const auto& id = need(e, "id", w);
       if (!c.is_string() || c.get<std::string>().empty()) throw std::runtime_error(w + ".content: expected a non-empty string");
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-        throw std::runtime_error(w + ".id: expected a non-negative integer");
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t(1) << 24))
+        throw std::runtime_error(w + ".id: expected a non-negative integer below 2^24");
       t.content = c.get<std::string>();
       if (tok_detail::utf8_invalid_pos(t.content) != std::string::npos)
         throw std::runtime_error(w + ".content: invalid UTF-8");
