@@ -7,7 +7,7 @@
 #include <random>
 
 #include <dsv3/make_model.hpp>
-#include <dsv3/moe.hpp>
+#include <dsv3/cpu_backend.hpp>
 #include <dsv3/ops.hpp>
 #include <dsv3/rope.hpp>
 
@@ -140,7 +140,7 @@ TEST_CASE("router: group-limited top-k against a brute-force enumeration") {
   GateWeights gwts{ck.get("g"), ck.get("b")};
   Mat<double> x = empty<double>(20, 4);
   for (auto& v : x) v = nd(g);
-  Routing r = route(c, gwts, x, Trace(), 0, 0);
+  Routing r = route(CpuBackend<double>(), c, gwts, x, Trace(), 0, 0);
   for (int64_t i = 0; i < 20; ++i) {
     double s[8], b[8], gs[4];
     for (int e = 0; e < 8; ++e) {

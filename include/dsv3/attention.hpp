@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend.hpp"
 #include "config.hpp"
 #include "ops.hpp"
 #include "rope.hpp"
@@ -33,17 +34,8 @@
 
 namespace dsv3 {
 
-enum class AttnForm { absorb, naive };
-
-// One layer's latent cache, positions [0, len).
 template <class T>
-struct LatentCache {
-  std::vector<T> c_kv;  // [len, kv_lora_rank]
-  std::vector<T> k_pe;  // [len, qk_rope_head_dim]
-};
-
-template <class T>
-inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<T>& x,
+inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const AttentionWeights& w, const Mat<T>& x,
                           LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope,
                           AttnForm form, const Trace& trace, int64_t layer, const Variants& v = {}) {
   const int64_t n = rows(x), H = c.num_attention_heads;
@@ -53,13 +45,13 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   // -- queries: [n, H, nope | rope]
   Mat<T> q;
   if (w.q_a_proj) {
-    Mat<T> q_a = linear(x, *w.q_a_proj, v);                           // [n, q_lora]
+    Mat<T> q_a = be.linear(x, *w.q_a_proj, v);                           // [n, q_lora]
     trace.emit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
-    Mat<T> c_q = rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
+    Mat<T> c_q = be.rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
     trace.emit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
-    q = linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
+    q = be.linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
   } else {
-    q = linear(x, *w.q_proj, v);
+    q = be.linear(x, *w.q_proj, v);
   }
   if (trace.enabled()) {
     std::vector<T> nope(static_cast<std::size_t>(n * H * dn)), pe(static_cast<std::size_t>(n * H * dr));
@@ -70,8 +62,7 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
     trace.emit("q_nope", layer, start_pos, n, H * dn, nope.data());
     trace.emit("q_pe", layer, start_pos, n, H * dr, pe.data());
   }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t h = 0; h < H; ++h) rope_apply(&q(i, h * dq + dn), dr, rope[std::size_t(i)], c.rope_interleave);
+  be.rope(q, dn, dr, dq, rope, c.rope_interleave);  // each head's rope part
   round_act(v, q);
   if (trace.enabled()) {
     std::vector<T> pe(static_cast<std::size_t>(n * H * dr));
@@ -80,15 +71,15 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   }
 
   // -- latent kv for the new tokens, appended to the cache
-  Mat<T> kv = linear(x, w.kv_a_proj_with_mqa, v);                      // [n, r + dr]
+  Mat<T> kv = be.linear(x, w.kv_a_proj_with_mqa, v);                      // [n, r + dr]
   Mat<T> c_kv_raw = empty<T>(n, r);
   for (int64_t i = 0; i < n; ++i) std::copy_n(&kv(i, 0), r, &c_kv_raw(i, 0));
-  Mat<T> c_kv = rms_norm(c_kv_raw, w.kv_a_layernorm, c.rms_norm_eps, v);
+  Mat<T> c_kv = be.rms_norm(c_kv_raw, w.kv_a_layernorm, c.rms_norm_eps, v);
   trace.emit("c_kv", layer, start_pos, n, r, c_kv.data());
   Mat<T> k_pe = empty<T>(n, dr);
   for (int64_t i = 0; i < n; ++i) std::copy_n(&kv(i, r), dr, &k_pe(i, 0));
   trace.emit("k_pe", layer, start_pos, n, dr, k_pe.data());
-  for (int64_t i = 0; i < n; ++i) rope_apply(&k_pe(i, 0), dr, rope[std::size_t(i)], c.rope_interleave);
+  be.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
   round_act(v, k_pe);
   trace.emit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
   cache.c_kv.insert(cache.c_kv.end(), c_kv.begin(), c_kv.end());
@@ -159,7 +150,7 @@ inline Mat<T> mla_forward(const Config& c, const AttentionWeights& w, const Mat<
   }
   round_act(v, o);
   trace.emit("attn_out", layer, start_pos, n, H * dv, o.data());
-  Mat<T> out = linear(o, w.o_proj, v);                                 // [n, D]
+  Mat<T> out = be.linear(o, w.o_proj, v);                                 // [n, D]
   trace.emit("attn_o_proj", layer, start_pos, n, cols(out), out.data());
   return out;
 }

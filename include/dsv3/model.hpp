@@ -19,6 +19,7 @@
 
 #include "attention.hpp"
 #include "config.hpp"
+#include "cpu_backend.hpp"
 #include "moe.hpp"
 #include "ops.hpp"
 #include "rope.hpp"
@@ -82,6 +83,10 @@ class Model {
 
   const Variants& variants() const { return v_; }
 
+  // Runs the ops this backend supports on it, the rest on the CPU reference.
+  void set_backend(std::shared_ptr<const Backend<T>> primary) { be_ = Dispatch<T>(std::move(primary)); }
+  const Backend<T>& backend() const { return be_; }
+
   const Config& config() const { return config_; }
   const ModelWeights& weights() const { return w_; }
   const Checkpoint& checkpoint() const { return *ckpt_; }
@@ -111,28 +116,25 @@ class Model {
       if (id < 0 || id >= c.vocab_size)
         fail("forward: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
 
-    // embedding: a plain row lookup, no scaling
-    Mat<T> h = empty<T>(n, D);
-    for (int64_t i = 0; i < n; ++i) gather_row(w_.embed_tokens, ids[std::size_t(i)], &h(i, 0));
-    round_act(v_, h);
+    Mat<T> h = be_.embed(w_.embed_tokens, ids, v_);  // a plain row lookup, no scaling
     trace.emit("embed", -1, start, n, D, h.data());
 
     const std::vector<RopeRow> rope = rope_rows(start, n);
     for (int64_t L = 0; L < c.num_hidden_layers; ++L)
       block_forward(w_.layers[std::size_t(L)], h, cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L);
     cache.length = start + n;
-    if (opt.hidden) *opt.hidden = rms_norm(h, w_.norm, c.rms_norm_eps, v_);
+    if (opt.hidden) *opt.hidden = be_.rms_norm(h, w_.norm, c.rms_norm_eps, v_);
 
     Mat<T> last = h;
     if (!opt.all_logits) {
       last = empty<T>(1, D);
       std::copy_n(&h(n - 1, 0), D, last.data());
     }
-    Mat<T> hn = rms_norm(last, w_.norm, c.rms_norm_eps, v_);
+    Mat<T> hn = be_.rms_norm(last, w_.norm, c.rms_norm_eps, v_);
     trace.emit("final_norm", -1, opt.all_logits ? start : start + n - 1, rows(hn), D, hn.data());
     Linear head;
     head.weight = w_.lm_head;
-    Mat<T> logits = linear(hn, head, v_);
+    Mat<T> logits = be_.linear(hn, head, v_);
     trace.emit("logits", -1, opt.all_logits ? start : start + n - 1, rows(logits), cols(logits),
                logits.data());
     return logits;
@@ -164,28 +166,25 @@ class Model {
     if (int64_t(next_ids.size()) != n) fail("MTP: ", n, " hidden rows but ", next_ids.size(), " next tokens");
     if (start + n > c.max_position_embeddings)
       fail("MTP: position ", start + n - 1, " exceeds max_position_embeddings = ", c.max_position_embeddings);
-    Mat<T> e = empty<T>(n, D);
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t id = next_ids[std::size_t(i)];
+    for (int32_t id : next_ids)
       if (id < 0 || id >= c.vocab_size) fail("MTP: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
-      gather_row(m.embed_tokens, id, &e(i, 0));
-      if (o.zero_pos0 && start + i == 0) std::fill_n(&e(i, 0), D, T(0));
-    }
-    const Mat<T> en = rms_norm(e, m.enorm, c.rms_norm_eps, v_);
-    const Mat<T> hn = rms_norm(h, m.hnorm, c.rms_norm_eps, v_);
+    Mat<T> e = be_.embed(m.embed_tokens, next_ids, v_);
+    if (o.zero_pos0 && start == 0) std::fill_n(&e(0, 0), D, T(0));
+    const Mat<T> en = be_.rms_norm(e, m.enorm, c.rms_norm_eps, v_);
+    const Mat<T> hn = be_.rms_norm(h, m.hnorm, c.rms_norm_eps, v_);
     Mat<T> cat = empty<T>(n, 2 * D);  // [n, 2D] = [enorm(e) | hnorm(h)]
     for (int64_t i = 0; i < n; ++i) {
       std::copy_n(&en(i, 0), D, &cat(i, 0));
       std::copy_n(&hn(i, 0), D, &cat(i, D));
     }
-    Mat<T> u = linear(cat, m.eh_proj, v_);
+    Mat<T> u = be_.linear(cat, m.eh_proj, v_);
     const int64_t L = c.num_hidden_layers;  // trace layer index of the MTP block
     trace.emit("mtp_eh_proj", L, start, n, D, u.data());
     block_forward(m.block, u, cache.layers[0], start, rope_rows(start, n), o.attn, trace, L);
     cache.length = start + n;
     Linear head;
     head.weight = m.shared_head_head;
-    Mat<T> logits = linear(rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), head, v_);
+    Mat<T> logits = be_.linear(be_.rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), head, v_);
     trace.emit("mtp_logits", L, start, n, cols(logits), logits.data());
     return logits;
   }
@@ -203,14 +202,14 @@ class Model {
                      const std::vector<RopeRow>& rope, AttnForm attn, const Trace& trace, int64_t L) const {
     const Config& c = config_;
     const int64_t n = rows(h), D = cols(h);
-    Mat<T> a_in = rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
+    Mat<T> a_in = be_.rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
     trace.emit("attn_norm", L, start, n, D, a_in.data());
-    h += mla_forward(c, lw.self_attn, a_in, cache, start, rope, attn, trace, L, v_);
+    h += be_.attention_mla(be_, c, lw.self_attn, a_in, cache, start, rope, attn, trace, L, v_);
     round_act(v_, h);
     trace.emit("resid_attn", L, start, n, D, h.data());
-    Mat<T> f_in = rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
+    Mat<T> f_in = be_.rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
     trace.emit("ffn_norm", L, start, n, D, f_in.data());
-    Mat<T> f = lw.moe ? moe_forward(c, *lw.moe, f_in, trace, L, start, v_) : mlp_forward(*lw.mlp, f_in, v_);
+    Mat<T> f = lw.moe ? be_.moe(be_, c, *lw.moe, f_in, trace, L, start, v_) : be_.mlp(be_, *lw.mlp, f_in, v_);
     trace.emit("ffn_out", L, start, n, D, f.data());
     h += f;
     round_act(v_, h);
@@ -222,6 +221,7 @@ class Model {
   ModelWeights w_;
   Variants v_;
   std::vector<float> inv_freq_;
+  Dispatch<T> be_;
 };
 
 }  // namespace dsv3

@@ -17,6 +17,7 @@
 #include <numeric>
 #include <vector>
 
+#include "backend.hpp"
 #include "config.hpp"
 #include "ops.hpp"
 #include "trace.hpp"
@@ -26,16 +27,16 @@ namespace dsv3 {
 
 // SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts.
 template <class T>
-inline Mat<T> mlp_forward(const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
-  Mat<T> g = linear(x, w.gate_proj, v);  // [n, I]
-  Mat<T> u = linear(x, w.up_proj, v);    // [n, I]
+inline Mat<T> mlp_forward(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
+  Mat<T> g = be.linear(x, w.gate_proj, v);  // [n, I]
+  Mat<T> u = be.linear(x, w.up_proj, v);    // [n, I]
   for (std::size_t i = 0; i < g.size(); ++i) {
     T a = silu(g.data()[i]);
     if (v.bf16_activations) a = T(round_bf16(float(a)));
     g.data()[i] = a * u.data()[i];
   }
   round_act(v, g);
-  return linear(g, w.down_proj, v);      // [n, D]
+  return be.linear(g, w.down_proj, v);      // [n, D]
 }
 
 struct Routing {
@@ -57,7 +58,7 @@ inline std::vector<int64_t> topk_indices(const T* v, int64_t len, int64_t k) {
 }
 
 template <class T>
-inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
+inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
                      int64_t layer, int64_t start_pos, const Variants& v = {}) {
   const int64_t n = rows(x), E = c.n_routed_experts, G = c.n_group, per = c.experts_per_group();
   const int64_t k = v.experts_per_tok > 0 ? v.experts_per_tok : c.num_experts_per_tok;
@@ -68,7 +69,7 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
   auto rb = [&](T a) { return bf16 ? T(round_bf16(float(a))) : a; };
   Linear gate;
   gate.weight = gw.weight;
-  Mat<T> logits = linear(x, gate);  // [n, E]
+  Mat<T> logits = be.linear(x, gate, Variants{});  // [n, E], never rounded by the activation knobs
   if (bf16) round_bf16_if(true, logits.begin(), logits.end());
   trace.emit("router_logits", layer, start_pos, n, E, logits.data());
   std::vector<T> bias(static_cast<std::size_t>(E), T(0));
@@ -135,10 +136,10 @@ inline Routing route(const Config& c, const GateWeights& gw, const Mat<T>& x, co
 // Tokens are grouped by expert: each expert that any token chose runs once on
 // the rows that chose it, and its weighted output is added to those rows.
 template <class T>
-inline Mat<T> moe_forward(const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
                           int64_t layer, int64_t start_pos, const Variants& v = {}) {
   const int64_t n = rows(x), D = cols(x);
-  Routing r = route(c, w.gate, x, trace, layer, start_pos, v);
+  Routing r = route(be, c, w.gate, x, trace, layer, start_pos, v);
   Mat<T> y = zeros<T>(n, D);
   for (int64_t e = 0; e < c.n_routed_experts; ++e) {
     std::vector<int64_t> tok;
@@ -152,7 +153,7 @@ inline Mat<T> moe_forward(const Config& c, const MoEWeights& w, const Mat<T>& x,
     if (tok.empty()) continue;
     Mat<T> xe = empty<T>(int64_t(tok.size()), D);
     for (std::size_t m = 0; m < tok.size(); ++m) std::copy_n(&x(tok[m], 0), D, &xe(m, 0));
-    Mat<T> ye = mlp_forward(w.experts[std::size_t(e)], xe, v);
+    Mat<T> ye = mlp_forward(be, w.experts[std::size_t(e)], xe, v);
     for (std::size_t m = 0; m < tok.size(); ++m)
       for (int64_t d = 0; d < D; ++d) {
         T& dst = y(tok[m], d);
@@ -162,7 +163,7 @@ inline Mat<T> moe_forward(const Config& c, const MoEWeights& w, const Mat<T>& x,
   }
   trace.emit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
-    Mat<T> z = mlp_forward(*w.shared_experts, x, v);
+    Mat<T> z = mlp_forward(be, *w.shared_experts, x, v);
     trace.emit("shared_out", layer, start_pos, n, D, z.data());
     y += z;
     round_act(v, y);

@@ -1,0 +1,81 @@
+// dsv3/backend.hpp — the seam where an accelerator plugs in.
+//
+// The model is written against this small interface: the hot operations at
+// the granularity of the paper's blocks. `CpuBackend` (cpu_backend.hpp) is
+// header-only and is the definition of correct; another backend (CUDA,
+// Metal: compiled separately, outside include/) implements what it can and
+// answers `supports()` for the rest, which `Dispatch` then runs on the CPU.
+// Composite ops (attention, MoE, MLP) receive the dispatcher, so the linears
+// inside a CPU-run attention still go to the accelerator when it has them.
+// The model never knows which backend runs an op (ggml's ggml_backend_i +
+// supports_op; style-guide §(d)).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "ops.hpp"
+#include "rope.hpp"
+#include "trace.hpp"
+#include "variants.hpp"
+#include "weights.hpp"
+
+namespace dsv3 {
+
+enum class AttnForm { absorb, naive };
+
+// One layer's latent cache, positions [0, len).
+template <class T>
+struct LatentCache {
+  std::vector<T> c_kv;  // [len, kv_lora_rank]
+  std::vector<T> k_pe;  // [len, qk_rope_head_dim]
+};
+
+enum class Op { embed, linear, rms_norm, rope, attention_mla, moe, mlp };
+
+inline const char* op_name(Op op) {
+  switch (op) {
+    case Op::embed: return "embed";
+    case Op::linear: return "linear";
+    case Op::rms_norm: return "rms_norm";
+    case Op::rope: return "rope";
+    case Op::attention_mla: return "attention_mla";
+    case Op::moe: return "moe";
+    case Op::mlp: return "mlp";
+  }
+  return "?";
+}
+
+template <class T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // Can this backend run `op` on weights stored as `weight` (the linear's or
+  // table's dtype; F32 for ops without weights)?
+  virtual bool supports(Op op, DType weight = DType::F32) const = 0;
+
+  // x[n, D] = table[ids]                                    (embedding rows)
+  virtual Mat<T> embed(const TensorView& table, const std::vector<int32_t>& ids, const Variants& v) const = 0;
+  // y[n, out] = x[n, in] · Wᵀ                               (any stored format)
+  virtual Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const = 0;
+  // y = w ⊙ x / sqrt(mean(x²) + eps), per row
+  virtual Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const = 0;
+  // Rotates columns [col0, col0 + d) of every head-block of width `stride`
+  // in each row i by rope[i], in place.
+  virtual void rope(Mat<T>& x, int64_t col0, int64_t d, int64_t stride, const std::vector<RopeRow>& rope,
+                    bool interleave) const = 0;
+  // The whole MLA block for n new tokens (appends to `cache`): [n, D] -> [n, D].
+  virtual Mat<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Mat<T>& x,
+                               LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope,
+                               AttnForm form, const Trace& trace, int64_t layer, const Variants& v) const = 0;
+  // Router + routed experts + shared experts: [n, D] -> [n, D].
+  virtual Mat<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Mat<T>& x,
+                     const Trace& trace, int64_t layer, int64_t start_pos, const Variants& v) const = 0;
+  // Dense SwiGLU MLP: down(silu(gate(x)) * up(x)).
+  virtual Mat<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Mat<T>& x, const Variants& v) const = 0;
+};
+
+}  // namespace dsv3

@@ -1,0 +1,100 @@
+// dsv3/cpu_backend.hpp — the reference backend, and the dispatcher.
+//
+// CpuBackend runs every op with the free functions of ops.hpp, rope.hpp,
+// attention.hpp and moe.hpp: it is what "correct" means. Dispatch sends each
+// op to a primary backend when that backend supports it (for the weight
+// format at hand) and to the CPU otherwise.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention.hpp"
+#include "backend.hpp"
+#include "moe.hpp"
+
+namespace dsv3 {
+
+template <class T>
+class CpuBackend : public Backend<T> {
+ public:
+  std::string name() const override { return "cpu"; }
+  bool supports(Op, DType) const override { return true; }
+
+  Mat<T> embed(const TensorView& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+    const int64_t n = int64_t(ids.size()), D = table.shape[1];
+    Mat<T> h = empty<T>(n, D);
+    for (int64_t i = 0; i < n; ++i) gather_row(table, ids[std::size_t(i)], &h(i, 0));
+    round_act(v, h);
+    return h;
+  }
+  Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override { return dsv3::linear(x, w, v); }
+  Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
+    return dsv3::rms_norm(x, w, eps, v);
+  }
+  void rope(Mat<T>& x, int64_t col0, int64_t d, int64_t stride, const std::vector<RopeRow>& r,
+            bool interleave) const override {
+    for (int64_t i = 0; i < rows(x); ++i)
+      for (int64_t c = col0; c + d <= cols(x); c += stride) rope_apply(&x(i, c), d, r[std::size_t(i)], interleave);
+  }
+  Mat<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Mat<T>& x,
+                       LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
+                       const Trace& trace, int64_t layer, const Variants& v) const override {
+    return mla_forward(ops, c, w, x, cache, start_pos, rope, form, trace, layer, v);
+  }
+  Mat<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+             int64_t layer, int64_t start_pos, const Variants& v) const override {
+    return moe_forward(ops, c, w, x, trace, layer, start_pos, v);
+  }
+  Mat<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Mat<T>& x, const Variants& v) const override {
+    return mlp_forward(ops, w, x, v);
+  }
+};
+
+// Each op to `primary` if it supports it, else to the CPU reference.
+template <class T>
+class Dispatch : public Backend<T> {
+ public:
+  explicit Dispatch(std::shared_ptr<const Backend<T>> primary = nullptr) : primary_(std::move(primary)) {}
+  std::string name() const override { return primary_ ? primary_->name() + "+cpu" : "cpu"; }
+  bool supports(Op, DType) const override { return true; }
+
+  Mat<T> embed(const TensorView& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+    return pick(Op::embed, table.dtype).embed(table, ids, v);
+  }
+  Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override {
+    return pick(Op::linear, w.weight.dtype).linear(x, w, v);
+  }
+  Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
+    return pick(Op::rms_norm, w.dtype).rms_norm(x, w, eps, v);
+  }
+  void rope(Mat<T>& x, int64_t col0, int64_t d, int64_t stride, const std::vector<RopeRow>& r,
+            bool interleave) const override {
+    pick(Op::rope, DType::F32).rope(x, col0, d, stride, r, interleave);
+  }
+  Mat<T> attention_mla(const Backend<T>&, const Config& c, const AttentionWeights& w, const Mat<T>& x,
+                       LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
+                       const Trace& trace, int64_t layer, const Variants& v) const override {
+    return pick(Op::attention_mla, w.kv_b_proj.weight.dtype)
+        .attention_mla(*this, c, w, x, cache, start_pos, rope, form, trace, layer, v);
+  }
+  Mat<T> moe(const Backend<T>&, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+             int64_t layer, int64_t start_pos, const Variants& v) const override {
+    const DType dt = w.experts.empty() ? DType::F32 : w.experts[0].gate_proj.weight.dtype;
+    return pick(Op::moe, dt).moe(*this, c, w, x, trace, layer, start_pos, v);
+  }
+  Mat<T> mlp(const Backend<T>&, const MLPWeights& w, const Mat<T>& x, const Variants& v) const override {
+    return pick(Op::mlp, w.gate_proj.weight.dtype).mlp(*this, w, x, v);
+  }
+
+ private:
+  const Backend<T>& pick(Op op, DType dt) const {
+    if (primary_ && primary_->supports(op, dt)) return *primary_;
+    return cpu_;
+  }
+  std::shared_ptr<const Backend<T>> primary_;
+  CpuBackend<T> cpu_;
+};
+
+}  // namespace dsv3
