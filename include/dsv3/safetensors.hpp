@@ -63,7 +63,22 @@ class SafetensorsFile {
   static constexpr uint64_t kMaxHeader = uint64_t(100) << 20;  // 100 MB of JSON is already absurd
 
   explicit SafetensorsFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    try {
+      open_and_parse(path);
+    } catch (...) {
+      release();  // a throwing constructor runs no destructor: do not leak the fd / mapping
+      throw;
+    }
+  }
+  ~SafetensorsFile() { release(); }
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+ private:
+  void open_and_parse(const std::string& path) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
+    // rejected as "not a regular file"); no effect on regular files.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) fail(path, ": cannot open: ", std::strerror(errno));
     struct stat st;
     if (::fstat(fd_, &st) != 0) fail(path, ": cannot stat: ", std::strerror(errno));
@@ -78,13 +93,14 @@ class SafetensorsFile {
     }
     parse_header();
   }
-  ~SafetensorsFile() {
+  void release() {
     if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
     if (fd_ >= 0) ::close(fd_);
+    base_ = nullptr;
+    fd_ = -1;
   }
-  SafetensorsFile(const SafetensorsFile&) = delete;
-  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
+ public:
   const std::string& path() const { return path_; }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const nlohmann::json& metadata() const { return metadata_; }
