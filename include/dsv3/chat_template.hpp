@@ -622,6 +622,7 @@ class ExprParser {
   }
 
   NodeP expression(bool with_cond = true) {
+    DepthGuard g(*this);
     NodeP n = parse_or();
     if (with_cond && is_name("if")) {
       Pos p = next().p;
@@ -650,6 +651,20 @@ class ExprParser {
  private:
   const std::vector<Tok>& t_;
   size_t i_;
+  int depth_ = 0;
+
+  // Bounds recursion (and so the evaluator's, which follows the tree): a
+  // hostile template of a few KB of nested '(' or '-' must not overflow the
+  // stack (found by fuzz_chat).
+  static constexpr int kMaxDepth = 600;  // guard increments: about 3 per parenthesis level
+  struct DepthGuard {
+    ExprParser& p;
+    explicit DepthGuard(ExprParser& q) : p(q) {
+      if (++p.depth_ > kMaxDepth)
+        fail(p.peek().p, "expression nested too deeply (more than " + std::to_string(kMaxDepth) + " levels)");
+    }
+    ~DepthGuard() { --p.depth_; }
+  };
 
   NodeP parse_or() {
     NodeP n = parse_and();
@@ -662,6 +677,7 @@ class ExprParser {
     return n;
   }
   NodeP parse_not() {
+    DepthGuard g(*this);
     if (is_name("not")) { Pos p = next().p; auto o = mk(Node::Not, p); o->x = parse_not(); return o; }
     return parse_compare();
   }
@@ -705,6 +721,7 @@ class ExprParser {
     return n;
   }
   NodeP parse_unary() {
+    DepthGuard g(*this);
     if (is_op("-")) { Pos p = next().p; auto o = mk(Node::Neg, p); o->x = parse_unary(); return filters(o); }
     if (is_op("+")) { Pos p = next().p; auto o = mk(Node::Pos_, p); o->x = parse_unary(); return filters(o); }
     return filters(postfix(primary()));
