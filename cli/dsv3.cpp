@@ -29,6 +29,7 @@
 #include <dsv3/variants.hpp>
 
 #include <dsv3/chat_template.hpp>
+#include <dsv3/check.hpp>
 
 #include "cmd_compare.hpp"
 #include "cmd_text.hpp"
@@ -366,6 +367,17 @@ void run_trace(const ForwardArgs& a) {
 }
 
 // ---------------------------------------------------------------------------
+// inspect --check-weights: every floating tensor scanned for NaN/Inf.
+void run_check_weights(const std::string& dir) {
+  Checkpoint ck(dir);
+  const auto bad = check_weights(ck);
+  for (const auto& r : bad) std::printf("%s\n", describe(r).c_str());  // one line per bad tensor
+  if (!bad.empty())
+    fail(dir, ": ", bad.size(), " tensor", bad.size() == 1 ? "" : "s", " hold NaN/Inf (first: '", bad[0].name, "')");
+  std::printf("all %zu tensors finite\n", ck.names().size());
+}
+
+// ---------------------------------------------------------------------------
 void run_inspect(const std::string& dir) {
   const Config c = Config::from_file(dir + "/config.json");
   Checkpoint ck(dir);
@@ -521,6 +533,9 @@ int main(int argc, char** argv) {
   auto* insp = app.add_subcommand("inspect", "Tensor table (name, dtype, shape, bytes, present/missing against "
                                   "the config) and total/active parameter counts.");
   insp->add_option("--model", insp_model, "Model directory")->required();
+  bool insp_check = false;
+  insp->add_flag("--check-weights", insp_check,
+                 "Scan every floating tensor for NaN/Inf (reads the whole checkpoint); exit 1 if any");
 
   add_text_commands(app);
 
@@ -560,7 +575,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "wrote %s: preset %s, %s, %.3f GB of tensors\n", mm_out.c_str(), mm_preset.c_str(),
                    mm_dtype.c_str(), double(bytes) / 1e9);
     } else if (*insp) {
-      run_inspect(insp_model);
+      if (insp_check) run_check_weights(insp_model);
+      else run_inspect(insp_model);
     }
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

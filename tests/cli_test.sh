@@ -124,6 +124,11 @@ expect_error "token id -1 is outside" "$DSV3" forward --model "$M" --ids 0,-1 --
 expect_error "'x' is not an integer token id" "$DSV3" forward --model "$M" --ids 0,x --out "$T/x.npy"
 LONG=$(python3 -c "print(','.join(['5']*1281))")
 expect_error "exceeds max_position_embeddings = 1280" "$DSV3" forward --model "$M" --ids "$LONG" --out "$T/x.npy"
+mk; surgery "$ST" "$T/bad/model.safetensors" "import struct as S; o=h['model.layers.2.mlp.experts.3.down_proj.weight']['data_offsets'][0]; data=data[:o+8]+S.pack('<f', float('nan'))+data[o+12:]"
+"$DSV3" inspect --model "$T/bad" --check-weights >"$T/cw.txt" 2>"$T/cw.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "model.layers.2.mlp.experts.3.down_proj.weight" "$T/cw.txt" && grep -q "^dsv3: error: .*hold NaN/Inf (first: 'model.layers.2.mlp.experts.3.down_proj.weight')" "$T/cw.err" \
+  && ok || bad "check-weights: rc=$rc $(cat "$T/cw.txt" "$T/cw.err")"
+"$DSV3" inspect --model "$M" --check-weights | grep -q "tensors finite" && ok || bad "check-weights on a clean model"
 expect_error "unknown preset 'huge'" "$DSV3" make-model --out "$T/y" --preset huge
 [ ! -e "$T/x.npy" ] && ok || bad "a failed forward left an output file behind"
 
