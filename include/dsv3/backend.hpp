@@ -58,7 +58,7 @@ class Backend {
   virtual bool supports(Op op, DType weight = DType::F32) const = 0;
 
   // x[n, D] = table[ids]                                    (embedding rows)
-  virtual Mat<T> embed(const TensorView& table, const std::vector<int32_t>& ids, const Variants& v) const = 0;
+  virtual Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const = 0;
   // y[n, out] = x[n, in] · Wᵀ                               (any stored format)
   virtual Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const = 0;
   // y = w ⊙ x / sqrt(mean(x²) + eps), per row

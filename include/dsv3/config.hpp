@@ -212,7 +212,12 @@ inline Config Config::from_json(const nlohmann::json& j, const std::string& wher
     }
   }
 
-  if (j.contains("quantization_config") && !j.at("quantization_config").is_null()) {
+  if (j.contains("quantization") && j.at("quantization").is_object()) {
+    // MLX (mlx-lm) affine quantization: details in quant.hpp (quant_params)
+    QuantizationConfig qc;
+    qc.quant_method = "mlx";
+    c.quantization_config = qc;
+  } else if (j.contains("quantization_config") && !j.at("quantization_config").is_null()) {
     const auto& q = j.at("quantization_config");
     const std::string w = where + ": quantization_config";
     if (!q.is_object()) fail(w, " must be an object");
@@ -230,8 +235,8 @@ inline Config Config::from_json(const nlohmann::json& j, const std::string& wher
         qc.block_rows = b[0].get<int64_t>();
         qc.block_cols = b[1].get<int64_t>();
       }
-    } else {
-      fail(w, ": quant_method \"", qc.quant_method, "\" is unsupported (expected \"fp8\")");
+    } else if (qc.quant_method != "awq") {  // AWQ details: quant.hpp (quant_params)
+      fail(w, ": quant_method \"", qc.quant_method, "\" is unsupported (expected \"fp8\" or \"awq\")");
     }
     c.quantization_config = qc;
   }

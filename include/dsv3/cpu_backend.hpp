@@ -22,10 +22,10 @@ class CpuBackend : public Backend<T> {
   std::string name() const override { return "cpu"; }
   bool supports(Op, DType) const override { return true; }
 
-  Mat<T> embed(const TensorView& table, const std::vector<int32_t>& ids, const Variants& v) const override {
-    const int64_t n = int64_t(ids.size()), D = table.shape[1];
+  Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+    const int64_t n = int64_t(ids.size()), D = table.in();
     Mat<T> h = empty<T>(n, D);
-    for (int64_t i = 0; i < n; ++i) gather_row(table, ids[std::size_t(i)], &h(i, 0));
+    for (int64_t i = 0; i < n; ++i) table.decode_rows(ids[std::size_t(i)], ids[std::size_t(i)] + 1, &h(i, 0));
     round_act(v, h);
     return h;
   }
@@ -60,8 +60,8 @@ class Dispatch : public Backend<T> {
   std::string name() const override { return primary_ ? primary_->name() + "+cpu" : "cpu"; }
   bool supports(Op, DType) const override { return true; }
 
-  Mat<T> embed(const TensorView& table, const std::vector<int32_t>& ids, const Variants& v) const override {
-    return pick(Op::embed, table.dtype).embed(table, ids, v);
+  Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+    return pick(Op::embed, table.weight.dtype).embed(table, ids, v);
   }
   Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override {
     return pick(Op::linear, w.weight.dtype).linear(x, w, v);

@@ -15,12 +15,12 @@
 
 namespace dsv3 {
 
-enum class DType { F64, F32, F16, BF16, F8_E4M3, I64, I32, I16, I8, U8, BOOL };
+enum class DType { F64, F32, F16, BF16, F8_E4M3, I64, I32, I16, I8, U8, BOOL, U32 };
 
 inline std::size_t dtype_size(DType t) {
   switch (t) {
     case DType::F64: case DType::I64: return 8;
-    case DType::F32: case DType::I32: return 4;
+    case DType::F32: case DType::I32: case DType::U32: return 4;
     case DType::F16: case DType::BF16: case DType::I16: return 2;
     default: return 1;
   }
@@ -39,6 +39,7 @@ inline const char* dtype_name(DType t) {
     case DType::I16: return "I16";
     case DType::I8: return "I8";
     case DType::U8: return "U8";
+    case DType::U32: return "U32";
     case DType::BOOL: return "BOOL";
   }
   return "?";
@@ -47,7 +48,7 @@ inline const char* dtype_name(DType t) {
 inline bool parse_dtype(std::string_view s, DType& out) {
   static constexpr DType all[] = {DType::F64, DType::F32, DType::F16, DType::BF16,
                                   DType::F8_E4M3, DType::I64, DType::I32, DType::I16,
-                                  DType::I8, DType::U8, DType::BOOL};
+                                  DType::I8, DType::U8, DType::BOOL, DType::U32};
   for (DType t : all)
     if (s == dtype_name(t)) { out = t; return true; }
   return false;
@@ -166,6 +167,7 @@ inline double load_as_double(const uint8_t* p, DType t) {
     case DType::I16: { int16_t v; std::memcpy(&v, p, 2); return v; }
     case DType::I8: return int8_t(*p);
     case DType::U8: case DType::BOOL: return *p;
+    case DType::U32: { uint32_t v; std::memcpy(&v, p, 4); return double(v); }
   }
   return 0;
 }

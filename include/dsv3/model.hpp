@@ -132,9 +132,7 @@ class Model {
     }
     Mat<T> hn = be_.rms_norm(last, w_.norm, c.rms_norm_eps, v_);
     trace.emit("final_norm", -1, opt.all_logits ? start : start + n - 1, rows(hn), D, hn.data());
-    Linear head;
-    head.weight = w_.lm_head;
-    Mat<T> logits = be_.linear(hn, head, v_);
+    Mat<T> logits = be_.linear(hn, w_.lm_head, v_);
     trace.emit("logits", -1, opt.all_logits ? start : start + n - 1, rows(logits), cols(logits),
                logits.data());
     return logits;
@@ -182,9 +180,7 @@ class Model {
     trace.emit("mtp_eh_proj", L, start, n, D, u.data());
     block_forward(m.block, u, cache.layers[0], start, rope_rows(start, n), o.attn, trace, L);
     cache.length = start + n;
-    Linear head;
-    head.weight = m.shared_head_head;
-    Mat<T> logits = be_.linear(be_.rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), head, v_);
+    Mat<T> logits = be_.linear(be_.rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), m.shared_head_head, v_);
     trace.emit("mtp_logits", L, start, n, cols(logits), logits.data());
     return logits;
   }

@@ -131,7 +131,7 @@ inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Ma
   const bool round_w = v.fp8_dequant_bf16 && W.is_fp8();
   const T* direct = nullptr;  // F32 weights at T = float are read in place
   if constexpr (std::is_same_v<T, float>)
-    if (W.weight.dtype == DType::F32 && !W.scale_inv && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
+    if (W.weight.dtype == DType::F32 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
       direct = reinterpret_cast<const float*>(W.weight.data);
 #pragma omp parallel
   {
@@ -165,7 +165,7 @@ inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Ma
 template <class T>
 inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   const int64_t n = rows(x), K = W.in(), O = W.out();
-  if (cols(x) != K) fail("linear '", W.weight.name, "': input has ", cols(x), " columns, expected ", K);
+  if (cols(x) != K) fail("linear '", W.name(), "': input has ", cols(x), " columns, expected ", K);
   if (v.fp8_w8a8 && W.is_fp8()) {
     Mat<T> y = linear_w8a8(x, W);
     round_act(v, y);
@@ -180,7 +180,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   }
   const T* direct = nullptr;  // F32 weights at T = float: gemm reads the mapping in place
   if constexpr (std::is_same_v<T, float>)
-    if (W.weight.dtype == DType::F32 && !W.scale_inv && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
+    if (W.weight.dtype == DType::F32 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
       direct = reinterpret_cast<const float*>(W.weight.data);
   // Bands of output rows, of a size that does not depend on the thread count.
   int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(16, (int64_t(1) << 18) / K);
@@ -248,11 +248,5 @@ inline void softmax_masked(T* p, int64_t len, int64_t valid) {
   for (int64_t j = valid; j < len; ++j) p[j] = T(0);
 }
 
-// x[rows, :] of a stored [V, D] matrix (the embedding lookup).
-template <class T>
-inline void gather_row(const TensorView& table, int64_t row, T* out) {
-  const int64_t d = table.shape[1];
-  decode_elements(table.data + std::size_t(row * d) * dtype_size(table.dtype), table.dtype, d, out);
-}
 
 }  // namespace dsv3

@@ -12,12 +12,14 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "config.hpp"
 #include "dtype.hpp"
+#include "quant.hpp"
 #include "safetensors.hpp"
 
 namespace dsv3 {
@@ -64,13 +66,32 @@ inline std::vector<T> decode_vector(const TensorView& t) {
 }
 
 struct Linear {
-  TensorView weight;                     // [out, in]
+  TensorView weight;                     // [out, in]; for AWQ/MLX: the packed tensor
   std::optional<TensorView> scale_inv;   // FP8 only: [ceil(out/br), ceil(in/bc)] F32
   int64_t block_rows = 128, block_cols = 128;
+  // Integer-quantized formats (quant.hpp): AWQ int4 (AutoAWQ GEMM packing) or
+  // MLX affine 4/5/8-bit; decoded group by group when used.
+  std::shared_ptr<const AwqWeight> awq;
+  std::shared_ptr<const MlxWeight> mlx;
+  // mlx-lm's newer conversions split kv_b_proj into per-head embed_q
+  // [H, kv_lora, nope] (= W_UKᵀ) and unembed_out [H, v, kv_lora] (= W_UV):
+  // rows are reassembled in kv_b_proj order.
+  std::shared_ptr<const MlxWeight> embed_q, unembed_out;
+  int64_t rows_ = -1, cols_ = -1;        // logical [out, in] when `weight` is packed
 
-  int64_t out() const { return weight.shape[0]; }
-  int64_t in() const { return weight.shape[1]; }
-  bool is_fp8() const { return weight.dtype == DType::F8_E4M3; }
+  int64_t out() const { return rows_ >= 0 ? rows_ : weight.shape[0]; }
+  int64_t in() const { return cols_ >= 0 ? cols_ : weight.shape[1]; }
+  bool is_fp8() const { return weight.dtype == DType::F8_E4M3 && !awq && !mlx && !embed_q; }
+  bool is_dense() const { return !scale_inv && !awq && !mlx && !embed_q; }
+  const std::string& name() const { return weight.name; }
+  std::string format() const {
+    if (awq) return "AWQ int4 g" + std::to_string(awq->group_size);
+    if (mlx) return "MLX " + std::to_string(mlx->bits) + "-bit g" + std::to_string(mlx->group_size);
+    if (embed_q) return "MLX " + std::to_string(embed_q->bits) + "-bit g" + std::to_string(embed_q->group_size) +
+                        " (embed_q/unembed_out)";
+    if (scale_inv) return "FP8 e4m3 " + std::to_string(block_rows) + "x" + std::to_string(block_cols);
+    return dtype_name(weight.dtype);
+  }
 
   // Rows [r0, r1) as T, row-major into dst[(r1-r0) * in]. FP8:
   // W[i,j] = fp8(Wq[i,j]) * scale_inv[i / br, j / bc] — a multiply despite the
@@ -78,6 +99,9 @@ struct Linear {
   // same block's scale.
   template <class T>
   void decode_rows(int64_t r0, int64_t r1, T* dst) const {
+    if (awq) return awq->decode_rows(r0, r1, dst);
+    if (mlx) return mlx->decode_rows(r0, r1, dst);
+    if (embed_q) return decode_kvb_rows(r0, r1, dst);
     const int64_t n_in = in();
     const std::size_t es = dtype_size(weight.dtype);
     for (int64_t r = r0; r < r1; ++r) {
@@ -92,6 +116,30 @@ struct Linear {
           for (int64_t c = cb * block_cols; c < c1; ++c) row[c] *= s;
         }
       }
+    }
+  }
+
+ private:
+  // kv_b_proj row h*(dn+dv) + j is column j of embed_q[h] (j < dn), else row
+  // j - dn of unembed_out[h].
+  template <class T>
+  void decode_kvb_rows(int64_t r0, int64_t r1, T* dst) const {
+    const int64_t r = in(), dn = embed_q->out() == r ? embed_q->in() : 0, dv = unembed_out->out();
+    const int64_t per = dn + dv;
+    std::vector<T> eq(static_cast<std::size_t>(r * dn)), uo(static_cast<std::size_t>(dv * r));
+    int64_t cur = -1;
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t h = row / per, j = row % per;
+      if (h != cur) {
+        embed_q->slice(h).decode_rows(0, r, eq.data());      // [r, dn]
+        unembed_out->slice(h).decode_rows(0, dv, uo.data());  // [dv, r]
+        cur = h;
+      }
+      T* out = dst + (row - r0) * r;
+      if (j < dn)
+        for (int64_t c = 0; c < r; ++c) out[c] = eq[std::size_t(c * dn + j)];
+      else
+        std::copy_n(uo.data() + (j - dn) * r, r, out);
     }
   }
 };
@@ -134,19 +182,19 @@ struct LayerWeights {
 // num_hidden_layers + j: its own copies of the embedding and head, two norms,
 // the [hidden, 2·hidden] projection, and a full MoE decoder block.
 struct MTPWeights {
-  TensorView embed_tokens;                    // [vocab, hidden] (copy of the main one)
+  Linear embed_tokens;                        // [vocab, hidden] (copy of the main one)
   TensorView enorm, hnorm;                    // [hidden]
   Linear eh_proj;                             // [hidden, 2·hidden]; BF16 in the FP8 release
   LayerWeights block;                         // MLA + MoE
   TensorView shared_head_norm;                // [hidden]
-  TensorView shared_head_head;                // [vocab, hidden] (copy of lm_head)
+  Linear shared_head_head;                    // [vocab, hidden] (copy of lm_head)
 };
 
 struct ModelWeights {
-  TensorView embed_tokens;                    // [vocab, hidden]
+  Linear embed_tokens;                        // [vocab, hidden]; rows looked up (MLX quantizes it)
   std::vector<LayerWeights> layers;
   TensorView norm;                            // [hidden]
-  TensorView lm_head;                         // [vocab, hidden]
+  Linear lm_head;                             // [vocab, hidden]
   std::vector<MTPWeights> mtp;                // empty unless the checkpoint has them
 
   static ModelWeights bind(const Checkpoint& ck, const Config& cfg);
@@ -251,8 +299,39 @@ inline const TensorView& need(const Checkpoint& ck, const std::string& name,
   return t;
 }
 
+// A quantized (AWQ / MLX) module at `prefix`, when the checkpoint stores it so.
+inline bool bind_quantized(const Checkpoint& ck, const QuantParams& qp, const std::string& prefix, int64_t out,
+                           int64_t in, Linear& l) {
+  if (qp.format == QuantFormat::Awq && ck.has(prefix + ".qweight")) {
+    for (const char* part : {".qzeros", ".scales"})
+      if (!ck.has(prefix + part)) fail(ck.dir(), ": missing tensor '", prefix, part, "' (AWQ module '", prefix, "')");
+    l.awq = std::make_shared<AwqWeight>(AwqWeight::bind(ck.get(prefix + ".qweight"), ck.get(prefix + ".qzeros"),
+                                                        ck.get(prefix + ".scales"), qp.bits, qp.group_size, out, in));
+    l.weight = ck.get(prefix + ".qweight");
+  } else if (qp.format == QuantFormat::Mlx) {
+    const MlxModuleQuant mq = mlx_module_quant(qp, prefix, ck.has(prefix + ".scales"));
+    if (!mq.quantized) return false;
+    for (const char* part : {".weight", ".scales", ".biases"})
+      if (!ck.has(prefix + part)) fail(ck.dir(), ": missing tensor '", prefix, part, "' (MLX quantized module '", prefix, "')");
+    auto w = MlxWeight::bind(ck.get(prefix + ".weight"), ck.get(prefix + ".scales"), ck.get(prefix + ".biases"),
+                             mq.bits, mq.group_size, -1, out, in);
+    w.round_to_storage = false;  // mlx's quantized_matmul uses s·q + b unrounded
+    l.mlx = std::make_shared<MlxWeight>(w);
+    l.weight = ck.get(prefix + ".weight");
+  } else {
+    return false;
+  }
+  l.rows_ = out;
+  l.cols_ = in;
+  return true;
+}
+
 inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const std::string& prefix,
                           int64_t out, int64_t in) {
+  Linear ql;
+  if (cfg.quantization_config && cfg.quantization_config->quant_method != "fp8" &&
+      bind_quantized(ck, quant_params(cfg.raw), prefix, out, in, ql))
+    return ql;
   const std::string wn = prefix + ".weight";
   if (!ck.has(wn))
     fail(ck.dir(), ": missing tensor '", wn, "' (expected shape ", shape_str({out, in}), ")");
@@ -315,8 +394,23 @@ inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std:
   }
   a.kv_a_proj_with_mqa = need_linear(ck, c, p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
   a.kv_a_layernorm = need(ck, p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
-  a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj",
-                            H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+  if (ck.has(p + "self_attn.embed_q.weight")) {  // newer mlx-lm conversions
+    const QuantParams qp = quant_params(c.raw);
+    Linear eq, uo;
+    if (!bind_quantized(ck, qp, p + "self_attn.embed_q", c.kv_lora_rank, c.qk_nope_head_dim, eq) ||
+        !bind_quantized(ck, qp, p + "self_attn.unembed_out", c.v_head_dim, c.kv_lora_rank, uo))
+      fail(ck.dir(), ": '", p, "self_attn.embed_q' / 'unembed_out' must be MLX-quantized");
+    if (eq.mlx->num_slices() != H || uo.mlx->num_slices() != H)
+      fail(ck.dir(), ": '", p, "self_attn.embed_q' / 'unembed_out' must have ", H, " heads");
+    a.kv_b_proj.weight = ck.get(p + "self_attn.embed_q.weight");
+    a.kv_b_proj.embed_q = eq.mlx;
+    a.kv_b_proj.unembed_out = uo.mlx;
+    a.kv_b_proj.rows_ = H * (c.qk_nope_head_dim + c.v_head_dim);
+    a.kv_b_proj.cols_ = c.kv_lora_rank;
+  } else {
+    a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj",
+                              H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+  }
   a.o_proj = need_linear(ck, c, p + "self_attn.o_proj", D, H * c.v_head_dim);
   if (!moe) {
     lw.mlp = need_mlp(ck, c, p + "mlp", D, c.intermediate_size);
@@ -327,8 +421,30 @@ inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std:
   // The bias is what makes the routing "noaux_tc"; HF always has one.
   m.gate.e_score_correction_bias = need(ck, p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts});
   m.experts.reserve(static_cast<std::size_t>(c.n_routed_experts));
-  for (int64_t e = 0; e < c.n_routed_experts; ++e)
-    m.experts.push_back(need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size));
+  if (ck.has(p + "mlp.switch_mlp.gate_proj.weight")) {
+    // mlx-lm stacks the experts: mlp.switch_mlp.{gate,up,down}_proj [E, out, in]
+    const QuantParams qp = quant_params(c.raw);
+    Linear st[3];
+    const char* names[3] = {"gate_proj", "up_proj", "down_proj"};
+    const int64_t outs[3] = {c.moe_intermediate_size, c.moe_intermediate_size, D};
+    const int64_t ins[3] = {D, D, c.moe_intermediate_size};
+    for (int k = 0; k < 3; ++k) {
+      if (!bind_quantized(ck, qp, p + "mlp.switch_mlp." + names[k], outs[k], ins[k], st[k]))
+        fail(ck.dir(), ": '", p, "mlp.switch_mlp.", names[k], "' must be MLX-quantized (unquantized stacked experts are not supported)");
+      if (st[k].mlx->num_slices() != c.n_routed_experts)
+        fail(ck.dir(), ": '", p, "mlp.switch_mlp.", names[k], ".weight' stacks ", st[k].mlx->num_slices(),
+             " experts, expected n_routed_experts = ", c.n_routed_experts);
+    }
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      MLPWeights ex{st[0], st[1], st[2]};
+      for (Linear* l : {&ex.gate_proj, &ex.up_proj, &ex.down_proj})
+        l->mlx = std::make_shared<MlxWeight>(l->mlx->slice(e));
+      m.experts.push_back(std::move(ex));
+    }
+  } else {
+    for (int64_t e = 0; e < c.n_routed_experts; ++e)
+      m.experts.push_back(need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size));
+  }
   if (c.n_shared_experts > 0) m.shared_experts = need_mlp(ck, c, p + "mlp.shared_experts", D, c.shared_intermediate());
   lw.moe = std::move(m);
   return lw;
@@ -340,24 +456,24 @@ inline ModelWeights ModelWeights::bind(const Checkpoint& ck, const Config& c) {
   using detail::need;
   const int64_t D = c.hidden_size;
   ModelWeights m;
-  m.embed_tokens = need(ck, "model.embed_tokens.weight", {c.vocab_size, D});
+  m.embed_tokens = detail::need_linear(ck, c, "model.embed_tokens", c.vocab_size, D);
   m.norm = need(ck, "model.norm.weight", {D});
-  m.lm_head = c.tie_word_embeddings && !ck.has("lm_head.weight")
+  m.lm_head = c.tie_word_embeddings && !ck.has("lm_head.weight") && !ck.has("lm_head.qweight")
                   ? m.embed_tokens
-                  : need(ck, "lm_head.weight", {c.vocab_size, D});
+                  : detail::need_linear(ck, c, "lm_head", c.vocab_size, D);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L)
     m.layers.push_back(detail::need_layer(ck, c, "model.layers." + std::to_string(L) + ".", c.is_moe_layer(L)));
   // MTP layers: bound when the checkpoint has them (HF/OFF/MLX conversions drop them).
   for (int64_t j = 0; j < c.num_nextn_predict_layers && ck.has(mtp_marker(c, j)); ++j) {
     const std::string p = "model.layers." + std::to_string(c.num_hidden_layers + j) + ".";
     MTPWeights t;
-    t.embed_tokens = need(ck, p + "embed_tokens.weight", {c.vocab_size, D});
+    t.embed_tokens = detail::need_linear(ck, c, p + "embed_tokens", c.vocab_size, D);
     t.enorm = need(ck, p + "enorm.weight", {D});
     t.hnorm = need(ck, p + "hnorm.weight", {D});
     t.eh_proj = detail::need_linear(ck, c, p + "eh_proj", D, 2 * D);
     t.block = detail::need_layer(ck, c, p, true);
     t.shared_head_norm = need(ck, p + "shared_head.norm.weight", {D});
-    t.shared_head_head = need(ck, p + "shared_head.head.weight", {c.vocab_size, D});
+    t.shared_head_head = detail::need_linear(ck, c, p + "shared_head.head", c.vocab_size, D);
     m.mtp.push_back(std::move(t));
   }
   return m;

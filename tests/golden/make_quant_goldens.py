@@ -430,6 +430,11 @@ def make_mlx_lm(out_root):
                 st[p + "kv_b_proj.weight"], st[p + "kv_b_proj.scales"], st[p + "kv_b_proj.biases"] = q, s, b
             os.remove(d / "model.safetensors")
             mx.save_safetensors(str(d / "model.safetensors"), st, metadata={"format": "mlx"})
+            # keep save_model's index consistent with the rewritten file
+            idx_path = d / "model.safetensors.index.json"
+            idx = json.loads(idx_path.read_text())
+            idx["weight_map"] = {k: "model.safetensors" for k in sorted(st)}
+            idx_path.write_text(json.dumps(idx, indent=4))
 
         # The official loading path (sanitize re-splits an old-layout kv_b_proj), then every
         # floating tensor upcast to float32 (exact) so mlx-lm computes in float32.
