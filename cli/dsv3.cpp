@@ -381,32 +381,66 @@ void run_check_weights(const std::string& dir) {
 void run_inspect(const std::string& dir) {
   const Config c = Config::from_file(dir + "/config.json");
   Checkpoint ck(dir);
-  std::printf("%-64s %-8s %-16s %14s  %s\n", "tensor", "dtype", "shape", "bytes", "status");
+  std::printf("%-64s %-8s %-18s %12s  %-22s %s\n", "tensor", "dtype", "shape", "bytes", "format", "status");
   uint64_t total = 0, active = 0, bytes = 0, missing = 0, mtp_params = 0;
   std::set<std::string> expected;
-  auto row = [&](const std::string& name, const std::vector<int64_t>& want) {
+  // One stored tensor; `want` empty: a packed part whose shape binding checks.
+  auto row = [&](const std::string& name, const std::vector<int64_t>& want, const std::string& format) {
     expected.insert(name);
-    int64_t numel = 1;
-    for (auto d : want) numel *= d;
     if (!ck.has(name)) {
-      std::printf("%-64s %-8s %-16s %14s  MISSING\n", name.c_str(), "-", shape_str(want).c_str(), "-");
+      std::printf("%-64s %-8s %-18s %12s  %-22s MISSING\n", name.c_str(), "-", shape_str(want).c_str(), "-",
+                  format.c_str());
       ++missing;
-      return numel;
+      return;
     }
     const TensorView& t = ck.get(name);
-    const bool ok = t.shape == want;
-    std::printf("%-64s %-8s %-16s %14zu  %s\n", name.c_str(), dtype_name(t.dtype), shape_str(t.shape).c_str(),
-                t.nbytes(), ok ? "ok" : ("WRONG SHAPE, expected " + shape_str(want)).c_str());
+    const bool ok = want.empty() || t.shape == want;
+    std::printf("%-64s %-8s %-18s %12zu  %-22s %s\n", name.c_str(), dtype_name(t.dtype), shape_str(t.shape).c_str(),
+                t.nbytes(), format.c_str(), ok ? "ok" : ("WRONG SHAPE, expected " + shape_str(want)).c_str());
     bytes += t.nbytes();
     if (!ok) ++missing;
-    return numel;
+  };
+  const QuantParams qp = quant_params(c.raw);
+  // How a module is stored: FP8 blocks, AWQ, MLX (plain, stacked experts,
+  // split kv_b), or a plain float tensor.
+  auto module = [&](const TensorSpec& s) {
+    const std::string& m = s.name;
+    const bool is_linear = s.kind == TensorSpec::Linear;
+    const std::string base = is_linear ? m : m.substr(0, m.size() - 7);  // strip ".weight"
+    auto mlx_label = [&](const std::string& b) {
+      const MlxModuleQuant mq = mlx_module_quant(qp, b, true);
+      return "MLX " + std::to_string(mq.bits) + "-bit g" + std::to_string(mq.group_size);
+    };
+    if (ck.has(base + ".qweight")) {
+      const std::string f = "AWQ int4 g" + std::to_string(qp.group_size);
+      for (const char* part : {".qweight", ".qzeros", ".scales"}) row(base + part, {}, f);
+    } else if (qp.format == QuantFormat::Mlx && s.expert >= 0 &&
+               ck.has(base.substr(0, base.find(".mlp.experts.")) + ".mlp.switch_mlp.gate_proj.weight")) {
+      if (s.expert == 0) {
+        const std::string b = base.substr(0, base.find(".mlp.experts.")) + ".mlp.switch_mlp" + base.substr(base.rfind('.'));
+        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_label(b) + " stacked");
+      }
+    } else if (qp.format == QuantFormat::Mlx && !ck.has(base + ".weight") &&
+               ck.has(base.substr(0, base.size() - 9) + "embed_q.weight")) {
+      for (const char* split : {"embed_q", "unembed_out"}) {
+        const std::string b = base.substr(0, base.size() - 9) + split;
+        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_label(b) + " per head");
+      }
+    } else if (qp.format == QuantFormat::Mlx && ck.has(base + ".scales")) {
+      for (const char* part : {".weight", ".scales", ".biases"}) row(base + part, {}, mlx_label(base));
+    } else if (is_linear && ck.has(m + ".weight") && ck.get(m + ".weight").dtype == DType::F8_E4M3) {
+      row(m + ".weight", s.shape, "FP8 e4m3 128x128");
+      row(m + ".weight_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128}, "FP8 block scales");
+    } else {
+      const std::string t = is_linear ? m + ".weight" : m;
+      row(t, s.shape, ck.has(t) ? dtype_name(ck.get(t).dtype) : "-");
+    }
   };
   const bool has_mtp = c.num_nextn_predict_layers > 0 && ck.has(ModelWeights::mtp_marker(c));
   for (const TensorSpec& s : expected_tensors(c, has_mtp)) {
-    const bool lin = s.kind == TensorSpec::Linear;
-    const int64_t n = row(lin ? s.name + ".weight" : s.name, s.shape);
-    if (lin && ck.has(s.name + ".weight") && ck.get(s.name + ".weight").dtype == DType::F8_E4M3)
-      row(s.name + ".weight_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128});
+    module(s);
+    int64_t n = 1;
+    for (auto d : s.shape) n *= d;
     if (s.layer < c.num_hidden_layers) total += uint64_t(n);
     if (s.layer >= c.num_hidden_layers) mtp_params += uint64_t(n);
     else if (s.expert < 0 || s.expert < c.num_experts_per_tok) active += uint64_t(n);  // k experts' worth

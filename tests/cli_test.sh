@@ -55,6 +55,15 @@ python3 -c "import json,sys; a,b=(json.load(open(f))['generated_ids'] for f in s
 [ -f "$T/sharded/model.safetensors.index.json" ] && ok || bad "make-model did not shard"
 "$DSV3" forward --model "$T/sharded" --ids 0,1,2 --out "$T/sh.npy" && ok || bad "forward on shards"
 
+# -- quantized formats: make-model --dtype awq|mlx4|mlx5|mlx8, inspect, forward --
+for q in awq mlx4 mlx5 mlx8; do
+  "$DSV3" make-model --out "$T/$q" --preset tiny --dtype $q 2>/dev/null || bad "make-model --dtype $q"
+  "$DSV3" inspect --model "$T/$q" >"$T/insp" && grep -q "missing/wrong: 0   extra: 0" "$T/insp" && ok || bad "inspect $q: $(tail -3 "$T/insp")"
+  "$DSV3" forward --model "$T/$q" --ids 0,5,17,42 --out "$T/q.npy" && ok || bad "forward $q"
+done
+grep -q "mlp.switch_mlp.gate_proj.weight .*U32 .*MLX 8-bit g32 stacked" "$T/insp" && ok || bad "inspect does not show MLX stacked experts"
+grep -q "AWQ int4 g32" <("$DSV3" inspect --model "$T/awq") && ok || bad "inspect does not show AWQ"
+
 # -- MTP: make-model --mtp, forward --mtp-out, speculative generation ---------
 "$DSV3" make-model --out "$T/mtp" --preset tiny --dtype fp8 --mtp 2>/dev/null || bad "make-model --mtp"
 "$DSV3" inspect --model "$T/mtp" >"$T/insp" && grep -q "model.layers.3.eh_proj.weight .*BF16" "$T/insp" && ok || bad "inspect does not list the BF16 MTP eh_proj"
@@ -129,6 +138,8 @@ mk; surgery "$ST" "$T/bad/model.safetensors" "import struct as S; o=h['model.lay
 [ $rc -eq 1 ] && grep -q "model.layers.2.mlp.experts.3.down_proj.weight" "$T/cw.txt" && grep -q "^dsv3: error: .*hold NaN/Inf (first: 'model.layers.2.mlp.experts.3.down_proj.weight')" "$T/cw.err" \
   && ok || bad "check-weights: rc=$rc $(cat "$T/cw.txt" "$T/cw.err")"
 "$DSV3" inspect --model "$M" --check-weights | grep -q "tensors finite" && ok || bad "check-weights on a clean model"
+mk; cp "$T/mlx4/model.safetensors" "$T/bad/"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['quantization']['bits']=3; json.dump(c, open(sys.argv[2],'w'))" "$T/mlx4/config.json" "$T/bad/config.json"
+expect_error "'quantization.bits' = 3 is not supported (4, 5 or 8)" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
 expect_error "unknown preset 'huge'" "$DSV3" make-model --out "$T/y" --preset huge
 [ ! -e "$T/x.npy" ] && ok || bad "a failed forward left an output file behind"
 

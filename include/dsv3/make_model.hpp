@@ -168,10 +168,26 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   nlohmann::json cj = spec.config;
   if (spec.mtp && cj.value("num_nextn_predict_layers", 0) == 0) cj["num_nextn_predict_layers"] = 1;
   const Config c = Config::from_json(cj, "make-model config");
-  if (spec.dtype != "f32" && spec.dtype != "bf16" && spec.dtype != "fp8")
-    fail("make-model: --dtype '", spec.dtype, "' is not one of f32, bf16, fp8");
-  const bool fp8 = spec.dtype == "fp8";
-  const DType dense_dt = spec.dtype == "f32" ? DType::F32 : DType::BF16;  // non-FP8 tensors
+  const std::string& fmt = spec.dtype;
+  if (fmt != "f32" && fmt != "bf16" && fmt != "fp8" && fmt != "awq" && fmt != "mlx4" && fmt != "mlx5" && fmt != "mlx8")
+    fail("make-model: --dtype '", fmt, "' is not one of f32, bf16, fp8, awq, mlx4, mlx5, mlx8");
+  const bool fp8 = fmt == "fp8", awq = fmt == "awq", mlx = fmt.rfind("mlx", 0) == 0;
+  const int64_t mlx_bits = mlx ? fmt[3] - '0' : 0;
+  // unquantized tensors: F32 / BF16; F16 in AWQ checkpoints (AutoAWQ saves fp16)
+  const DType dense_dt = fmt == "f32" ? DType::F32 : awq ? DType::F16 : DType::BF16;
+  // AWQ / MLX group size: the largest of 128, 64, 32 dividing every input width
+  int64_t group = 0;
+  if (awq || mlx) {
+    std::vector<int64_t> ins = {c.hidden_size, c.intermediate_size, c.moe_intermediate_size, c.kv_lora_rank,
+                                c.qk_nope_head_dim, c.num_attention_heads * c.v_head_dim, c.shared_intermediate()};
+    if (c.q_lora_rank) ins.push_back(*c.q_lora_rank);
+    for (int64_t g : {128, 64, 32}) {
+      bool ok = true;
+      for (int64_t d : ins) ok = ok && d > 0 && d % g == 0;
+      if (ok) { group = g; break; }
+    }
+    if (!group) fail("make-model --dtype ", fmt, ": the model's input widths must all be multiples of 32");
+  }
   std::filesystem::create_directories(dir);
 
   std::vector<TensorToWrite> ts;
@@ -188,12 +204,60 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
       for (int64_t i = 0; i < n; ++i) {
         const float v = float(mean + std * rng.normal());
         if (dt == DType::F32) std::memcpy(out + 4 * i, &v, 4);
-        else { const uint16_t h = f32_to_bf16(v); std::memcpy(out + 2 * i, &h, 2); }
+        else { const uint16_t h = dt == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v); std::memcpy(out + 2 * i, &h, 2); }
       }
     }});
   };
+  // Random words: every bit pattern is a valid packed code.
+  auto random_words = [&](const std::string& name, DType dt, std::vector<int64_t> shape) {
+    ts.push_back({name, dt, shape, [=](uint8_t* o) {
+      Rng rng(name_seed(seed, name));
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      for (int64_t i = 0; i < n; ++i) { const uint32_t w = uint32_t(rng.next()); std::memcpy(o + 4 * i, &w, 4); }
+    }});
+  };
+  // A per-group scale tensor: base·(0.75 + 0.5u), optionally with a matching
+  // bias tensor -scale·mid (MLX: W = q·s + b with q uniform in [0, 2^bits)).
+  auto scales = [&](const std::string& name, DType dt, std::vector<int64_t> shape, double base, double mid_bias) {
+    const std::string bname = name.substr(0, name.size() - std::string("scales").size()) + "biases";
+    for (int part = 0; part < (mid_bias != 0 ? 2 : 1); ++part)
+      ts.push_back({part ? bname : name, dt, shape, [=](uint8_t* o) {
+        Rng rng(name_seed(seed, name));
+        int64_t n = 1;
+        for (int64_t d : shape) n *= d;
+        for (int64_t i = 0; i < n; ++i) {
+          const float sc = float(base * (0.75 + 0.5 * rng.uniform()));
+          const float v = part ? float(-sc * mid_bias) : sc;
+          const uint16_t h = dt == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+          std::memcpy(o + 2 * i, &h, 2);
+        }
+      }});
+  };
+  // MLX affine: weight U32 [.., out, in·bits/32], scales/biases BF16 [.., out, in/g].
+  auto mlx_linear = [&](const std::string& prefix, std::vector<int64_t> lead, int64_t out, int64_t in) {
+    const double levels = double((1 << mlx_bits) - 1);
+    const double sq = std::sqrt((levels + 1) * (levels + 1) - 1) / std::sqrt(12.0);  // std of uniform codes
+    auto sh = [&](int64_t last) { auto v = lead; v.push_back(out); v.push_back(last); return v; };
+    random_words(prefix + ".weight", DType::U32, sh(in * mlx_bits / 32));
+    scales(prefix + ".scales", DType::BF16, sh(in / group), 1.0 / std::sqrt(double(in)) / sq, levels / 2);
+  };
   auto linear = [&](const std::string& prefix, int64_t out, int64_t in, bool keep_bf16) {
     const double sigma = 1.0 / std::sqrt(double(in));
+    if (awq && !keep_bf16) {
+      // AutoAWQ GEMM: qweight I32 [in, out/8], qzeros I32 [in/g, out/8] (all 8: the
+      // mid code), scales F16 [in/g, out]; W = (q − 8)·s with q uniform in [0, 16)
+      if (out % 8) fail("make-model --dtype awq: '", prefix, "' has out = ", out, ", not a multiple of 8");
+      random_words(prefix + ".qweight", DType::I32, {in, out / 8});
+      ts.push_back({prefix + ".qzeros", DType::I32, {in / group, out / 8}, [](uint8_t*) {}});
+      ts.back().fill = [n = (in / group) * (out / 8)](uint8_t* o) {
+        const uint32_t eights = 0x88888888u;
+        for (int64_t i = 0; i < n; ++i) std::memcpy(o + 4 * i, &eights, 4);
+      };
+      scales(prefix + ".scales", DType::F16, {in / group, out}, sigma / 4.61, 0);
+      return;
+    }
+    if (mlx && !keep_bf16) return mlx_linear(prefix, {}, out, in);
     if (!fp8 || keep_bf16) return gaussian(prefix + ".weight", {out, in}, 0.0, sigma, dense_dt);
     const int64_t br = 128, bc = 128, sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
     const std::string wn = prefix + ".weight", sn = prefix + ".weight_scale_inv";
@@ -219,7 +283,27 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
     }});
   };
   const double inv_sqrt_d = 1.0 / std::sqrt(double(c.hidden_size));
+  const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim;
   for (const TensorSpec& t : expected_tensors(c, spec.mtp)) {
+    if (mlx && t.kind == TensorSpec::Linear && t.expert >= 0) {
+      // mlx-lm stacks the routed experts: mlp.switch_mlp.{gate,up,down}_proj [E, out, in]
+      if (t.expert != 0) continue;
+      const std::string proj = t.name.substr(t.name.rfind('.') + 1);
+      const std::string p = t.name.substr(0, t.name.find(".mlp.experts.")) + ".mlp.switch_mlp." + proj;
+      mlx_linear(p, {c.n_routed_experts}, t.shape[0], t.shape[1]);
+      continue;
+    }
+    if (mlx && t.kind == TensorSpec::Linear && t.name.size() > 9 && t.name.substr(t.name.size() - 9) == "kv_b_proj") {
+      // newer mlx-lm: embed_q [H, kv_lora, nope] (W_UKᵀ) and unembed_out [H, v, kv_lora] (W_UV)
+      const std::string p = t.name.substr(0, t.name.size() - 9);
+      mlx_linear(p + "embed_q", {H}, c.kv_lora_rank, dn);
+      mlx_linear(p + "unembed_out", {H}, c.v_head_dim, c.kv_lora_rank);
+      continue;
+    }
+    if (mlx && (t.kind == TensorSpec::Embed || t.kind == TensorSpec::Head)) {  // quantized too
+      mlx_linear(t.name.substr(0, t.name.size() - 7), {}, t.shape[0], t.shape[1]);
+      continue;
+    }
     switch (t.kind) {
       case TensorSpec::Embed: gaussian(t.name, t.shape, 0.0, 1.0, dense_dt, t.copy_of); break;
       case TensorSpec::Norm: gaussian(t.name, t.shape, 1.0, 0.1, dense_dt); break;
@@ -232,12 +316,20 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
 
   // config.json
   nlohmann::json cfg = cj;
-  cfg["torch_dtype"] = spec.dtype == "f32" ? "float32" : "bfloat16";
+  cfg["torch_dtype"] = fmt == "f32" ? "float32" : awq ? "float16" : "bfloat16";
+  cfg.erase("quantization_config");
+  cfg.erase("quantization");
   if (fp8)
     cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
                                   {"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
-  else
-    cfg.erase("quantization_config");
+  if (awq)  // AutoAWQ's config keys (docs/formats.md)
+    cfg["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}, {"group_size", group},
+                                  {"zero_point", true}, {"version", "gemm"},
+                                  {"modules_to_not_convert", {"lm_head"}}};
+  if (mlx) {  // mlx-lm writes both keys
+    cfg["quantization"] = {{"group_size", group}, {"bits", mlx_bits}, {"mode", "affine"}};
+    cfg["quantization_config"] = cfg["quantization"];
+  }
 
   // shards: consecutive tensors up to shard_bytes each
   std::vector<std::vector<TensorToWrite>> shards(1);
