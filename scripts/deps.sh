@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs dsv3's build dependencies from Debian's packages, idempotently.
-# Needs root (or sudo). Does nothing when everything is already installed.
+# Installs dsv3's build dependencies from Debian's packages, idempotently,
+# plus any packages named as arguments. Needs root (or sudo). Does nothing
+# when everything is already installed.
 set -euo pipefail
 PKGS="cmake g++ make pkg-config python3 libxtensor-dev libxtensor-blas-dev xtl-dev
-nlohmann-json3-dev doctest-dev libcli11-dev libonig-dev libopenblas-dev libomp-dev"
+nlohmann-json3-dev doctest-dev libcli11-dev libonig-dev libopenblas-dev libomp-dev $*"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
