@@ -63,6 +63,12 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
+bool bf16_cache(const std::string& s) {
+  if (s == "f32" || s == "compute") return false;
+  if (s == "bf16") return true;
+  fail("--cache-dtype: '", s, "' is not compute or bf16");
+}
+
 AttnForm parse_attn(const std::string& s) {
   if (s == "absorb") return AttnForm::absorb;
   if (s == "naive") return AttnForm::naive;
@@ -122,6 +128,7 @@ struct ForwardArgs {
   std::string names;  // trace only: comma-separated globs
   std::string mtp_out;
   bool mtp_zero_pos0 = false;
+  std::string cache_dtype = "compute";
 };
 
 template <class T>
@@ -131,7 +138,7 @@ void run_forward(const ForwardArgs& a) {
   ForwardOptions opt;
   opt.attn = parse_attn(a.attn);
   const int64_t V = m.config().vocab_size, L = int64_t(ids.size());
-  auto cache = m.new_cache();
+  auto cache = m.new_cache(bf16_cache(a.cache_dtype));
   std::vector<float> out;
   auto append = [&](const Mat<T>& lg) { out.insert(out.end(), lg.begin(), lg.end()); };
   if (!a.mtp_out.empty() && a.mode != "prefill") fail("--mtp-out needs --mode prefill");
@@ -175,6 +182,7 @@ struct GenerateArgs {
   int64_t max_new_tokens = 32;
   bool json = false, chat = false, mtp_zero_pos0 = false;
   std::string speculative;
+  std::string cache_dtype = "compute";
   SamplerOptions sampling;
   VariantArgs variants;
 };
@@ -221,7 +229,7 @@ void run_generate(const GenerateArgs& a) {
   ForwardOptions opt;
   opt.attn = parse_attn(a.attn);
   opt.all_logits = false;
-  auto cache = m.new_cache();
+  auto cache = m.new_cache(bf16_cache(a.cache_dtype));
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> gen;
   std::unique_ptr<StreamDecoder> stream;
@@ -304,7 +312,7 @@ void run_chat(const GenerateArgs& a) {
     msgs.push_back({{"role", "user"}, {"content", line}});
     // Re-run the whole rendered chat: simple, and exact by construction.
     const auto ids = tok.encode(render_chat(tmpl, msgs, true, chat_extra(tok)), false);
-    auto cache = m.new_cache();
+    auto cache = m.new_cache(bf16_cache(a.cache_dtype));
     Mat<T> logits = m.forward(ids, cache, opt);
     StreamDecoder stream(tok);
     std::vector<int32_t> gen;
@@ -347,7 +355,7 @@ void run_trace(const ForwardArgs& a) {
   });
   ForwardOptions opt;
   opt.attn = parse_attn(a.attn);
-  auto cache = m.new_cache();
+  auto cache = m.new_cache(bf16_cache(a.cache_dtype));
   const int64_t L = int64_t(ids.size());
   if (a.mode == "prefill") {
     const int64_t chunk = a.chunk > 0 ? a.chunk : L;
@@ -488,6 +496,8 @@ int main(int argc, char** argv) {
   fwd->add_option("--attn", fa.attn, "absorb (official default) | naive")->capture_default_str();
   fwd->add_option("--precision", fa.precision, "Compute scalar: f32 | f64")->capture_default_str();
   fwd->add_option("--chunk", fa.chunk, "Prefill mode: run the prompt in chunks of N tokens (0 = one call)");
+  fwd->add_option("--cache-dtype", fa.cache_dtype, "Latent cache storage: compute (the compute scalar) | bf16")
+      ->capture_default_str();
   fwd->add_option("--mtp-out", fa.mtp_out, "Also write the MTP module's logits [L-1, vocab]: row i from h_i and ids[i+1]");
   fwd->add_flag("--mtp-zero-pos0", fa.mtp_zero_pos0, "MTP: zero the embedding at position 0 (vLLM's rule)");
   fa.variants.add(fwd);
@@ -504,6 +514,7 @@ int main(int argc, char** argv) {
   trc->add_option("--chunk", ta.chunk, "Prefill in chunks of N tokens");
   trc->add_option("--attn", ta.attn, "absorb | naive")->capture_default_str();
   trc->add_option("--precision", ta.precision, "f32 | f64")->capture_default_str();
+  trc->add_option("--cache-dtype", ta.cache_dtype, "Latent cache storage: compute | bf16")->capture_default_str();
   ta.variants.add(trc);
 
   std::string cmp_a, cmp_b, cmp_tol = "f32", cmp_report, cmp_json;
@@ -528,6 +539,7 @@ int main(int argc, char** argv) {
     s->add_option("--seed", ga.sampling.seed, "Sampling seed (reproducible across runs)")->capture_default_str();
     s->add_option("--precision", ga.precision, "Compute scalar: f32 | f64")->capture_default_str();
     s->add_option("--attn", ga.attn, "absorb | naive")->capture_default_str();
+    s->add_option("--cache-dtype", ga.cache_dtype, "Latent cache storage: compute | bf16")->capture_default_str();
     ga.variants.add(s);
   };
   auto* gen = app.add_subcommand("generate", "Generate tokens from --ids or a text --prompt; stops at EOS.\n"

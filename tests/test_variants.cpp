@@ -135,3 +135,24 @@ TEST_CASE("variants JSON: unknown knobs and bad values are named") {
   CHECK(v.router_precision == "bf16");
   CHECK(Variants::from_json(v.to_json()).to_json() == v.to_json());
 }
+
+TEST_CASE("bf16 latent cache: half the bytes, logits within bf16 rounding of the cached values") {
+  Model<float> m(kGolden + "a-f32");
+  const auto ids = golden_ids("a-f32");
+  auto c32 = m.new_cache(), c16 = m.new_cache(true);
+  ForwardOptions o;
+  o.all_logits = false;
+  Mat<float> a = m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + 20), c32, o);
+  Mat<float> b = m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + 20), c16, o);
+  double worst = 0;
+  for (std::size_t i = 20; i < ids.size(); ++i) {
+    a = m.forward({ids[i]}, c32, o);
+    b = m.forward({ids[i]}, c16, o);
+    worst = std::max(worst, max_diff(a, b));
+  }
+  CHECK(c16.bytes() * 2 == c32.bytes());
+  CHECK(worst > 0);     // the cached latents were rounded
+  CHECK(worst < 0.1);   // relative 2^-9 on each cached value; observed ~1e-2 on O(1) logits
+  c16.truncate(10);     // truncation works on the bf16 storage too
+  CHECK(c16.bytes() * std::size_t(ids.size()) == c32.bytes() / 2 * 10);
+}

@@ -82,11 +82,17 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
   be.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
   round_act(v, k_pe);
   trace.emit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
-  cache.c_kv.insert(cache.c_kv.end(), c_kv.begin(), c_kv.end());
-  cache.k_pe.insert(cache.k_pe.end(), k_pe.begin(), k_pe.end());
+  cache.append(c_kv.data(), c_kv.size(), k_pe.data(), k_pe.size());
   const int64_t t = start_pos + n;                                  // positions visible to the last token
-  const T* C = cache.c_kv.data();                                   // [t, r]
-  const T* KP = cache.k_pe.data();                                  // [t, dr]
+  std::vector<T> wide_c, wide_k;  // a bf16 cache, widened for this call
+  if (cache.bf16) {
+    wide_c.resize(cache.c_kv16.size());
+    wide_k.resize(cache.k_pe16.size());
+    for (std::size_t i = 0; i < wide_c.size(); ++i) wide_c[i] = T(bf16_to_f32(cache.c_kv16[i]));
+    for (std::size_t i = 0; i < wide_k.size(); ++i) wide_k[i] = T(bf16_to_f32(cache.k_pe16[i]));
+  }
+  const T* C = cache.bf16 ? wide_c.data() : cache.c_kv.data();       // [t, r]
+  const T* KP = cache.bf16 ? wide_k.data() : cache.k_pe.data();      // [t, dr]
 
   // W_UK / W_UV: kv_b_proj rows for head h are [h*(dn+dv), (h+1)*(dn+dv)),
   // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r]. Each

@@ -45,17 +45,13 @@ struct KVCache {
 
   std::size_t bytes() const {
     std::size_t b = 0;
-    for (const auto& l : layers) b += (l.c_kv.size() + l.k_pe.size()) * sizeof(T);
+    for (const auto& l : layers) b += l.bytes();
     return b;
   }
   // Forgets positions [len, length) (a rejected speculative draft).
   void truncate(int64_t len) {
     if (len < 0 || len > length) fail("KVCache::truncate(", len, "): cache holds ", length, " positions");
-    for (auto& l : layers) {
-      if (length == 0) continue;
-      l.c_kv.resize(l.c_kv.size() / std::size_t(length) * std::size_t(len));
-      l.k_pe.resize(l.k_pe.size() / std::size_t(length) * std::size_t(len));
-    }
+    for (auto& l : layers) l.truncate(len, length);
     length = len;
   }
 };
@@ -91,9 +87,12 @@ class Model {
   const ModelWeights& weights() const { return w_; }
   const Checkpoint& checkpoint() const { return *ckpt_; }
 
-  KVCache<T> new_cache() const {
+  // bf16_cache: store the latent cache as bf16 (half the memory; values
+  // rounded once when cached).
+  KVCache<T> new_cache(bool bf16_cache = false) const {
     KVCache<T> c;
     c.layers.resize(std::size_t(config_.num_hidden_layers));
+    for (auto& l : c.layers) l.bf16 = bf16_cache;
     return c;
   }
 
