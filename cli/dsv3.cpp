@@ -239,9 +239,11 @@ void run_generate(const GenerateArgs& a) {
     if (a.sampling.temperature != 0) fail("--speculative mtp is exact greedy decoding: use --temperature 0");
     MTPOptions mo;
     mo.zero_pos0 = a.mtp_zero_pos0;
+    const double t0 = now_s();
     const SpecResult r = generate_speculative_mtp(m, ids, a.max_new_tokens, mo, opt.attn, [&](int32_t t) {
       if (stream && t != m.config().eos_token_id) std::cout << stream->push(t) << std::flush;
     });
+    const double t1 = now_s();
     if (stream) std::cout << stream->flush() << std::endl;
     if (a.json) {
       nlohmann::json steps = nlohmann::json::array();
@@ -251,7 +253,9 @@ void run_generate(const GenerateArgs& a) {
       nlohmann::json j = {{"prompt_ids", ids}, {"generated_ids", r.generated}, {"mtp_drafted", r.drafted},
                           {"mtp_accepted", r.accepted},
                           {"mtp_acceptance_rate", r.drafted ? double(r.accepted) / double(r.drafted) : 0.0},
-                          {"mtp_steps", steps}};
+                          {"mtp_steps", steps},
+                          {"timing", {{"total_s", t1 - t0},
+                                      {"tokens_per_s", double(r.generated.size()) / (t1 - t0)}}}};
       if (tok) j["text"] = tok->decode(r.generated, true);
       std::cout << j.dump() << std::endl;
     } else if (!tok) {
