@@ -42,7 +42,17 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::vector<int32_t> parse_ids(const std::string& s) {
+// "0,17,42", or "@FILE" holding ids separated by commas or whitespace (long
+// contexts do not fit on a command line).
+std::vector<int32_t> parse_ids(const std::string& arg) {
+  std::string s = arg;
+  if (!arg.empty() && arg[0] == '@') {
+    std::ifstream f(arg.substr(1));
+    if (!f) fail("--ids: cannot open '", arg.substr(1), "'");
+    s.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    for (char& ch : s)
+      if (ch == ' ' || ch == '\n' || ch == '\t' || ch == '\r') ch = ',';
+  }
   std::vector<int32_t> ids;
   std::stringstream ss(s);
   std::string tok;
@@ -168,7 +178,11 @@ void run_forward(const ForwardArgs& a) {
     const int64_t P = a.prefill_len;
     if (P < 1 || P > L) fail("--prefill-len ", P, " must be in [1, ", L, "] (the number of ids)");
     opt.all_logits = false;
-    append(m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + P), cache, opt));
+    const int64_t chunk = a.chunk > 0 ? a.chunk : P;  // the first P tokens, in chunks
+    Mat<T> last;
+    for (int64_t s = 0; s < P; s += chunk)
+      last = m.forward(std::vector<int32_t>(ids.begin() + s, ids.begin() + std::min(P, s + chunk)), cache, opt);
+    append(last);
     for (int64_t i = P; i < L; ++i) append(m.forward({ids[std::size_t(i)]}, cache, opt));
     write_npy_f32(a.out, out, std::size_t(L - P + 1), std::size_t(V));
   } else {
@@ -493,13 +507,14 @@ int main(int argc, char** argv) {
                                  "prefill: [L, vocab], one row per position. decode: ids[:P] in one call, then one "
                                  "token per call; [L-P+1, vocab], row 0 = last position of the first call.");
   fwd->add_option("--model", fa.model, "Model directory (HF layout)")->required();
-  fwd->add_option("--ids", fa.ids, "Comma-separated token ids, e.g. 0,17,42")->required();
+  fwd->add_option("--ids", fa.ids, "Comma-separated token ids, e.g. 0,17,42, or @FILE")->required();
   fwd->add_option("--out", fa.out, "Output .npy file")->required();
   fwd->add_option("--mode", fa.mode, "prefill | decode")->capture_default_str();
   fwd->add_option("--prefill-len", fa.prefill_len, "Decode mode: tokens in the first call")->capture_default_str();
   fwd->add_option("--attn", fa.attn, "absorb (official default) | naive")->capture_default_str();
   fwd->add_option("--precision", fa.precision, "Compute scalar: f32 | f64")->capture_default_str();
-  fwd->add_option("--chunk", fa.chunk, "Prefill mode: run the prompt in chunks of N tokens (0 = one call)");
+  fwd->add_option("--chunk", fa.chunk, "Run the prompt (prefill mode) or its first P tokens (decode mode) in chunks "
+                 "of N tokens (0 = one call)");
   fwd->add_option("--cache-dtype", fa.cache_dtype, "Latent cache storage: compute (the compute scalar) | bf16")
       ->capture_default_str();
   fwd->add_option("--mtp-out", fa.mtp_out, "Also write the MTP module's logits [L-1, vocab]: row i from h_i and ids[i+1]");
