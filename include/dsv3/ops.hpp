@@ -118,6 +118,15 @@ inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
   return y;
 }
 
+// F32 weights used at T = float are read where the mapping has them (no copy).
+template <class T>
+inline const T* in_place(const Linear& W) {
+  if constexpr (std::is_same_v<T, float>)
+    if (W.weight.dtype == DType::F32 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
+      return reinterpret_cast<const float*>(W.weight.data);
+  return nullptr;
+}
+
 // ---------------------------------------------------------------------------
 // Few rows (decode): fused dequantise-and-multiply. Threads split the output
 // rows; each row is decoded from its stored bytes into a row buffer (read
@@ -129,10 +138,7 @@ template <class T>
 inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Mat<T>& y) {
   const int64_t n = rows(x), K = W.in(), O = W.out();
   const bool round_w = v.fp8_dequant_bf16 && W.is_fp8();
-  const T* direct = nullptr;  // F32 weights at T = float are read in place
-  if constexpr (std::is_same_v<T, float>)
-    if (W.weight.dtype == DType::F32 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
-      direct = reinterpret_cast<const float*>(W.weight.data);
+  const T* direct = in_place<T>(W);
 #pragma omp parallel
   {
     std::vector<T> row(direct ? 0 : static_cast<std::size_t>(K));
@@ -178,10 +184,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
     round_act(v, y);
     return y;
   }
-  const T* direct = nullptr;  // F32 weights at T = float: gemm reads the mapping in place
-  if constexpr (std::is_same_v<T, float>)
-    if (W.weight.dtype == DType::F32 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
-      direct = reinterpret_cast<const float*>(W.weight.data);
+  const T* direct = in_place<T>(W);
   // Bands of output rows, of a size that does not depend on the thread count.
   int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(16, (int64_t(1) << 18) / K);
   band = std::min(band, O);
