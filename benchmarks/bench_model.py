@@ -303,6 +303,51 @@ def long_context(a, quiet):
         real[name] = dict(bytes_per_token=per, bytes_at_163840=per * 163840)
     res["deepseek_v3_latent_cache"] = real
 
+    # Preferred: the demo preset (max_position_embeddings 163840, YaRN original 4096 as in
+    # DeepSeek-V3), `forward --ids @FILE --mode decode --prefill-len P --chunk C`: a chunked
+    # prefill of P tokens, then one-token decode calls at positions P, P+1, ...
+    # Older binaries (no @FILE / no chunked decode-mode prefill): the tiny preset with a config
+    # override and `--mode prefill --chunk C` on m*C+1 ids given on the command line.
+    P, D, C = a.long_positions, a.long_decode_tokens, a.long_chunk
+    demo = os.path.join(a.models_dir, "demo-f32")
+    ensure_model(a.dsv3, demo, "demo", "f32")
+    cfg = json.load(open(os.path.join(demo, "config.json")))
+    per_tok = cfg["num_hidden_layers"] * (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 4
+    short = make_ids(100, cfg["vocab_size"])
+    g = json.loads(subprocess.run([a.dsv3, "generate", "--model", demo, "--ids", ids_arg(short),
+                                   "--max-new-tokens", "3", "--json"], capture_output=True, text=True,
+                                  check=True).stdout)
+    res["kv_bytes_formula_check"] = dict(reported=g["timing"]["kv_cache_bytes"], formula=per_tok * 102)
+    out = os.path.join(tempfile.gettempdir(), "dsv3-long.npy")
+    idfile = os.path.join(tempfile.gettempdir(), "dsv3-long-ids.txt")
+    L = P + D
+    with open(idfile, "w") as f:
+        f.write(",".join(map(str, make_ids(L, cfg["vocab_size"]))))
+    cmd = [a.dsv3, "--threads", str(a.threads), "forward", "--model", demo, "--ids", "@" + idfile, "--out", out,
+           "--mode", "decode", "--prefill-len", str(P), "--chunk", str(C)]
+    # probe: does this binary take @FILE and chunk decode mode? (tiny run, same flags)
+    with open(idfile + ".probe", "w") as f:
+        f.write(",".join(map(str, make_ids(12, cfg["vocab_size"]))))
+    probe = subprocess.run(cmd[:7] + ["@" + idfile + ".probe", "--out", out, "--mode", "decode", "--prefill-len", "10",
+                                      "--chunk", "4"], capture_output=True, text=True)
+    os.unlink(idfile + ".probe")
+    if probe.returncode == 0:
+        quiet.wait("long-context")
+        log(f"  long context: demo preset, chunked prefill of {P} (chunk {C}), {D} decode calls at {P}..{L - 1}")
+        _, rss, wall = run_timed(cmd)
+        shape, last = npy_last_row(out)
+        res["run"] = dict(
+            how=f"demo preset; forward --ids @FILE --mode decode --prefill-len {P} --chunk {C}",
+            prefill_tokens=P, chunk=C, decode_calls=D, decode_positions=[P, L - 1], ids=L,
+            wall_s=wall, peak_rss_bytes=rss, kv_cache_bytes=per_tok * L, kv_bytes_per_token=per_tok,
+            logits_shape=list(shape), last_row_finite=all(math.isfinite(x) for x in last),
+            kv_cache_bytes_at_163840=per_tok * 163840)
+        os.unlink(out)
+        os.unlink(idfile)
+        return res
+    res["probe_error"] = probe.stderr.strip()[-300:]
+    os.unlink(idfile)
+
     path = os.path.join(a.models_dir, "tiny-long-f32")
     ensure_model(a.dsv3, path, "tiny", "f32")
     cfgp = os.path.join(path, "config.json")
@@ -313,25 +358,13 @@ def long_context(a, quiet):
         json.dump(cfg, open(cfgp, "w"), indent=2)
     per_tok = cfg["num_hidden_layers"] * (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 4
     res["tiny_config_override"] = "max_position_embeddings=163840, rope_scaling.original_max_position_embeddings=4096"
-
-    # kv_cache_bytes formula checked against generate's report on a short run
-    short = make_ids(100, cfg["vocab_size"])
-    g = json.loads(subprocess.run([a.dsv3, "generate", "--model", path, "--ids", ids_arg(short),
-                                   "--max-new-tokens", "3", "--json"], capture_output=True, text=True,
-                                  check=True).stdout)
-    res["kv_bytes_formula_check"] = dict(reported=g["timing"]["kv_cache_bytes"], formula=per_tok * 102)
-
-    # chunked prefill of everything but the last token, then a one-token call at the last
-    # position: forward --mode prefill --chunk C with L = m*C + 1 ids.
-    C = a.long_chunk
     attempts = []
-    want_L = (a.long_positions // C) * C + 1  # last position >= long_positions - C, one-token call
-    while want_L <= a.long_positions:
+    want_L = (P // C) * C + 1  # m*C+1 ids: m chunks, then a one-token call at position m*C
+    while want_L <= P:
         want_L += C
-    # ids: single-digit tokens (2..9) keep the argument as short as possible
-    def ids_for(L):
-        return [2 + (i * 7) % 8 for i in range(L)]
-    out = os.path.join(tempfile.gettempdir(), "dsv3-long.npy")
+
+    def ids_for(n):  # single-digit tokens (2..9) keep the argument as short as possible
+        return [2 + (i * 7) % 8 for i in range(n)]
     L = want_L
     while True:
         quiet.wait("long-context")
@@ -386,7 +419,9 @@ def main():
     ap.add_argument("--long-context", action="store_true")
     ap.add_argument("--long-context-only", action="store_true")
     ap.add_argument("--long-positions", type=int, default=160000)
-    ap.add_argument("--long-chunk", type=int, default=4000, help="160001 = 40 x 4000 + 1 ids: last call at position 160000")
+    ap.add_argument("--long-chunk", type=int, default=4000,
+                    help="prefill chunk (old-binary fallback: 160001 = 40 x 4000 + 1 ids, last call at 160000)")
+    ap.add_argument("--long-decode-tokens", type=int, default=4, help="decode calls after the long prefill")
     ap.add_argument("--max-busy", type=float, default=0.25, help="wait while other work keeps CPUs this busy")
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine, per step")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
@@ -501,7 +536,7 @@ def main():
 def report(a, R):
     L = []
     w = L.append
-    w(f"# dsv3 benchmark: mid preset ({R['date']})\n")
+    w(f"# dsv3 benchmark: {getattr(a, 'tag', 'mid')} ({R['date']})\n")
     m = R["machine"]
     w(f"Machine: {m['cpu']}, {m['nproc']} CPUs, {m['mem_total_kb'] / 1e6:.1f} GB RAM, Linux {m['kernel']}. "
       f"dsv3 `{os.path.relpath(R['dsv3_binary']['path'], ROOT)}` built {R['dsv3_binary']['mtime']}, "
@@ -694,6 +729,18 @@ def report(a, R):
         w(f"DeepSeek-V3 latent cache (61 layers x (kv_lora_rank 512 + qk_rope 64) = 576 values/token/layer): "
           f"f32 {real['f32']['bytes_per_token']:,} B/token = {real['f32']['bytes_at_163840'] / 2**30:.2f} GiB at 163,840 tokens; "
           f"bf16 {real['bf16']['bytes_per_token']:,} B/token = {real['bf16']['bytes_at_163840'] / 2**30:.2f} GiB.\n")
+        if "run" in lc:
+            t = lc["run"]
+            w(f"- {t['how']}: {t['prefill_tokens']} prompt tokens in chunks of {t['chunk']}, then "
+              f"{t['decode_calls']} one-token decode calls at positions {t['decode_positions'][0]}-"
+              f"{t['decode_positions'][1]}; {t['wall_s']:.0f} s, peak RSS {t['peak_rss_bytes'] / 1e6:.0f} MB, "
+              f"latent cache {t['kv_cache_bytes'] / 1e6:.1f} MB ({t['kv_bytes_per_token']} B/token; formula checked "
+              f"against generate's kv_cache_bytes: {lc['kv_bytes_formula_check']}; at 163,840 tokens: "
+              f"{t['kv_cache_bytes_at_163840'] / 1e6:.1f} MB). Logits {t['logits_shape']}, last row finite: "
+              f"{t['last_row_finite']}.")
+            w("")
+    if "long_context" in R and "tiny_run" in R["long_context"]:
+        lc = R["long_context"]
         t = lc["tiny_run"]
         for at in t["attempts"]:
             w(f"- Wanted {at['L']} ids (last call at position {at['L'] - 1}): **not possible through the CLI**: {at['error']}.")
