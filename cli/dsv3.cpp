@@ -8,6 +8,8 @@
 // Errors: one line `dsv3: error: ...` on stderr and exit code 1.
 #include <CLI/CLI.hpp>
 #include <omp.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -34,9 +36,31 @@
 #include "cmd_compare.hpp"
 #include "cmd_text.hpp"
 
+// OpenBLAS's core detection (weak: absent with another BLAS).
+extern "C" __attribute__((weak)) char* openblas_get_corename(void);
+
 namespace {
 
 using namespace dsv3;
+
+// OpenBLAS 0.3.21 (Debian 12) does not recognise some virtualised Xeons and
+// falls back to its generic "Prescott" SSE3 kernels, 2.5x slower in prefill
+// than the kernels the CPU supports. The core can only be chosen before the
+// library initialises, so the CLI re-executes itself once with
+// OPENBLAS_CORETYPE set. A user's own OPENBLAS_CORETYPE is always kept;
+// DSV3_KEEP_BLAS_CORE=1 disables this.
+void retune_openblas(char** argv) {
+  if (!openblas_get_corename || std::getenv("OPENBLAS_CORETYPE") || std::getenv("DSV3_KEEP_BLAS_CORE")) return;
+  const char* core = openblas_get_corename();
+  if (!core || strcasecmp(core, "prescott") != 0) return;
+  __builtin_cpu_init();
+  const char* better = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                       : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? "Haswell"
+                                                                                            : nullptr;
+  if (!better) return;
+  setenv("OPENBLAS_CORETYPE", better, 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: carry on with Prescott
+}
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -495,6 +519,7 @@ void run_inspect(const std::string& dir) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  retune_openblas(argv);
   CLI::App app{"dsv3: a reference implementation of DeepSeek-V3 (official inference/model.py semantics).\n"
                "Machine outputs: float32 little-endian .npy (logits) and JSON."};
   app.require_subcommand(1);

@@ -140,26 +140,43 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
                           int64_t layer, int64_t start_pos, const Variants& v = {}) {
   const int64_t n = rows(x), D = cols(x);
   Routing r = route(be, c, w.gate, x, trace, layer, start_pos, v);
+  // Tokens grouped by expert: (token row, combine weight) for every expert chosen.
+  std::vector<std::vector<std::pair<int64_t, T>>> by_expert(static_cast<std::size_t>(c.n_routed_experts));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < r.k; ++j)
+      by_expert[std::size_t(r.ids[std::size_t(i * r.k + j)])].push_back({i, T(r.weights[std::size_t(i * r.k + j)])});
+  std::vector<int64_t> active;
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)
+    if (!by_expert[std::size_t(e)].empty()) active.push_back(e);
+  // One expert = one SwiGLU over its rows. Prefill: threads take whole experts
+  // (their linears then run single-threaded inside); decode: the experts run
+  // in turn with the threads inside each linear. Either way each expert's
+  // output is the same, and they are summed below in ascending expert id.
+  std::vector<Mat<T>> out(active.size());
+  auto run = [&](std::size_t a) {
+    const auto& rows_e = by_expert[std::size_t(active[a])];
+    Mat<T> xe = empty<T>(int64_t(rows_e.size()), D);
+    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xe(int64_t(m), 0));
+    out[a] = mlp_forward(be, w.experts[std::size_t(active[a])], xe, v);
+  };
+  if (n > kFusedMaxRows) {
+#pragma omp parallel for schedule(dynamic)
+    for (std::size_t a = 0; a < active.size(); ++a) run(a);
+  } else {
+    for (std::size_t a = 0; a < active.size(); ++a) run(a);
+  }
   Mat<T> y = zeros<T>(n, D);
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-    std::vector<int64_t> tok;
-    std::vector<T> wt;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < r.k; ++j)
-        if (r.ids[std::size_t(i * r.k + j)] == e) {
-          tok.push_back(i);
-          wt.push_back(T(r.weights[std::size_t(i * r.k + j)]));
-        }
-    if (tok.empty()) continue;
-    Mat<T> xe = empty<T>(int64_t(tok.size()), D);
-    for (std::size_t m = 0; m < tok.size(); ++m) std::copy_n(&x(tok[m], 0), D, &xe(m, 0));
-    Mat<T> ye = mlp_forward(be, w.experts[std::size_t(e)], xe, v);
-    for (std::size_t m = 0; m < tok.size(); ++m)
+  for (std::size_t a = 0; a < active.size(); ++a) {
+    const auto& rows_e = by_expert[std::size_t(active[a])];
+    for (std::size_t m = 0; m < rows_e.size(); ++m) {
+      const T wt = rows_e[m].second;
       for (int64_t d = 0; d < D; ++d) {
-        T& dst = y(tok[m], d);
-        dst += v.bf16_activations ? T(round_bf16(float(wt[m] * ye(m, d)))) : wt[m] * ye(m, d);
+        T& dst = y(rows_e[m].first, d);
+        const T term = wt * out[a](int64_t(m), d);
+        dst += v.bf16_activations ? T(round_bf16(float(term))) : term;
         if (v.bf16_activations) dst = T(round_bf16(float(dst)));  // OFF: bf16 running sum
       }
+    }
   }
   trace.emit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
