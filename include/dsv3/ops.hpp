@@ -181,25 +181,31 @@ inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Ma
       if constexpr (std::is_same_v<T, float>) dot_rows_bf16(x.data(), n, K, bf16 + o * K, y.data() + o, O);
     return;
   }
+  // AWQ stores W transposed ([in, out]): decode bands of output rows so each
+  // input row's packed words are read once per band, not once per row.
+  const int64_t band = W.awq ? 64 : 1, nbands = (O + band - 1) / band;
 #pragma omp parallel
   {
-    std::vector<T> row(direct ? 0 : static_cast<std::size_t>(K));
+    std::vector<T> buf(direct ? 0 : static_cast<std::size_t>(band * K));
 #pragma omp for schedule(static)
-    for (int64_t o = 0; o < O; ++o) {
-      const T* w = direct ? direct + o * K : row.data();
+    for (int64_t b = 0; b < nbands; ++b) {
+      const int64_t b0 = b * band, b1 = std::min(O, b0 + band);
       if (!direct) {
-        W.decode_rows(o, o + 1, row.data());
-        if (round_w) round_bf16_if(true, row.begin(), row.end());
+        W.decode_rows(b0, b1, buf.data());
+        if (round_w) round_bf16_if(true, buf.begin(), buf.begin() + (b1 - b0) * K);
       }
-      for (int64_t i = 0; i < n; ++i) {
-        const T* xi = x.data() + i * K;
-        // 8 independent partial sums, combined in a fixed order
-        T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t k = 0;
-        for (; k + 8 <= K; k += 8)
-          for (int j = 0; j < 8; ++j) acc[j] += xi[k + j] * w[k + j];
-        for (; k < K; ++k) acc[k % 8] += xi[k] * w[k];
-        y(i, o) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      for (int64_t o = b0; o < b1; ++o) {
+        const T* w = direct ? direct + o * K : buf.data() + (o - b0) * K;
+        for (int64_t i = 0; i < n; ++i) {
+          const T* xi = x.data() + i * K;
+          // 8 independent partial sums, combined in a fixed order
+          T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          int64_t k = 0;
+          for (; k + 8 <= K; k += 8)
+            for (int j = 0; j < 8; ++j) acc[j] += xi[k + j] * w[k + j];
+          for (; k < K; ++k) acc[k % 8] += xi[k] * w[k];
+          y(i, o) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        }
       }
     }
   }
