@@ -66,6 +66,40 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// --prefault: map the whole checkpoint in at load (auto: when it takes at
+// most half of the memory available), so the first forward pass does not
+// pay a page fault per few KB of weights.
+std::string g_prefault = "auto";
+struct LoadInfo {
+  double load_s = 0;
+  bool prefaulted = false;
+};
+LoadInfo g_load;
+
+uint64_t mem_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024;
+    f.ignore(256, '\n');
+  }
+  return 0;  // unknown: never prefault in auto mode
+}
+
+template <class T>
+std::unique_ptr<Model<T>> open_model(const std::string& dir, const Variants& v) {
+  const double t0 = now_s();
+  auto m = std::make_unique<Model<T>>(dir, v);
+  const uint64_t bytes = m->checkpoint().bytes();
+  if (g_prefault == "on" || (g_prefault == "auto" && bytes <= mem_available_bytes() / 2)) {
+    m->checkpoint().prefault();
+    g_load.prefaulted = true;
+  }
+  g_load.load_s = now_s() - t0;
+  return m;
+}
+
 // "0,17,42", or "@FILE" holding ids separated by commas or whitespace (long
 // contexts do not fit on a command line).
 std::vector<int32_t> parse_ids(const std::string& arg) {
@@ -106,7 +140,8 @@ bool bf16_cache(const std::string& s) {
 AttnForm parse_attn(const std::string& s) {
   if (s == "absorb") return AttnForm::absorb;
   if (s == "naive") return AttnForm::naive;
-  fail("--attn: '", s, "' is not absorb or naive");
+  if (s == "auto") return AttnForm::automatic;
+  fail("--attn: '", s, "' is not auto, absorb or naive");
 }
 
 // ---------------------------------------------------------------------------
@@ -156,7 +191,7 @@ struct VariantArgs {
 
 // ---------------------------------------------------------------------------
 struct ForwardArgs {
-  std::string model, ids, out, mode = "prefill", attn = "absorb", precision = "f32";
+  std::string model, ids, out, mode = "prefill", attn = "auto", precision = "f32";
   int64_t prefill_len = 1, chunk = 0;
   VariantArgs variants;
   std::string names;  // trace only: comma-separated globs
@@ -167,7 +202,8 @@ struct ForwardArgs {
 
 template <class T>
 void run_forward(const ForwardArgs& a) {
-  Model<T> m(a.model, a.variants.get());
+  auto mp = open_model<T>(a.model, a.variants.get());
+  Model<T>& m = *mp;
   const auto ids = parse_ids(a.ids);
   ForwardOptions opt;
   opt.attn = parse_attn(a.attn);
@@ -216,7 +252,7 @@ void run_forward(const ForwardArgs& a) {
 
 // ---------------------------------------------------------------------------
 struct GenerateArgs {
-  std::string model, ids, prompt, system, tokenizer, template_file, precision = "f32", attn = "absorb";
+  std::string model, ids, prompt, system, tokenizer, template_file, precision = "f32", attn = "auto";
   int64_t max_new_tokens = 32;
   bool json = false, chat = false, mtp_zero_pos0 = false;
   std::string speculative;
@@ -256,7 +292,8 @@ std::vector<int32_t> prompt_ids(const GenerateArgs& a, const Tokenizer* tok) {
 
 template <class T>
 void run_generate(const GenerateArgs& a) {
-  Model<T> m(a.model, a.variants.get());
+  auto mp = open_model<T>(a.model, a.variants.get());
+  Model<T>& m = *mp;
   std::unique_ptr<Tokenizer> tok;
   if (a.ids.empty()) {
     if (a.prompt.empty()) fail("generate: give --ids or --prompt");
@@ -324,7 +361,8 @@ void run_generate(const GenerateArgs& a) {
   if (a.json) {
     nlohmann::json j = {{"prompt_ids", ids}, {"generated_ids", gen}};
     if (tok) j["text"] = tok->decode(gen, true);
-    j["timing"] = {{"prefill_s", t1 - t0}, {"prefill_tokens", ids.size()},
+    j["timing"] = {{"load_s", g_load.load_s}, {"prefaulted", g_load.prefaulted},
+                   {"prefill_s", t1 - t0}, {"prefill_tokens", ids.size()},
                    {"prefill_tokens_per_s", double(ids.size()) / (t1 - t0)},
                    {"decode_s", t2 - t1}, {"decode_calls", decode_calls},
                    {"decode_tokens_per_s", decode_calls ? double(decode_calls) / (t2 - t1) : 0.0},
@@ -339,7 +377,8 @@ void run_generate(const GenerateArgs& a) {
 // ---------------------------------------------------------------------------
 template <class T>
 void run_chat(const GenerateArgs& a) {
-  Model<T> m(a.model, a.variants.get());
+  auto mp = open_model<T>(a.model, a.variants.get());
+  Model<T>& m = *mp;
   Tokenizer tok = load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
   const std::string tmpl = a.template_file.empty() ? tok.chat_template() : read_text_file(a.template_file);
   Sampler sampler(a.sampling);
@@ -381,7 +420,8 @@ bool glob_match(const char* p, const char* s) {
 
 template <class T>
 void run_trace(const ForwardArgs& a) {
-  Model<T> m(a.model, a.variants.get());
+  auto mp = open_model<T>(a.model, a.variants.get());
+  Model<T>& m = *mp;
   const auto ids = parse_ids(a.ids);
   std::vector<std::string> globs;
   std::stringstream ss(a.names);
@@ -524,6 +564,9 @@ int main(int argc, char** argv) {
                "Machine outputs: float32 little-endian .npy (logits) and JSON."};
   app.require_subcommand(1);
   int threads = 0;
+  app.add_option("--prefault", g_prefault, "Map the whole checkpoint in at load: auto (when it takes at most half "
+                 "of MemAvailable) | on | off (pages come in as first used)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   app.add_option("--threads", threads, "Threads for BLAS and dsv3's kernels (0 = library default); results are "
                  "bit-identical for every count")->check(CLI::Range(0, 1024));
 
@@ -536,7 +579,7 @@ int main(int argc, char** argv) {
   fwd->add_option("--out", fa.out, "Output .npy file")->required();
   fwd->add_option("--mode", fa.mode, "prefill | decode")->capture_default_str();
   fwd->add_option("--prefill-len", fa.prefill_len, "Decode mode: tokens in the first call")->capture_default_str();
-  fwd->add_option("--attn", fa.attn, "absorb (official default) | naive")->capture_default_str();
+  fwd->add_option("--attn", fa.attn, "auto (per call, the form with fewer multiply-adds) | absorb (the official code's form) | naive (HF's form)")->capture_default_str();
   fwd->add_option("--precision", fa.precision, "Compute scalar: f32 | f64")->capture_default_str();
   fwd->add_option("--chunk", fa.chunk, "Run the prompt (prefill mode) or its first P tokens (decode mode) in chunks "
                  "of N tokens (0 = one call)");
@@ -556,7 +599,7 @@ int main(int argc, char** argv) {
   trc->add_option("--mode", ta.mode, "prefill | decode")->capture_default_str();
   trc->add_option("--prefill-len", ta.prefill_len, "Decode mode: tokens in the first call")->capture_default_str();
   trc->add_option("--chunk", ta.chunk, "Prefill in chunks of N tokens");
-  trc->add_option("--attn", ta.attn, "absorb | naive")->capture_default_str();
+  trc->add_option("--attn", ta.attn, "auto | absorb | naive")->capture_default_str();
   trc->add_option("--precision", ta.precision, "f32 | f64")->capture_default_str();
   trc->add_option("--cache-dtype", ta.cache_dtype, "Latent cache storage: compute | bf16")->capture_default_str();
   ta.variants.add(trc);
@@ -582,7 +625,7 @@ int main(int argc, char** argv) {
     s->add_option("--top-k", ga.sampling.top_k, "Keep the k most likely tokens (0 = all)")->capture_default_str();
     s->add_option("--seed", ga.sampling.seed, "Sampling seed (reproducible across runs)")->capture_default_str();
     s->add_option("--precision", ga.precision, "Compute scalar: f32 | f64")->capture_default_str();
-    s->add_option("--attn", ga.attn, "absorb | naive")->capture_default_str();
+    s->add_option("--attn", ga.attn, "auto | absorb | naive")->capture_default_str();
     s->add_option("--cache-dtype", ga.cache_dtype, "Latent cache storage: compute | bf16")->capture_default_str();
     ga.variants.add(s);
   };

@@ -22,6 +22,7 @@
 //             o_h   = (Σ_t p_t c_kv_t) W_UV_hᵀ (einsum "shc,hdc->shd")
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -33,6 +34,22 @@
 #include "weights.hpp"
 
 namespace dsv3 {
+
+// Query rows per attention block (a fixed size: results do not depend on
+// the thread count).
+constexpr int64_t kAttnRowBlock = 64;
+
+// AttnForm::automatic: the form with fewer multiply-adds for n new tokens
+// after start cached ones. Naive expands every cached position once,
+// t·r·(dn + dv); absorb attends in the wider latent space, about
+// n·(start + n/2)·(2r − dn − dv) more than naive.
+inline AttnForm attn_form_for(const Config& c, int64_t n, int64_t start) {
+  const double r = double(c.kv_lora_rank), dn = double(c.qk_nope_head_dim), dv = double(c.v_head_dim);
+  const double t = double(start + n);
+  const double naive_extra = t * r * (dn + dv);
+  const double absorb_extra = double(n) * (double(start) + double(n) / 2) * (2 * r - dn - dv);
+  return absorb_extra > naive_extra ? AttnForm::naive : AttnForm::absorb;
+}
 
 template <class T>
 inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const AttentionWeights& w, const Mat<T>& x,
@@ -82,17 +99,16 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
   be.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
   round_act(v, k_pe);
   trace.emit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
-  cache.append(c_kv.data(), c_kv.size(), k_pe.data(), k_pe.size());
-  const int64_t t = start_pos + n;                                  // positions visible to the last token
-  std::vector<T> wide_c, wide_k;  // a bf16 cache, widened for this call
+  cache.append(c_kv.data(), k_pe.data(), n, r, dr);
+  const int64_t t = start_pos + n;   // positions visible to the last token
+  const int64_t dl = r + dr;         // one cache row: [c_kv | k_pe]
+  std::vector<T> wide;               // a bf16 cache, widened for this call
   if (cache.bf16) {
-    wide_c.resize(cache.c_kv16.size());
-    wide_k.resize(cache.k_pe16.size());
-    for (std::size_t i = 0; i < wide_c.size(); ++i) wide_c[i] = T(bf16_to_f32(cache.c_kv16[i]));
-    for (std::size_t i = 0; i < wide_k.size(); ++i) wide_k[i] = T(bf16_to_f32(cache.k_pe16[i]));
+    wide.resize(cache.rows16.size());
+    for (std::size_t i = 0; i < wide.size(); ++i) wide[i] = T(bf16_to_f32(cache.rows16[i]));
   }
-  const T* C = cache.bf16 ? wide_c.data() : cache.c_kv.data();       // [t, r]
-  const T* KP = cache.bf16 ? wide_k.data() : cache.k_pe.data();      // [t, dr]
+  const T* KV = cache.bf16 ? wide.data() : cache.rows.data();  // [t, dl]; C = KV[:, :r], KP = KV[:, r:]
+  if (form == AttnForm::automatic) form = attn_form_for(c, n, start_pos);
 
   // W_UK / W_UV: kv_b_proj rows for head h are [h*(dn+dv), (h+1)*(dn+dv)),
   // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r]. Each
@@ -101,56 +117,75 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
   const bool bf16 = v.bf16_activations;  // OFF: bf16 einsums, probabilities .type_as(x)
   auto rnd = [&](T* p, int64_t count) { round_bf16_if(bf16, p, p + count); };
   const bool round_w = v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8();
-  Mat<T> o = empty<T>(n, H * dv);                                   // [n, H*dv]
+  const bool absorb = form == AttnForm::absorb;
+  // Query rows are taken kAttnRowBlock at a time; a block attends only to the
+  // positions its last row can see, so the causal upper triangle is skipped.
+  const int64_t B = std::min(n, kAttnRowBlock);
+  const int64_t dk = absorb ? dl : dq;   // length of a query·key dot product
+  Mat<T> o = empty<T>(n, H * dv);        // [n, H*dv]
   blas_single_threaded();
   // Heads are independent: threads take whole heads, so every head's sums run
   // in the same order whatever the thread count.
 #pragma omp parallel
   {
     std::vector<T> wkv(static_cast<std::size_t>((dn + dv) * r));
-    std::vector<T> scores(static_cast<std::size_t>(n * t));
-    std::vector<T> qh(static_cast<std::size_t>(n * r));
-    std::vector<T> tmp(static_cast<std::size_t>(std::max(n * r, t * std::max(dn, dv))));
+    std::vector<T> scores(static_cast<std::size_t>(B * t));
+    std::vector<T> qcat(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
+    std::vector<T> olat(absorb ? static_cast<std::size_t>(B * r) : 0);
+    std::vector<T> kcat(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
+    std::vector<T> vh(absorb ? 0 : static_cast<std::size_t>(t * dv));
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
       w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
       if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
       const T* W_UK = wkv.data();                                   // [dn, r]
       const T* W_UV = W_UK + dn * r;                                // [dv, r]
-      const T* q_nope = q.data() + h * dq;                          // rows stride H*dq
-      const T* q_pe = q_nope + dn;
-      if (form == AttnForm::absorb) {
-        // q_lat[n, r] = q_nope[n, dn] @ W_UK[dn, r]
-        gemm(false, false, n, r, dn, T(1), q_nope, H * dq, W_UK, r, T(0), qh.data(), r);
-        rnd(qh.data(), n * r);
-        // scores[n, t] = q_lat @ C^T + q_pe @ KP^T
-        gemm(false, true, n, t, r, T(1), qh.data(), r, C, r, T(0), scores.data(), t);
-        gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
-      } else {
-        // k_nope[t, dn] = C @ W_UK^T; scores = q_nope @ k_nope^T + q_pe @ KP^T
-        gemm(false, true, t, dn, r, T(1), C, r, W_UK, r, T(0), tmp.data(), dn);
-        rnd(tmp.data(), t * dn);
-        gemm(false, true, n, t, dn, T(1), q_nope, H * dq, tmp.data(), dn, T(0), scores.data(), t);
-        gemm(false, true, n, t, dr, T(1), q_pe, H * dq, KP, dr, T(1), scores.data(), t);
+      const T* K = KV;                                              // keys, dk wide
+      if (!absorb) {
+        // naive: k_nope[t, dn] = C @ W_UK^T beside k_pe; v[t, dv] = C @ W_UV^T
+        gemm(false, true, t, dn, r, T(1), KV, dl, W_UK, r, T(0), kcat.data(), dq);
+        for (int64_t j = 0; j < t; ++j) {
+          rnd(kcat.data() + j * dq, dn);
+          std::copy_n(KV + j * dl + r, dr, kcat.data() + j * dq + dn);
+        }
+        gemm(false, true, t, dv, r, T(1), KV, dl, W_UV, r, T(0), vh.data(), dv);
+        rnd(vh.data(), t * dv);
+        K = kcat.data();
       }
-      // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
-      for (int64_t i = 0; i < n; ++i) {
-        T* s = scores.data() + i * t;
-        for (int64_t j = 0; j < t; ++j) s[j] *= scale;
-        softmax_masked(s, t, start_pos + i + 1);
-        rnd(s, t);
-      }
-      T* oh = o.data() + h * dv;                                    // rows stride H*dv
-      if (form == AttnForm::absorb) {
-        // o_lat[n, r] = P[n, t] @ C[t, r];  o_h[n, dv] = o_lat @ W_UV^T
-        gemm(false, false, n, r, t, T(1), scores.data(), t, C, r, T(0), tmp.data(), r);
-        rnd(tmp.data(), n * r);
-        gemm(false, true, n, dv, r, T(1), tmp.data(), r, W_UV, r, T(0), oh, H * dv);
-      } else {
-        // v[t, dv] = C @ W_UV^T;  o_h = P @ v
-        gemm(false, true, t, dv, r, T(1), C, r, W_UV, r, T(0), tmp.data(), dv);
-        rnd(tmp.data(), t * dv);
-        gemm(false, false, n, dv, t, T(1), scores.data(), t, tmp.data(), dv, T(0), oh, H * dv);
+      for (int64_t i0 = 0; i0 < n; i0 += B) {
+        const int64_t nb = std::min(B, n - i0), tv = std::min(t, start_pos + i0 + nb);
+        const T* qh = q.data() + i0 * H * dq + h * dq;              // [nb, nope | rope], stride H*dq
+        const T* Q = qh;
+        int64_t ldq = H * dq;
+        if (absorb) {
+          // q_lat[nb, r] = q_nope @ W_UK, beside q_pe: one dot with a cache row
+          gemm(false, false, nb, r, dn, T(1), qh, H * dq, W_UK, r, T(0), qcat.data(), dl);
+          for (int64_t i = 0; i < nb; ++i) {
+            rnd(qcat.data() + i * dl, r);
+            std::copy_n(qh + i * H * dq + dn, dr, qcat.data() + i * dl + r);
+          }
+          Q = qcat.data();
+          ldq = dl;
+        }
+        // scores[nb, tv] = q·k over nope and rope parts together
+        gemm(false, true, nb, tv, dk, T(1), Q, ldq, K, dk, T(0), scores.data(), tv);
+        // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
+        for (int64_t i = 0; i < nb; ++i) {
+          T* s = scores.data() + i * tv;
+          const int64_t valid = start_pos + i0 + i + 1;
+          for (int64_t j = 0; j < valid; ++j) s[j] *= scale;
+          softmax_masked(s, tv, valid);
+          rnd(s, tv);
+        }
+        T* oh = o.data() + i0 * H * dv + h * dv;                    // rows stride H*dv
+        if (absorb) {
+          // o_lat[nb, r] = P @ C;  o_h = o_lat @ W_UV^T
+          gemm(false, false, nb, r, tv, T(1), scores.data(), tv, KV, dl, T(0), olat.data(), r);
+          rnd(olat.data(), nb * r);
+          gemm(false, true, nb, dv, r, T(1), olat.data(), r, W_UV, r, T(0), oh, H * dv);
+        } else {
+          gemm(false, false, nb, dv, tv, T(1), scores.data(), tv, vh.data(), dv, T(0), oh, H * dv);
+        }
       }
     }
   }

@@ -24,34 +24,38 @@
 
 namespace dsv3 {
 
-enum class AttnForm { absorb, naive };
+// The two algebraically equal forms of MLA (attention.hpp). `automatic`
+// picks, per call, the one with fewer multiply-adds: absorb for decode and
+// short chunks over a long cache, naive for prefill of many tokens.
+enum class AttnForm { absorb, naive, automatic };
 
-// One layer's latent cache, positions [0, len): in the compute scalar, or
-// (bf16 = true) stored as bf16 to halve its memory, widened when read.
+// One layer's latent cache, positions [0, len): one row per position,
+// [c_kv | k_pe] (kv_lora_rank + qk_rope_head_dim values), in the compute
+// scalar or (bf16 = true) stored as bf16 to halve its memory, widened when read.
 template <class T>
 struct LatentCache {
   bool bf16 = false;
-  std::vector<T> c_kv;          // [len, kv_lora_rank]
-  std::vector<T> k_pe;          // [len, qk_rope_head_dim]
-  std::vector<uint16_t> c_kv16, k_pe16;  // the same, when bf16
+  std::vector<T> rows;           // [len, kv_lora_rank + qk_rope_head_dim]
+  std::vector<uint16_t> rows16;  // the same, when bf16
 
-  std::size_t bytes() const {
-    return (c_kv.size() + k_pe.size()) * sizeof(T) + (c_kv16.size() + k_pe16.size()) * 2;
-  }
-  void append(const T* ckv, std::size_t n_ckv, const T* kpe, std::size_t n_kpe) {
-    if (!bf16) {
-      c_kv.insert(c_kv.end(), ckv, ckv + n_ckv);
-      k_pe.insert(k_pe.end(), kpe, kpe + n_kpe);
-      return;
+  std::size_t bytes() const { return rows.size() * sizeof(T) + rows16.size() * 2; }
+  // Appends n positions: c_kv [n, r] and k_pe [n, dr], row-major.
+  void append(const T* ckv, const T* kpe, int64_t n, int64_t r, int64_t dr) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (!bf16) {
+        rows.insert(rows.end(), ckv + i * r, ckv + (i + 1) * r);
+        rows.insert(rows.end(), kpe + i * dr, kpe + (i + 1) * dr);
+        continue;
+      }
+      for (int64_t j = 0; j < r; ++j) rows16.push_back(f32_to_bf16(float(ckv[i * r + j])));
+      for (int64_t j = 0; j < dr; ++j) rows16.push_back(f32_to_bf16(float(kpe[i * dr + j])));
     }
-    for (std::size_t i = 0; i < n_ckv; ++i) c_kv16.push_back(f32_to_bf16(float(ckv[i])));
-    for (std::size_t i = 0; i < n_kpe; ++i) k_pe16.push_back(f32_to_bf16(float(kpe[i])));
   }
   // Keeps the first `len` of `total` positions.
   void truncate(int64_t len, int64_t total) {
     if (total == 0) return;
     auto cut = [&](auto& v) { v.resize(v.size() / std::size_t(total) * std::size_t(len)); };
-    cut(c_kv); cut(k_pe); cut(c_kv16); cut(k_pe16);
+    cut(rows); cut(rows16);
   }
 };
 

@@ -32,7 +32,7 @@ namespace dsv3 {
 
 template <class T>
 struct ForwardOptionsT {
-  AttnForm attn = AttnForm::absorb;
+  AttnForm attn = AttnForm::automatic;
   bool all_logits = true;     // false: only the last position's row (decode)
   Mat<T>* hidden = nullptr;   // if set: the final-normed hidden state of every row (MTP input)
 };
@@ -62,7 +62,7 @@ struct MTPOptions {
   // embedding at position 0 ("masking inputs at position 0"); SGLang
   // deepseek_nextn.py and the paper do not. Default: not zeroed.
   bool zero_pos0 = false;
-  AttnForm attn = AttnForm::absorb;
+  AttnForm attn = AttnForm::automatic;
 };
 
 template <class T>

@@ -148,11 +148,14 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   std::vector<int64_t> active;
   for (int64_t e = 0; e < c.n_routed_experts; ++e)
     if (!by_expert[std::size_t(e)].empty()) active.push_back(e);
-  // One expert = one SwiGLU over its rows. Prefill: threads take whole experts
-  // (their linears then run single-threaded inside); decode: the experts run
-  // in turn with the threads inside each linear. Either way each expert's
-  // output is the same, and they are summed below in ascending expert id.
+  // One expert = one SwiGLU over its rows. Prefill: threads take whole
+  // experts (their linears then run single-threaded inside), the shared
+  // expert being one more such task, the biggest first so the last ones to
+  // finish are small; decode: the experts run in turn with the threads inside
+  // each linear. Either way each expert's output is the same, and they are
+  // summed below in ascending expert id, then the shared expert's output.
   std::vector<Mat<T>> out(active.size());
+  Mat<T> shared;
   auto run = [&](std::size_t a) {
     const auto& rows_e = by_expert[std::size_t(active[a])];
     Mat<T> xe = empty<T>(int64_t(rows_e.size()), D);
@@ -160,10 +163,20 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
     out[a] = mlp_forward(be, w.experts[std::size_t(active[a])], xe, v);
   };
   if (n > kFusedMaxRows) {
-#pragma omp parallel for schedule(dynamic)
-    for (std::size_t a = 0; a < active.size(); ++a) run(a);
+    std::vector<std::size_t> order(active.size());
+    std::iota(order.begin(), order.end(), std::size_t(0));
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return by_expert[std::size_t(active[a])].size() > by_expert[std::size_t(active[b])].size();
+    });
+    const int64_t first = w.shared_experts ? 1 : 0, tasks = first + int64_t(order.size());
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      if (task < first) shared = mlp_forward(be, *w.shared_experts, x, v);
+      else run(order[std::size_t(task - first)]);
+    }
   } else {
     for (std::size_t a = 0; a < active.size(); ++a) run(a);
+    if (w.shared_experts) shared = mlp_forward(be, *w.shared_experts, x, v);
   }
   Mat<T> y = zeros<T>(n, D);
   for (std::size_t a = 0; a < active.size(); ++a) {
@@ -180,9 +193,8 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   }
   trace.emit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
-    Mat<T> z = mlp_forward(be, *w.shared_experts, x, v);
-    trace.emit("shared_out", layer, start_pos, n, D, z.data());
-    y += z;
+    trace.emit("shared_out", layer, start_pos, n, D, shared.data());
+    y += shared;
     round_act(v, y);
   }
   return y;

@@ -233,8 +233,11 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
     return y;
   }
   const T* direct = in_place<T>(W);
-  // Bands of output rows, of a size that does not depend on the thread count.
-  int64_t band = W.is_fp8() ? W.block_rows : std::max<int64_t>(16, (int64_t(1) << 18) / K);
+  // Bands of output rows, of a size that depends on the matrix only (never on
+  // the thread count): at most about 1 MB of weights, and at least ~8 bands
+  // so that small matrices still keep every thread busy.
+  int64_t band = W.is_fp8() ? W.block_rows
+                            : std::max<int64_t>(16, std::min<int64_t>((int64_t(1) << 18) / K, (O + 127) / 128 * 16));
   band = std::min(band, O);
   const int64_t nbands = (O + band - 1) / band;
 #pragma omp parallel

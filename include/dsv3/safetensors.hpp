@@ -102,6 +102,20 @@ class SafetensorsFile {
 
  public:
   const std::string& path() const { return path_; }
+  uint64_t size() const { return size_; }
+  // Maps every page of the file into this process now (page-table entries
+  // included), so the first forward pass does not take a page fault per few
+  // KB of weights. Costs a read of the whole file: for checkpoints that fit
+  // in RAM (Checkpoint::prefault).
+  void prefault() const {
+    if (!base_) return;
+#ifdef MADV_POPULATE_READ
+    if (::madvise(const_cast<uint8_t*>(base_), size_, MADV_POPULATE_READ) == 0) return;
+#endif
+    const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));  // kernels before 5.14: touch each page
+    volatile uint8_t sink = 0;
+    for (uint64_t o = 0; o < size_; o += page) sink = sink + base_[o];
+  }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const nlohmann::json& metadata() const { return metadata_; }
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
@@ -220,6 +234,18 @@ class Checkpoint {
     return r;
   }
   std::size_t num_files() const { return files_.size(); }
+  uint64_t bytes() const {
+    uint64_t b = 0;
+    for (const auto& f : files_) b += f->size();
+    return b;
+  }
+  // Faults every file in now (SafetensorsFile::prefault). Worth it when the
+  // checkpoint fits comfortably in RAM (llama.cpp populates its mapping the
+  // same way); for checkpoints bigger than RAM, leave pages to be faulted in
+  // as the experts that are used are touched.
+  void prefault() const {
+    for (const auto& f : files_) f->prefault();
+  }
 
   static bool file_exists(const std::string& p) {
     struct stat st;

@@ -51,7 +51,7 @@ inline Mat<T> row_slice(const Mat<T>& m, int64_t r0, int64_t r1) {
 // `on_token` is called for every emitted token as it is decided.
 template <class T>
 SpecResult generate_speculative_mtp(const Model<T>& m, const std::vector<int32_t>& prompt, int64_t max_new,
-                                    const MTPOptions& mo = {}, AttnForm attn = AttnForm::absorb,
+                                    const MTPOptions& mo = {}, AttnForm attn = AttnForm::automatic,
                                     const std::function<void(int32_t)>& on_token = nullptr) {
   SpecResult r;
   if (max_new <= 0) return r;
