@@ -59,16 +59,19 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
   const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dq = c.qk_head_dim();
   const int64_t dv = c.v_head_dim, r = c.kv_lora_rank;
 
+  // The two projections of x (q_a or q, and kv_a) in one call.
+  std::vector<Mat<T>> xa = be.linear_many({{&x, w.q_a_proj ? &*w.q_a_proj : &*w.q_proj}, {&x, &w.kv_a_proj_with_mqa}}, v);
+
   // -- queries: [n, H, nope | rope]
   Mat<T> q;
   if (w.q_a_proj) {
-    Mat<T> q_a = be.linear(x, *w.q_a_proj, v);                           // [n, q_lora]
+    Mat<T>& q_a = xa[0];                                                 // [n, q_lora]
     trace.emit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
     Mat<T> c_q = be.rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
     trace.emit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
     q = be.linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
   } else {
-    q = be.linear(x, *w.q_proj, v);
+    q = std::move(xa[0]);                                                // [n, H*dq]
   }
   if (trace.enabled()) {
     std::vector<T> nope(static_cast<std::size_t>(n * H * dn)), pe(static_cast<std::size_t>(n * H * dr));
@@ -88,7 +91,7 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
   }
 
   // -- latent kv for the new tokens, appended to the cache
-  Mat<T> kv = be.linear(x, w.kv_a_proj_with_mqa, v);                      // [n, r + dr]
+  const Mat<T>& kv = xa[1];                                             // [n, r + dr]
   Mat<T> c_kv_raw = empty<T>(n, r);
   for (int64_t i = 0; i < n; ++i) std::copy_n(&kv(i, 0), r, &c_kv_raw(i, 0));
   Mat<T> c_kv = be.rms_norm(c_kv_raw, w.kv_a_layernorm, c.rms_norm_eps, v);

@@ -87,6 +87,13 @@ class Backend {
   virtual Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const = 0;
   // y[n, out] = x[n, in] · Wᵀ                               (any stored format)
   virtual Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const = 0;
+  // Independent linears y_i = x_i · W_iᵀ at once (the experts of a decode
+  // step); a backend may run them in one launch. Default: one by one.
+  virtual std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const {
+    std::vector<Mat<T>> ys;
+    for (const auto& j : jobs) ys.push_back(linear(*j.x, *j.w, v));
+    return ys;
+  }
   // y = w ⊙ x / sqrt(mean(x²) + eps), per row
   virtual Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const = 0;
   // Rotates columns [col0, col0 + d) of every head-block of width `stride`

@@ -30,6 +30,9 @@ class CpuBackend : public Backend<T> {
     return h;
   }
   Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override { return dsv3::linear(x, w, v); }
+  std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
+    return dsv3::linear_many(jobs, v);
+  }
   Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
     return dsv3::rms_norm(x, w, eps, v);
   }
@@ -65,6 +68,15 @@ class Dispatch : public Backend<T> {
   }
   Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override {
     return pick(Op::linear, w.weight.dtype).linear(x, w, v);
+  }
+  // All to the primary if it takes every one, all to the CPU if it takes
+  // none, else one by one.
+  std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
+    std::size_t taken = 0;
+    for (const auto& j : jobs) taken += primary_ && primary_->supports(Op::linear, j.w->weight.dtype);
+    if (taken == jobs.size() && taken) return primary_->linear_many(jobs, v);
+    if (taken == 0) return cpu_.linear_many(jobs, v);
+    return Backend<T>::linear_many(jobs, v);
   }
   Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
     return pick(Op::rms_norm, w.dtype).rms_norm(x, w, eps, v);

@@ -26,17 +26,43 @@
 namespace dsv3 {
 
 // SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts.
+// g <- silu(g) * u, in place.
 template <class T>
-inline Mat<T> mlp_forward(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
-  Mat<T> g = be.linear(x, w.gate_proj, v);  // [n, I]
-  Mat<T> u = be.linear(x, w.up_proj, v);    // [n, I]
+inline void swiglu(Mat<T>& g, const Mat<T>& u, const Variants& v) {
   for (std::size_t i = 0; i < g.size(); ++i) {
     T a = silu(g.data()[i]);
     if (v.bf16_activations) a = T(round_bf16(float(a)));
     g.data()[i] = a * u.data()[i];
   }
   round_act(v, g);
+}
+
+template <class T>
+inline Mat<T> mlp_forward(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
+  Mat<T> g = be.linear(x, w.gate_proj, v);  // [n, I]
+  Mat<T> u = be.linear(x, w.up_proj, v);    // [n, I]
+  swiglu(g, u, v);
   return be.linear(g, w.down_proj, v);      // [n, D]
+}
+
+// Several SwiGLU MLPs on their own inputs, in two rounds of independent
+// linears (every gate and up, then every down): what a decode step's experts
+// are. The same numbers as mlp_forward on each.
+template <class T>
+inline std::vector<Mat<T>> mlp_forward_many(const Backend<T>& be, const std::vector<const MLPWeights*>& ws,
+                                            const std::vector<const Mat<T>*>& xs, const Variants& v = {}) {
+  std::vector<LinearJob<T>> jobs;
+  for (std::size_t e = 0; e < ws.size(); ++e) {
+    jobs.push_back({xs[e], &ws[e]->gate_proj});
+    jobs.push_back({xs[e], &ws[e]->up_proj});
+  }
+  std::vector<Mat<T>> gu = be.linear_many(jobs, v);
+  jobs.clear();
+  for (std::size_t e = 0; e < ws.size(); ++e) {
+    swiglu(gu[2 * e], gu[2 * e + 1], v);
+    jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
+  }
+  return be.linear_many(jobs, v);
 }
 
 struct Routing {
@@ -151,17 +177,18 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   // One expert = one SwiGLU over its rows. Prefill: threads take whole
   // experts (their linears then run single-threaded inside), the shared
   // expert being one more such task, the biggest first so the last ones to
-  // finish are small; decode: the experts run in turn with the threads inside
-  // each linear. Either way each expert's output is the same, and they are
+  // finish are small; decode: the threads split the rows of every expert's
+  // gate and up together, then of every down (mlp_forward_many). Either way each expert's output is the same, and they are
   // summed below in ascending expert id, then the shared expert's output.
   std::vector<Mat<T>> out(active.size());
   Mat<T> shared;
-  auto run = [&](std::size_t a) {
+  auto gather = [&](std::size_t a) {  // the rows that chose expert active[a]
     const auto& rows_e = by_expert[std::size_t(active[a])];
     Mat<T> xe = empty<T>(int64_t(rows_e.size()), D);
     for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xe(int64_t(m), 0));
-    out[a] = mlp_forward(be, w.experts[std::size_t(active[a])], xe, v);
+    return xe;
   };
+  auto run = [&](std::size_t a) { out[a] = mlp_forward(be, w.experts[std::size_t(active[a])], gather(a), v); };
   if (n > kFusedMaxRows) {
     std::vector<std::size_t> order(active.size());
     std::iota(order.begin(), order.end(), std::size_t(0));
@@ -175,8 +202,18 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
       else run(order[std::size_t(task - first)]);
     }
   } else {
-    for (std::size_t a = 0; a < active.size(); ++a) run(a);
-    if (w.shared_experts) shared = mlp_forward(be, *w.shared_experts, x, v);
+    std::vector<Mat<T>> xs(active.size());
+    std::vector<const Mat<T>*> inputs;
+    std::vector<const MLPWeights*> mlps;
+    for (std::size_t a = 0; a < active.size(); ++a) {
+      xs[a] = gather(a);
+      inputs.push_back(&xs[a]);
+      mlps.push_back(&w.experts[std::size_t(active[a])]);
+    }
+    if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
+    std::vector<Mat<T>> ys = mlp_forward_many(be, mlps, inputs, v);
+    for (std::size_t a = 0; a < active.size(); ++a) out[a] = std::move(ys[a]);
+    if (w.shared_experts) shared = std::move(ys.back());
   }
   Mat<T> y = zeros<T>(n, D);
   for (std::size_t a = 0; a < active.size(); ++a) {

@@ -128,74 +128,119 @@ inline const T* in_place(const Linear& W) {
   return nullptr;
 }
 
-// out[i] = x[i, :] · w for i < n, with w a BF16 row: widened and multiplied in
-// one pass, 16 partial sums combined in a fixed order. Compiled for AVX-512,
-// AVX2 and baseline x86-64; the loader picks one per machine, so results are
-// identical for every thread count on a given machine.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-static void dot_rows_bf16(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out, int64_t out_stride) {
+// out[i] = x[i, :] · w for i < n, with w a row of K weights stored as F32 or
+// BF16 (BF16 is widened in the same pass): kLanes partial sums, combined in
+// a fixed order. Compiled for AVX-512, AVX2 and baseline x86-64; the loader
+// picks one per machine, so results are identical for every thread count on
+// a given machine. Enough independent sums that the adds never wait on each
+// other: these kernels run at memory speed.
+constexpr int kLanes = 64;
+
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) {
+  const uint32_t u = uint32_t(w) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <class W>
+inline void dot_rows(const float* x, int64_t n, int64_t K, const W* w, float* out, int64_t out_stride) {
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
-    float acc[16] = {0};
+    float acc[kLanes] = {0};
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16)
-      for (int j = 0; j < 16; ++j) {
-        const uint32_t u = uint32_t(w[k + j]) << 16;
-        float f;
-        std::memcpy(&f, &u, 4);
-        acc[j] += xi[k + j] * f;
-      }
-    for (; k < K; ++k) {
-      const uint32_t u = uint32_t(w[k]) << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      acc[k % 16] += xi[k] * f;
-    }
-    for (int h = 8; h >= 1; h /= 2)
+    for (; k + kLanes <= K; k += kLanes)
+      for (int j = 0; j < kLanes; ++j) acc[j] += xi[k + j] * widen(w[k + j]);
+    for (; k < K; ++k) acc[k % kLanes] += xi[k] * widen(w[k]);
+    for (int h = kLanes / 2; h >= 1; h /= 2)
       for (int j = 0; j < h; ++j) acc[j] += acc[j + h];
     out[i * out_stride] = acc[0];
   }
 }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DSV3_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DSV3_CLONES
+#endif
+DSV3_CLONES static void dot_rows_bf16(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
+                                      int64_t out_stride) {
+  dot_rows(x, n, K, w, out, out_stride);
+}
+DSV3_CLONES static void dot_rows_f32(const float* x, int64_t n, int64_t K, const float* w, float* out,
+                                     int64_t out_stride) {
+  dot_rows(x, n, K, w, out, out_stride);
+}
+#undef DSV3_CLONES
 
 // ---------------------------------------------------------------------------
 // Few rows (decode): fused dequantise-and-multiply. Threads split the output
 // rows; each row is decoded from its stored bytes into a row buffer (read
 // once, never a scratch copy of the matrix) and dotted with every input row
 // in a fixed order, so the result is bit-identical for any thread count.
+// Several independent linears (a decode step's experts) share one round of
+// threads: their rows are one list of work.
 constexpr int64_t kFusedMaxRows = 4;
 
 template <class T>
-inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Mat<T>& y) {
-  const int64_t n = rows(x), K = W.in(), O = W.out();
-  const bool round_w = v.fp8_dequant_bf16 && W.is_fp8();
-  const T* direct = in_place<T>(W);
-  const uint16_t* bf16 = nullptr;  // BF16 weights at T = float: the one-pass kernel above
-  if constexpr (std::is_same_v<T, float>)
-    if (W.weight.dtype == DType::BF16 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % 2 == 0)
-      bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
-  if (bf16) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < O; ++o)
-      if constexpr (std::is_same_v<T, float>) dot_rows_bf16(x.data(), n, K, bf16 + o * K, y.data() + o, O);
-    return;
+struct LinearJob {
+  const Mat<T>* x;   // [n, in]
+  const Linear* w;   // [out, in]
+};
+
+template <class T>
+inline void linear_fused_many(const std::vector<LinearJob<T>>& jobs, const Variants& v, std::vector<Mat<T>>& ys) {
+  struct Job {
+    const T* direct = nullptr;
+    const uint16_t* bf16 = nullptr;  // BF16 weights at T = float: the one-pass kernel above
+    bool round_w = false;
+  };
+  struct Unit { std::size_t job; int64_t r0, r1; };
+  std::vector<Job> info(jobs.size());
+  std::vector<Unit> units;
+  std::size_t buf_elems = 0;
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    const Linear& W = *jobs[j].w;
+    const int64_t K = W.in(), O = W.out();
+    info[j].round_w = v.fp8_dequant_bf16 && W.is_fp8();
+    info[j].direct = in_place<T>(W);
+    if constexpr (std::is_same_v<T, float>)
+      if (W.weight.dtype == DType::BF16 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % 2 == 0)
+        info[j].bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
+    // AWQ stores W transposed ([in, out]): decode bands of 64 output rows so
+    // each input row's packed words are read once per band, not once per row.
+    const int64_t band = W.awq ? 64 : 16;
+    if (!info[j].direct && !info[j].bf16) buf_elems = std::max(buf_elems, std::size_t(band * K));
+    for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
+    ys[j] = empty<T>(rows(*jobs[j].x), O);
   }
-  // AWQ stores W transposed ([in, out]): decode bands of output rows so each
-  // input row's packed words are read once per band, not once per row.
-  const int64_t band = W.awq ? 64 : 1, nbands = (O + band - 1) / band;
 #pragma omp parallel
   {
-    std::vector<T> buf(direct ? 0 : static_cast<std::size_t>(band * K));
+    std::vector<T> buf(buf_elems);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < nbands; ++b) {
-      const int64_t b0 = b * band, b1 = std::min(O, b0 + band);
-      if (!direct) {
-        W.decode_rows(b0, b1, buf.data());
-        if (round_w) round_bf16_if(true, buf.begin(), buf.begin() + (b1 - b0) * K);
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      const Unit& un = units[u];
+      const Linear& W = *jobs[un.job].w;
+      const Job& J = info[un.job];
+      const Mat<T>& x = *jobs[un.job].x;
+      Mat<T>& y = ys[un.job];
+      const int64_t n = rows(x), K = W.in(), O = W.out();
+      if (J.bf16) {
+        if constexpr (std::is_same_v<T, float>)
+          for (int64_t o = un.r0; o < un.r1; ++o) dot_rows_bf16(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
+        continue;
       }
-      for (int64_t o = b0; o < b1; ++o) {
-        const T* w = direct ? direct + o * K : buf.data() + (o - b0) * K;
+      if (!J.direct) {
+        W.decode_rows(un.r0, un.r1, buf.data());
+        if (J.round_w) round_bf16_if(true, buf.begin(), buf.begin() + (un.r1 - un.r0) * K);
+      }
+      for (int64_t o = un.r0; o < un.r1; ++o) {
+        const T* w = J.direct ? J.direct + o * K : buf.data() + (o - un.r0) * K;
+        if constexpr (std::is_same_v<T, float>) {
+          dot_rows_f32(x.data(), n, K, w, y.data() + o, O);
+          continue;
+        }
         for (int64_t i = 0; i < n; ++i) {
           const T* xi = x.data() + i * K;
           // 8 independent partial sums, combined in a fixed order
@@ -209,6 +254,7 @@ inline void linear_fused(const Mat<T>& x, const Linear& W, const Variants& v, Ma
       }
     }
   }
+  for (auto& y : ys) round_act(v, y);
 }
 
 // linear: y[n, out] = x[n, in] @ W^T (nn.Linear without bias).
@@ -226,12 +272,12 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
     return y;
   }
   blas_single_threaded();
-  Mat<T> y = empty<T>(n, O);
   if (n <= kFusedMaxRows) {
-    linear_fused(x, W, v, y);
-    round_act(v, y);
-    return y;
+    std::vector<Mat<T>> ys(1);
+    linear_fused_many<T>({{&x, &W}}, v, ys);
+    return std::move(ys[0]);
   }
+  Mat<T> y = empty<T>(n, O);
   const T* direct = in_place<T>(W);
   // Bands of output rows, of a size that depends on the matrix only (never on
   // the thread count): at most about 1 MB of weights, and at least ~8 bands
@@ -256,6 +302,25 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   }
   round_act(v, y);
   return y;
+}
+
+// Independent linears, y_i = x_i @ W_i^T: decode-sized ones (every x_i at
+// most kFusedMaxRows rows, no W8A8) share one round of threads.
+template <class T>
+inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v = {}) {
+  std::vector<Mat<T>> ys(jobs.size());
+  bool fused = true;
+  for (const auto& j : jobs) {
+    if (cols(*j.x) != j.w->in()) fail("linear '", j.w->name(), "': input has ", cols(*j.x), " columns, expected ", j.w->in());
+    fused = fused && rows(*j.x) <= kFusedMaxRows && !(v.fp8_w8a8 && j.w->is_fp8());
+  }
+  if (fused) {
+    blas_single_threaded();
+    linear_fused_many(jobs, v, ys);
+  } else {
+    for (std::size_t i = 0; i < jobs.size(); ++i) ys[i] = linear(*jobs[i].x, *jobs[i].w, v);
+  }
+  return ys;
 }
 
 // ---------------------------------------------------------------------------
