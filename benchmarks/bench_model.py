@@ -166,6 +166,68 @@ def touched_bytes_per_token(model_dir):
                 dtypes=sorted({d for d, _, _ in ts.values()}))
 
 
+def read_i32_tensor(path, name):
+    """(shape, flat list) of one I32 tensor of a safetensors file (no numpy needed)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        hdr = json.loads(f.read(n))
+        t = hdr[name]
+        if t["dtype"] != "I32":
+            raise ValueError(f"{path}: {name} is {t['dtype']}, expected I32")
+        a, b = t["data_offsets"]
+        f.seek(8 + n + a)
+        raw = f.read(b - a)
+    return t["shape"], list(struct.unpack(f"<{len(raw) // 4}i", raw))
+
+
+def touched_bytes_of_run(a, model_dir, ids):
+    """Bytes of stored weights a run over `ids` reads at least once: every tensor except the
+    routed experts, plus, per MoE layer, the experts that some position chose (the union of
+    `dsv3 trace` topk_ids over all positions; the same routing as the decode run's up to
+    float rounding, which no top-k margin of these runs is near)."""
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    ts = safetensors_tensors(model_dir)
+    tr = os.path.join(tempfile.gettempdir(), "dsv3-bench-topk.safetensors")
+    subprocess.run([a.dsv3, "--prefault", "off", "trace", "--model", model_dir, "--ids", ids_arg(ids), "--out", tr,
+                    "--names", "topk_ids"], check=True, capture_output=True)
+    used = {}
+    for L in range(cfg["first_k_dense_replace"], cfg["num_hidden_layers"]):
+        _, v = read_i32_tensor(tr, f"layers.{L}.topk_ids")
+        used[L] = set(v)
+    os.unlink(tr)
+    expert_bytes = {}
+    rest = 0
+    for name, (_, _, nb) in ts.items():
+        m = re.match(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.", name)
+        if m:
+            key = (int(m.group(1)), int(m.group(2)))
+            expert_bytes[key] = expert_bytes.get(key, 0) + nb
+            continue
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        if m and int(m.group(1)) >= cfg["num_hidden_layers"]:
+            continue  # MTP layer
+        rest += nb
+    routed = sum(nb for (L, e), nb in expert_bytes.items() if e in used.get(L, ()))
+    return dict(bytes=rest + routed, non_expert_bytes=rest, routed_expert_bytes=routed,
+                experts_used={str(L): len(u) for L, u in used.items()}, n_routed_experts=cfg["n_routed_experts"])
+
+
+def dsv3_bounded(a, quiet, model, threads, ids, new_tokens, what):
+    """Decode with pages faulted in only as used (--prefault off): peak RSS vs the weights the
+    run touched plus its latent cache."""
+    quiet.wait(what)
+    out, peak, _ = run_timed([a.dsv3, "--threads", str(threads), "--prefault", "off", "generate", "--model", model,
+                              "--ids", ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"])
+    j = json.loads(out.strip().splitlines()[-1])
+    seen = ids + j["generated_ids"][:-1]  # every position the run computed
+    t = touched_bytes_of_run(a, model, seen)
+    cache = j["timing"]["kv_cache_bytes"]
+    log(f"  {what}: peak RSS {peak / 1e6:.0f} MB, touched {t['bytes'] / 1e6:.0f} MB + cache {cache / 1e6:.2f} MB")
+    return dict(peak_rss_bytes=peak, touched=t, kv_cache_bytes=cache, positions=len(seen),
+                decode_tokens_per_s=j["timing"]["decode_tokens_per_s"],
+                ratio=peak / (t["bytes"] + cache))
+
+
 def ensure_model(dsv3, path, preset, dtype):
     if os.path.exists(os.path.join(path, "config.json")):
         return False
@@ -481,6 +543,8 @@ def main():
                                             f"dsv3 {dt} t{th} decode{a.new_tokens}")
                 r["forward128"] = dsv3_forward_sha(a, quiet, mp, th, make_ids(128, vocab),
                                                    os.path.join(tempfile.gettempdir(), f"dsv3-fwd128-{dt}-t{th}.npy"))
+            R.setdefault("bounded", {})[dt] = dsv3_bounded(a, quiet, mp, a.threads, make_ids(a.decode_prompt_len, vocab),
+                                                           a.new_tokens, f"dsv3 {dt} bounded decode")
             runs = [D[f"{dt}/t{th}"] for th in a.sweep_threads]
             ident[dt] = dict(
                 generated_ids_identical=all(r["decode"]["generated_ids"] == runs[0]["decode"]["generated_ids"] for r in runs),
@@ -611,6 +675,10 @@ def report(a, R):
                            f"{r:.0%} ({f32['gbs']:.2f} of {bw / 1e9:.2f} GB/s)", r >= 0.7))
         r = bf["dec"] / f32["dec"]
         tg.append(("dsv3 bf16 decode >= 1.3x dsv3 f32 decode", f"{r:.2f}x ({bf['dec']:.2f} vs {f32['dec']:.2f} tok/s)", r >= 1.3))
+        for dt, b in sorted(R.get("bounded", {}).items()):
+            tg.append((f"dsv3 {dt} decode peak RSS within 10% of weights touched + cache (--prefault off)",
+                       f"{b['ratio']:.3f}x ({b['peak_rss_bytes'] / 1e6:.0f} MB vs {b['touched']['bytes'] / 1e6:.0f} + "
+                       f"{b['kv_cache_bytes'] / 1e6:.2f} MB)", b["ratio"] <= 1.10))
         for t_, mv, ok in tg:
             w(f"| {t_} | {mv} | {'met' if ok else '**not met**'} |")
         w("")
@@ -702,6 +770,24 @@ def report(a, R):
             w(f"| HF {key} (whole process) | {h['peak_rss_bytes'] / 1e6:.0f} | {W[wdt]['bytes'] / 1e6:.1f} | "
               f"{mem_file / 1e6:.0f} (in {h['dtype']}) | - | {(h['peak_rss_bytes'] - mem_file) / 1e6:.0f} |")
         w("")
+
+        if R.get("bounded"):
+            w("## Bounded decode: peak RSS vs the weights the run touched\n")
+            w("The same decode (prompt and new tokens as above) with `--prefault off`, so weight pages come in "
+              "only when first read. Weights touched = every tensor but the routed experts, plus each MoE "
+              "layer's experts that some position of the run chose (union of `dsv3 trace` topk_ids over all "
+              "positions). The headline runs above use the default `--prefault auto`, which maps the whole "
+              "file at load when it fits in half of the available memory.\n")
+            w("| checkpoint | positions | experts used per MoE layer | weights touched (MB) | latent cache (MB) | "
+              "peak RSS (MB) | RSS / (touched + cache) | decode tok/s |")
+            w("|---|---|---|---|---|---|---|---|")
+            for dt, b in sorted(R["bounded"].items()):
+                t = b["touched"]
+                used = sorted(t["experts_used"].values())
+                w(f"| {dt} | {b['positions']} | {used[0]}-{used[-1]} of {t['n_routed_experts']} | "
+                  f"{t['bytes'] / 1e6:.0f} | {b['kv_cache_bytes'] / 1e6:.2f} | {b['peak_rss_bytes'] / 1e6:.0f} | "
+                  f"{b['ratio']:.3f} | {b['decode_tokens_per_s']:.2f} |")
+            w("")
 
         if sg:
             w("## sgemv (OpenBLAS, f32, y = W x) - the achievable weight bandwidth\n")

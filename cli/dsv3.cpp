@@ -137,6 +137,12 @@ bool bf16_cache(const std::string& s) {
   fail("--cache-dtype: '", s, "' is not compute or bf16");
 }
 
+Schedule parse_mode(const std::string& s) {
+  if (s == "prefill") return Schedule::prefill;
+  if (s == "decode") return Schedule::decode;
+  fail("--mode: '", s, "' is not prefill or decode");
+}
+
 AttnForm parse_attn(const std::string& s) {
   if (s == "absorb") return AttnForm::absorb;
   if (s == "naive") return AttnForm::naive;
@@ -205,49 +211,32 @@ void run_forward(const ForwardArgs& a) {
   auto mp = open_model<T>(a.model, a.variants.get());
   Model<T>& m = *mp;
   const auto ids = parse_ids(a.ids);
-  ForwardOptions opt;
-  opt.attn = parse_attn(a.attn);
   const int64_t V = m.config().vocab_size, L = int64_t(ids.size());
   auto cache = m.new_cache(bf16_cache(a.cache_dtype));
+  const Schedule mode = parse_mode(a.mode);
+  if (!a.mtp_out.empty() && mode != Schedule::prefill) fail("--mtp-out needs --mode prefill");
+  if (mode == Schedule::decode && (a.prefill_len < 1 || a.prefill_len > L))
+    fail("--prefill-len ", a.prefill_len, " must be in [1, ", L, "] (the number of ids)");
+  ForwardOptionsT<T> popt;
+  popt.attn = parse_attn(a.attn);
+  Mat<T> h_all = empty<T>(a.mtp_out.empty() ? 0 : L, m.config().hidden_size), h;
+  if (!a.mtp_out.empty()) popt.hidden = &h;
   std::vector<float> out;
-  auto append = [&](const Mat<T>& lg) { out.insert(out.end(), lg.begin(), lg.end()); };
-  if (!a.mtp_out.empty() && a.mode != "prefill") fail("--mtp-out needs --mode prefill");
-  if (a.mode == "prefill") {
-    const int64_t chunk = a.chunk > 0 ? a.chunk : L;
-    ForwardOptionsT<T> popt;
-    popt.attn = opt.attn;
-    Mat<T> h_all = empty<T>(L, m.config().hidden_size), h;
-    if (!a.mtp_out.empty()) popt.hidden = &h;
-    for (int64_t s = 0; s < L; s += chunk) {
-      std::vector<int32_t> part(ids.begin() + s, ids.begin() + std::min(L, s + chunk));
-      append(m.forward(part, cache, popt));
-      if (popt.hidden) std::copy(h.begin(), h.end(), h_all.begin() + s * m.config().hidden_size);
-    }
-    if (!a.mtp_out.empty()) {
-      // MTP logits [L-1, V]: row i from h_i and ids[i+1] (predicts ids[i+2])
-      if (L < 2) fail("--mtp-out needs at least 2 ids");
-      MTPOptions mo;
-      mo.zero_pos0 = a.mtp_zero_pos0;
-      mo.attn = opt.attn;
-      auto mcache = m.new_mtp_cache();
-      Mat<T> ml = m.mtp_forward(row_slice(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
-      write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
-    }
-    write_npy_f32(a.out, out, std::size_t(L), std::size_t(V));
-  } else if (a.mode == "decode") {
-    const int64_t P = a.prefill_len;
-    if (P < 1 || P > L) fail("--prefill-len ", P, " must be in [1, ", L, "] (the number of ids)");
-    opt.all_logits = false;
-    const int64_t chunk = a.chunk > 0 ? a.chunk : P;  // the first P tokens, in chunks
-    Mat<T> last;
-    for (int64_t s = 0; s < P; s += chunk)
-      last = m.forward(std::vector<int32_t>(ids.begin() + s, ids.begin() + std::min(P, s + chunk)), cache, opt);
-    append(last);
-    for (int64_t i = P; i < L; ++i) append(m.forward({ids[std::size_t(i)]}, cache, opt));
-    write_npy_f32(a.out, out, std::size_t(L - P + 1), std::size_t(V));
-  } else {
-    fail("--mode: '", a.mode, "' is not prefill or decode");
+  run_schedule(m, ids, mode, a.prefill_len, a.chunk, popt, cache, Trace(), [&](const Mat<T>& lg, int64_t start) {
+    out.insert(out.end(), lg.begin(), lg.end());
+    if (popt.hidden) std::copy(h.begin(), h.end(), h_all.begin() + start * m.config().hidden_size);
+  });
+  if (!a.mtp_out.empty()) {
+    // MTP logits [L-1, V]: row i from h_i and ids[i+1] (predicts ids[i+2])
+    if (L < 2) fail("--mtp-out needs at least 2 ids");
+    MTPOptions mo;
+    mo.zero_pos0 = a.mtp_zero_pos0;
+    mo.attn = popt.attn;
+    auto mcache = m.new_mtp_cache();
+    Mat<T> ml = m.mtp_forward(row_slice(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
+    write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
   }
+  write_npy_f32(a.out, out, out.size() / std::size_t(V), std::size_t(V));
 }
 
 // ---------------------------------------------------------------------------
@@ -435,21 +424,14 @@ void run_trace(const ForwardArgs& a) {
       if (glob_match(g.c_str(), name.c_str())) return true;
     return false;
   });
-  ForwardOptions opt;
+  ForwardOptionsT<T> opt;
   opt.attn = parse_attn(a.attn);
   auto cache = m.new_cache(bf16_cache(a.cache_dtype));
   const int64_t L = int64_t(ids.size());
-  if (a.mode == "prefill") {
-    const int64_t chunk = a.chunk > 0 ? a.chunk : L;
-    for (int64_t s = 0; s < L; s += chunk)
-      m.forward(std::vector<int32_t>(ids.begin() + s, ids.begin() + std::min(L, s + chunk)), cache, opt, trace);
-  } else if (a.mode == "decode") {
-    if (a.prefill_len < 1 || a.prefill_len > L) fail("--prefill-len ", a.prefill_len, " must be in [1, ", L, "]");
-    m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + a.prefill_len), cache, opt, trace);
-    for (int64_t i = a.prefill_len; i < L; ++i) m.forward({ids[std::size_t(i)]}, cache, opt, trace);
-  } else {
-    fail("--mode: '", a.mode, "' is not prefill or decode");
-  }
+  const Schedule mode = parse_mode(a.mode);
+  if (mode == Schedule::decode && (a.prefill_len < 1 || a.prefill_len > L))
+    fail("--prefill-len ", a.prefill_len, " must be in [1, ", L, "] (the number of ids)");
+  run_schedule(m, ids, mode, a.prefill_len, a.chunk, opt, cache, trace, [](const Mat<T>&, int64_t) {});
   nlohmann::json meta = {{"engine", "dsv3"}, {"model", a.model}, {"ids", ids}, {"precision", a.precision},
                          {"attn", a.attn}, {"variants", m.variants().to_json()}};
   col.write(a.out, meta);
@@ -598,7 +580,7 @@ int main(int argc, char** argv) {
   trc->add_option("--names", ta.names, "Comma-separated globs of trace names to keep (default: all)");
   trc->add_option("--mode", ta.mode, "prefill | decode")->capture_default_str();
   trc->add_option("--prefill-len", ta.prefill_len, "Decode mode: tokens in the first call")->capture_default_str();
-  trc->add_option("--chunk", ta.chunk, "Prefill in chunks of N tokens");
+  trc->add_option("--chunk", ta.chunk, "Run the prompt (prefill mode) or its first P tokens (decode mode) in chunks of N tokens, as forward does");
   trc->add_option("--attn", ta.attn, "auto | absorb | naive")->capture_default_str();
   trc->add_option("--precision", ta.precision, "f32 | f64")->capture_default_str();
   trc->add_option("--cache-dtype", ta.cache_dtype, "Latent cache storage: compute | bf16")->capture_default_str();

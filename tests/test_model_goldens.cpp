@@ -53,14 +53,12 @@ template <class T>
 Mat<T> run_prefill(const Model<T>& m, const std::vector<int32_t>& ids, int64_t chunk, AttnForm form,
                    const Trace& trace = Trace()) {
   auto cache = m.new_cache();
-  ForwardOptions opt;
+  ForwardOptionsT<T> opt;
   opt.attn = form;
   Mat<T> out = empty<T>(int64_t(ids.size()), m.config().vocab_size);
-  for (std::size_t s = 0; s < ids.size(); s += std::size_t(chunk)) {
-    std::vector<int32_t> part(ids.begin() + long(s), ids.begin() + long(std::min(ids.size(), s + std::size_t(chunk))));
-    Mat<T> l = m.forward(part, cache, opt, trace);
-    std::copy(l.begin(), l.end(), out.begin() + long(s) * m.config().vocab_size);
-  }
+  run_schedule(m, ids, Schedule::prefill, 0, chunk, opt, cache, trace, [&](const Mat<T>& l, int64_t start) {
+    std::copy(l.begin(), l.end(), out.begin() + start * m.config().vocab_size);
+  });
   return out;
 }
 

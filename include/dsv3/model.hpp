@@ -219,4 +219,32 @@ class Model {
   Dispatch<T> be_;
 };
 
+// A fixed schedule of forward calls over ids (what `dsv3 forward` and
+// `dsv3 trace` run). prefill: calls of `chunk` tokens (0: all at once), every
+// row's logits; decode: the first `prefill_len` tokens in calls of `chunk`
+// (0: one call), then one token per call, the last row of each. on_rows(
+// logits, start) receives the rows the schedule outputs — prefill: every
+// call's; decode: the last prefill call's and every one-token call's — with
+// the position of the call's first token.
+enum class Schedule { prefill, decode };
+
+template <class T, class OnRows>
+void run_schedule(const Model<T>& m, const std::vector<int32_t>& ids, Schedule mode, int64_t prefill_len,
+                  int64_t chunk, ForwardOptionsT<T> opt, KVCache<T>& cache, const Trace& trace, OnRows&& on_rows) {
+  const int64_t L = int64_t(ids.size());
+  const int64_t P = mode == Schedule::prefill ? L : prefill_len;
+  if (P < 1 || P > L) fail("prefill length ", P, " must be in [1, ", L, "] (the number of ids)");
+  if (mode == Schedule::decode) opt.all_logits = false;
+  const int64_t step = chunk > 0 ? chunk : P;
+  for (int64_t s = 0; s < P; s += step) {
+    const int64_t start = cache.length, e = std::min(P, s + step);
+    Mat<T> lg = m.forward(std::vector<int32_t>(ids.begin() + s, ids.begin() + e), cache, opt, trace);
+    if (mode == Schedule::prefill || e == P) on_rows(lg, start);
+  }
+  for (int64_t i = P; i < L; ++i) {
+    const int64_t start = cache.length;
+    on_rows(m.forward({ids[std::size_t(i)]}, cache, opt, trace), start);
+  }
+}
+
 }  // namespace dsv3

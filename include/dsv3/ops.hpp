@@ -135,6 +135,7 @@ inline const T* in_place(const Linear& W) {
 // a given machine. Enough independent sums that the adds never wait on each
 // other: these kernels run at memory speed.
 constexpr int kLanes = 64;
+constexpr int kPrefetchBytes = 4096;
 
 inline float widen(float w) { return w; }
 inline float widen(uint16_t w) {
@@ -150,8 +151,13 @@ inline void dot_rows(const float* x, int64_t n, int64_t K, const W* w, float* ou
     const float* xi = x + i * K;
     float acc[kLanes] = {0};
     int64_t k = 0;
-    for (; k + kLanes <= K; k += kLanes)
+    for (; k + kLanes <= K; k += kLanes) {
+      // a few KB ahead: the hardware prefetcher stops at 4 KB page boundaries
+      if (i == 0)
+        for (std::size_t b = 0; b < kLanes * sizeof(W); b += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(w + k) + kPrefetchBytes + b);
       for (int j = 0; j < kLanes; ++j) acc[j] += xi[k + j] * widen(w[k + j]);
+    }
     for (; k < K; ++k) acc[k % kLanes] += xi[k] * widen(w[k]);
     for (int h = kLanes / 2; h >= 1; h /= 2)
       for (int j = 0; j < h; ++j) acc[j] += acc[j + h];
