@@ -181,8 +181,9 @@ def read_i32_tensor(path, name):
 
 
 def touched_bytes_of_run(a, model_dir, ids):
-    """Bytes of stored weights a run over `ids` reads at least once: every tensor except the
-    routed experts, plus, per MoE layer, the experts that some position chose (the union of
+    """Bytes of stored weights a run over `ids` reads at least once: the embedding rows of the
+    distinct ids, every other tensor except the routed experts, plus, per MoE layer, the
+    experts that some position chose (the union of
     `dsv3 trace` topk_ids over all positions; the same routing as the decode run's up to
     float rounding, which no top-k margin of these runs is near)."""
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
@@ -197,7 +198,10 @@ def touched_bytes_of_run(a, model_dir, ids):
     os.unlink(tr)
     expert_bytes = {}
     rest = 0
-    for name, (_, _, nb) in ts.items():
+    for name, (_, shape, nb) in ts.items():
+        if name == "model.embed_tokens.weight":  # only the rows of the ids seen
+            rest += nb // shape[0] * len(set(ids))
+            continue
         m = re.match(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.", name)
         if m:
             key = (int(m.group(1)), int(m.group(2)))
@@ -752,8 +756,9 @@ def report(a, R):
         w("")
 
         w("## Peak RSS vs weights + cache\n")
-        w("dsv3 mmaps the checkpoint, so its RSS counts the pages it has touched (the union over all tokens "
-          "of the run, between the per-token bytes and the whole file) plus activations and the latent cache. "
+        w("dsv3 mmaps the checkpoint; with the default `--prefault auto` (these runs: the file fits in half of "
+          "the available memory) it maps every page in at load, so its RSS is the whole file plus activations "
+          "and the latent cache (with `--prefault off`, only the pages it touches: next section). "
           "HF copies every weight into torch tensors at load (its RSS includes the load).\n")
         w("| run | peak RSS (MB) | weights/token (MB) | whole file (MB) | KV cache (MB) | RSS - file - cache (MB) |")
         w("|---|---|---|---|---|---|")
@@ -774,7 +779,8 @@ def report(a, R):
         if R.get("bounded"):
             w("## Bounded decode: peak RSS vs the weights the run touched\n")
             w("The same decode (prompt and new tokens as above) with `--prefault off`, so weight pages come in "
-              "only when first read. Weights touched = every tensor but the routed experts, plus each MoE "
+              "only when first read. Weights touched = the embedding rows of the distinct ids, every other tensor but the "
+              "routed experts, plus each MoE "
               "layer's experts that some position of the run chose (union of `dsv3 trace` topk_ids over all "
               "positions). The headline runs above use the default `--prefault auto`, which maps the whole "
               "file at load when it fits in half of the available memory.\n")

@@ -29,6 +29,13 @@ TEST_CASE("fp8 e4m3fn: all 256 codes decode to the closed form") {
     if (v != 0) CHECK(f32_to_fp8_e4m3(float(v)) == b);
   }
   CHECK(fp8_e4m3_to_f32(0x7e) == 448.0f);
+  for (int b = 0; b < 256; ++b) {  // the table-free decoder used by FP8 linears: same bits
+    const float a = fp8_e4m3_to_f32(uint8_t(b)), f = fp8_e4m3_to_f32_bits(uint8_t(b));
+    uint32_t ua, uf;
+    std::memcpy(&ua, &a, 4);
+    std::memcpy(&uf, &f, 4);
+    CHECK_MESSAGE(ua == uf, "code ", b);
+  }
   CHECK(f32_to_fp8_e4m3(460.0f) == 0x7e);          // rounds to the max finite
   CHECK(std::isnan(fp8_e4m3_to_f32(f32_to_fp8_e4m3(500.0f))));  // torch: out of range -> NaN
 }

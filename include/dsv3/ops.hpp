@@ -170,11 +170,11 @@ inline void dot_rows(const float* x, int64_t n, int64_t K, const W* w, float* ou
 #else
 #define DSV3_CLONES
 #endif
-DSV3_CLONES static void dot_rows_bf16(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
+DSV3_CLONES [[maybe_unused]] static void dot_rows_bf16(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
                                       int64_t out_stride) {
   dot_rows(x, n, K, w, out, out_stride);
 }
-DSV3_CLONES static void dot_rows_f32(const float* x, int64_t n, int64_t K, const float* w, float* out,
+DSV3_CLONES [[maybe_unused]] static void dot_rows_f32(const float* x, int64_t n, int64_t K, const float* w, float* out,
                                      int64_t out_stride) {
   dot_rows(x, n, K, w, out, out_stride);
 }

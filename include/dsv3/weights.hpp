@@ -34,6 +34,30 @@ inline const float* fp8_e4m3_table() {
   return t.data();
 }
 
+// The same values as the table, computed without one (so the loop
+// vectorises): normal codes move their exponent and mantissa bits into an
+// f32, subnormals are m·2^-9, 0x7f/0xff are NaN. Bit-identical for all 256
+// codes (tests/test_formats.cpp).
+inline float fp8_e4m3_to_f32_bits(uint8_t b) {
+  auto as_f32 = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+  auto as_u32 = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; };
+  const uint32_t em = b & 0x7fu;
+  const float x = as_f32((em << 20) + (120u << 23));  // normal: 2^(e-7) * (1 + m/8)
+  const float sub = (x - 0x1p-7f) * 2.0f;            // e = 0: m * 2^-9 (exact)
+  const uint32_t normal = 0u - uint32_t(em >= 8), nan = 0u - uint32_t(em == 0x7fu);  // masks, no branches
+  const uint32_t mag = (as_u32(x) & normal) | (as_u32(sub) & ~normal);
+  return as_f32((0x7fc00000u & nan) | ((mag | (uint32_t(b & 0x80u) << 24)) & ~nan));
+}
+
+// dst[i] = fp8(src[i]) * s for one block-row stretch of an FP8 weight row:
+// decode and scale in one pass, compiled for AVX-512, AVX2 and baseline.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+[[maybe_unused]] static void fp8_scaled_to_f32(const uint8_t* src, int64_t n, float s, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp8_e4m3_to_f32_bits(src[i]) * s;
+}
+
 // Converts `n` stored elements starting at `src` to T.
 template <class T>
 inline void decode_elements(const uint8_t* src, DType dt, int64_t n, T* dst) {
@@ -106,6 +130,16 @@ struct Linear {
     const std::size_t es = dtype_size(weight.dtype);
     for (int64_t r = r0; r < r1; ++r) {
       T* row = dst + (r - r0) * n_in;
+      if constexpr (std::is_same_v<T, float>)
+        if (scale_inv && weight.dtype == DType::F8_E4M3) {  // decode and scale in one pass
+          const uint8_t* src = weight.data + std::size_t(r * n_in);
+          const int64_t sc = scale_inv->shape[1], br = r / block_rows;
+          for (int64_t cb = 0; cb < sc; ++cb) {
+            const int64_t c0 = cb * block_cols, c1 = std::min(n_in, c0 + block_cols);
+            fp8_scaled_to_f32(src + c0, c1 - c0, float(scale_inv->at(br * sc + cb)), row + c0);
+          }
+          continue;
+        }
       decode_elements(weight.data + std::size_t(r * n_in) * es, weight.dtype, n_in, row);
       if (scale_inv) {
         const int64_t sc = scale_inv->shape[1];

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Real scale: decode on a checkpoint with DeepSeek-V3's real dimensions and FP8 format (a few
+layers of it), and the extrapolation, arithmetic shown, to the real 671B checkpoint.
+
+    python3 benchmarks/bench_fulldims.py [--model /tmp/fulldims] [--layers 4] [--new-tokens 8]
+
+1. `dsv3 make-model --preset full-dims --dtype fp8 --layers N` (if DIR has no config.json): layers
+   0..2 dense, the rest MoE with 256 experts, real hidden/attention/vocab sizes, FP8 e4m3 weights
+   with 128x128 block scales, BF16 embedding/lm_head/norms/router — the real checkpoint's layout.
+2. `dsv3 --prefault off generate` of a short prompt and N new tokens: per-token decode time and peak
+   RSS (weights paged in as used), and the run's touched weights (its routing, via `dsv3 trace`).
+3. Bytes one decoded token reads, per kind of layer, in the stored dtype; the real model = the same
+   embedding row + lm_head + 3 dense layers + 58 MoE layers (k = 8 of 256 experts each).
+   Seconds per token at a bandwidth B = bytes per token / B.
+
+Writes benchmarks/results/fulldims-DATE.{md,json}.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from bench_model import (ids_arg, log, make_ids, run_timed, safetensors_tensors,  # noqa: E402
+                         touched_bytes_of_run)
+
+REAL_LAYERS, REAL_DENSE = 61, 3  # DeepSeek-V3: num_hidden_layers, first_k_dense_replace
+
+
+def layer_bytes(model_dir, cfg):
+    """Per layer: whole bytes and bytes one decoded token reads (k/E of the routed experts)."""
+    E, k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    per = {}
+    glob = dict(embedding=0, embedding_row=0, lm_head=0, final_norm=0)
+    for name, (_, _, nb) in safetensors_tensors(model_dir).items():
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        if not m:
+            if name.startswith("model.embed_tokens."):
+                glob["embedding"] += nb
+                glob["embedding_row"] += nb / cfg["vocab_size"]
+            elif name.startswith("lm_head."):
+                glob["lm_head"] += nb
+            else:
+                glob["final_norm"] += nb
+            continue
+        L = int(m.group(1))
+        if L >= cfg["num_hidden_layers"]:
+            continue  # MTP
+        d = per.setdefault(L, dict(whole=0, per_token=0))
+        d["whole"] += nb
+        d["per_token"] += nb * k / E if ".mlp.experts." in name else nb
+    return glob, per
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
+    ap.add_argument("--model", default="/tmp/fulldims")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--bandwidths", default="20,50,100,200,400",
+                    help="GB/s to extrapolate at (besides the one measured here)")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    a = ap.parse_args()
+
+    if not os.path.exists(os.path.join(a.model, "config.json")):
+        log(f"make-model full-dims fp8 --layers {a.layers} -> {a.model}")
+        run_timed([a.dsv3, "make-model", "--preset", "full-dims", "--dtype", "fp8", "--layers", str(a.layers),
+                   "--out", a.model])
+    cfg = json.load(open(os.path.join(a.model, "config.json")))
+    glob, per = layer_bytes(a.model, cfg)
+    dense = [L for L in per if L < cfg["first_k_dense_replace"]]
+    moe = [L for L in per if L >= cfg["first_k_dense_replace"]]
+    if not dense or not moe:
+        sys.exit("need at least one dense and one MoE layer (--layers > first_k_dense_replace)")
+    dense_tok, moe_tok = per[dense[0]]["per_token"], per[moe[0]]["per_token"]
+    dense_whole, moe_whole = per[dense[0]]["whole"], per[moe[0]]["whole"]
+    here_tok = glob["embedding_row"] + glob["lm_head"] + glob["final_norm"] + sum(p["per_token"] for p in per.values())
+
+    ids = make_ids(a.prompt_len, cfg["vocab_size"])
+    log(f"decode: {a.prompt_len}-token prompt, {a.new_tokens} new tokens, --prefault off, {a.threads} threads")
+    out, rss, wall = run_timed([a.dsv3, "--threads", str(a.threads), "--prefault", "off", "generate", "--model",
+                                a.model, "--ids", ids_arg(ids), "--max-new-tokens", str(a.new_tokens), "--json"])
+    j = json.loads(out.strip().splitlines()[-1])
+    t = j["timing"]
+    s_per_tok = t["decode_s"] / t["decode_calls"]
+    log("touched weights of the run (dsv3 trace topk_ids)")
+    touched = touched_bytes_of_run(argparse.Namespace(dsv3=a.dsv3), a.model, ids + j["generated_ids"][:-1])
+    eff = here_tok / s_per_tok
+
+    real_tok = glob["embedding_row"] + glob["lm_head"] + glob["final_norm"] + REAL_DENSE * dense_tok + \
+        (REAL_LAYERS - REAL_DENSE) * moe_tok
+    real_whole = glob["embedding"] + glob["lm_head"] + glob["final_norm"] + REAL_DENSE * dense_whole + \
+        (REAL_LAYERS - REAL_DENSE) * moe_whole
+    bws = [("measured here (dsv3 decode, FP8)", eff)] + [(f"{b} GB/s", float(b) * 1e9) for b in a.bandwidths.split(",")]
+
+    R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), model=a.model, config_layers=cfg["num_hidden_layers"],
+             threads=a.threads, timing=t, wall_s=wall, peak_rss_bytes=rss, touched=touched,
+             bytes=dict(global_=glob, dense_layer=dict(whole=dense_whole, per_token=dense_tok),
+                        moe_layer=dict(whole=moe_whole, per_token=moe_tok), here_per_token=here_tok,
+                        real_per_token=real_tok, real_whole=real_whole),
+             effective_bytes_per_s=eff, seconds_per_token=s_per_tok)
+    G = 1e9
+    L = []
+    w = L.append
+    w(f"# dsv3 at real scale: full-dims FP8, {cfg['num_hidden_layers']} layers ({R['date']})\n")
+    w(f"Checkpoint `{a.model}`: `dsv3 make-model --preset full-dims --dtype fp8 --layers {cfg['num_hidden_layers']}` — "
+      f"DeepSeek-V3's dimensions and storage (FP8 e4m3 weights with 128x128 block scales; BF16 embedding, lm_head, "
+      f"norms, router), layers 0..{len(dense) - 1} dense, {len(moe)} MoE layer(s) of {cfg['n_routed_experts']} experts; "
+      f"{sum(p['whole'] for p in per.values()) / G + (glob['embedding'] + glob['lm_head']) / G:.2f} GB.\n")
+    w(f"Run: `dsv3 --threads {a.threads} --prefault off generate --ids <{a.prompt_len} ids> --max-new-tokens "
+      f"{a.new_tokens} --json` (weights paged in from the mapping as first used).\n")
+    w("| measure | value |")
+    w("|---|---|")
+    w(f"| prefill of {t['prefill_tokens']} tokens | {t['prefill_s']:.2f} s (includes first-touch page faults) |")
+    w(f"| decode | {t['decode_calls']} one-token calls, {s_per_tok:.3f} s per token ({1 / s_per_tok:.2f} tok/s) |")
+    w(f"| bytes one decoded token reads (stored dtype) | {here_tok / G:.3f} GB |")
+    w(f"| effective weight bandwidth in decode | {eff / G:.2f} GB/s |")
+    w(f"| peak RSS | {rss / G:.2f} GB |")
+    w(f"| weights the run touched (all but routed experts + experts chosen: "
+      f"{', '.join(f'layer {k}: {v}' for k, v in touched['experts_used'].items())} of {touched['n_routed_experts']}) | "
+      f"{touched['bytes'] / G:.2f} GB |")
+    w(f"| peak RSS / touched | {rss / touched['bytes']:.3f} |")
+    w("")
+    w("## Extrapolation to DeepSeek-V3-0324 (61 layers: 3 dense + 58 MoE, 8 of 256 experts per token)\n")
+    w("Decode streams each weight it uses once per token, so seconds per token = bytes per token / memory "
+      "bandwidth (the latent cache adds 61 x 576 values per cached position; small next to the weights below "
+      "a few thousand positions).\n")
+    w("| part | bytes per token | × count | total |")
+    w("|---|---|---|---|")
+    w(f"| embedding row | {glob['embedding_row'] / 1e3:.1f} KB | 1 | {glob['embedding_row'] / 1e6:.3f} MB |")
+    w(f"| dense layer (attention + MLP, FP8 + scales) | {dense_tok / 1e6:.1f} MB | {REAL_DENSE} | {REAL_DENSE * dense_tok / G:.3f} GB |")
+    w(f"| MoE layer (attention, router, shared expert, 8/256 of the routed experts) | {moe_tok / 1e6:.1f} MB | "
+      f"{REAL_LAYERS - REAL_DENSE} | {(REAL_LAYERS - REAL_DENSE) * moe_tok / G:.3f} GB |")
+    w(f"| lm_head (BF16) + final norm | {(glob['lm_head'] + glob['final_norm']) / 1e6:.1f} MB | 1 | "
+      f"{(glob['lm_head'] + glob['final_norm']) / G:.3f} GB |")
+    w(f"| **per decoded token** | | | **{real_tok / G:.2f} GB** |")
+    w(f"| whole checkpoint (same arithmetic with every expert) | | | {real_whole / G:.0f} GB |")
+    w("")
+    w("| memory bandwidth | seconds per token | tokens/s |")
+    w("|---|---|---|")
+    for label, bw in bws:
+        w(f"| {label}: {bw / G:.1f} GB/s | {real_tok / bw:.2f} | {bw / real_tok:.2f} |")
+    w("")
+    w(f"RAM: the weights stay mapped in their stored dtype, so a machine with more than {real_whole / G:.0f} GB of "
+      f"RAM holds the whole checkpoint in its page cache. With less, the pages of experts not in memory come "
+      f"from disk as they are chosen: at most {(REAL_LAYERS - REAL_DENSE) * moe_tok / G:.1f} GB of MoE-layer "
+      f"weights per token, e.g. {(REAL_LAYERS - REAL_DENSE) * moe_tok / 7e9:.1f} s per token from a 7 GB/s NVMe "
+      f"drive if none were cached (the attention, dense and shared weights, "
+      f"{(REAL_DENSE * dense_tok + glob['lm_head']) / G:.1f} GB and more, are read every token and stay cached).")
+    md = "\n".join(L) + "\n"
+    os.makedirs(a.out_dir, exist_ok=True)
+    stem = os.path.join(a.out_dir, f"fulldims-{datetime.date.today().isoformat()}")
+    json.dump(R, open(stem + ".json", "w"), indent=1)
+    open(stem + ".md", "w").write(md)
+    print(md)
+    log(f"wrote {stem}.md and {stem}.json")
+
+
+if __name__ == "__main__":
+    main()
