@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from bench_model import (ids_arg, log, make_ids, run_timed, safetensors_tensors,  # noqa: E402
-                         touched_bytes_of_run)
+                         touched_bytes_of_run, write_results)
 
 REAL_LAYERS, REAL_DENSE = 61, 3  # DeepSeek-V3: num_hidden_layers, first_k_dense_replace
 
@@ -152,15 +152,9 @@ def main():
       f"RAM holds the whole checkpoint in its page cache. With less, the pages of experts not in memory come "
       f"from disk as they are chosen: at most {(REAL_LAYERS - REAL_DENSE) * moe_tok / G:.1f} GB of MoE-layer "
       f"weights per token, e.g. {(REAL_LAYERS - REAL_DENSE) * moe_tok / 7e9:.1f} s per token from a 7 GB/s NVMe "
-      f"drive if none were cached (the attention, dense and shared weights, "
-      f"{(REAL_DENSE * dense_tok + glob['lm_head']) / G:.1f} GB and more, are read every token and stay cached).")
-    md = "\n".join(L) + "\n"
-    os.makedirs(a.out_dir, exist_ok=True)
-    stem = os.path.join(a.out_dir, f"fulldims-{datetime.date.today().isoformat()}")
-    json.dump(R, open(stem + ".json", "w"), indent=1)
-    open(stem + ".md", "w").write(md)
-    print(md)
-    log(f"wrote {stem}.md and {stem}.json")
+      f"drive if none were cached; the weights every token reads (attention, dense layers, shared experts, "
+      f"routers, lm_head) stay in the page cache once read.")
+    write_results(a.out_dir, "fulldims", R, "\n".join(L) + "\n")
 
 
 if __name__ == "__main__":

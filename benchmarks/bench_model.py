@@ -590,8 +590,13 @@ def main():
     R["elapsed_s"] = time.time() - t_start
     md = report(a, R)
     R["summary"] = R.pop("_summary", None)
-    os.makedirs(a.out_dir, exist_ok=True)
-    stem = os.path.join(a.out_dir, f"{a.tag}-{datetime.date.today().isoformat()}")
+    write_results(a.out_dir, a.tag, R, md)
+
+
+def write_results(out_dir, name, R, md):
+    """results/<name>-<date>.json and .md; the report also goes to stdout."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{name}-{datetime.date.today().isoformat()}")
     with open(stem + ".json", "w") as f:
         json.dump(R, f, indent=1)
         f.write("\n")

@@ -23,7 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_model import ids_arg, log, make_ids  # noqa: E402
+from bench_model import ids_arg, log, make_ids, write_results  # noqa: E402
 
 
 def dsv3(a, ids, new_tokens, key):
@@ -83,13 +83,7 @@ def main():
     pr = [x["prefill_ratio"] for x in rounds]
     dr = [x["decode_ratio"] for x in rounds]
     L.append(f"\nSpread of the ratios: prefill {min(pr):.2f}-{max(pr):.2f}, decode {min(dr):.2f}-{max(dr):.2f}.")
-    md = "\n".join(L) + "\n"
-    os.makedirs(a.out_dir, exist_ok=True)
-    stem = os.path.join(a.out_dir, f"pair-{a.tag}-{datetime.date.today().isoformat()}")
-    json.dump(R, open(stem + ".json", "w"), indent=1)
-    open(stem + ".md", "w").write(md)
-    print(md)
-    log(f"wrote {stem}.md and {stem}.json")
+    write_results(a.out_dir, f"pair-{a.tag}", R, "\n".join(L) + "\n")
 
 
 if __name__ == "__main__":
