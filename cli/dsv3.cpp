@@ -137,10 +137,13 @@ bool bf16_cache(const std::string& s) {
   fail("--cache-dtype: '", s, "' is not compute or bf16");
 }
 
-Schedule parse_mode(const std::string& s) {
+// --mode, with decode mode's --prefill-len checked against the L ids.
+Schedule parse_mode(const std::string& s, int64_t prefill_len, int64_t L) {
   if (s == "prefill") return Schedule::prefill;
-  if (s == "decode") return Schedule::decode;
-  fail("--mode: '", s, "' is not prefill or decode");
+  if (s != "decode") fail("--mode: '", s, "' is not prefill or decode");
+  if (prefill_len < 1 || prefill_len > L)
+    fail("--prefill-len ", prefill_len, " must be in [1, ", L, "] (the number of ids)");
+  return Schedule::decode;
 }
 
 AttnForm parse_attn(const std::string& s) {
@@ -213,10 +216,8 @@ void run_forward(const ForwardArgs& a) {
   const auto ids = parse_ids(a.ids);
   const int64_t V = m.config().vocab_size, L = int64_t(ids.size());
   auto cache = m.new_cache(bf16_cache(a.cache_dtype));
-  const Schedule mode = parse_mode(a.mode);
+  const Schedule mode = parse_mode(a.mode, a.prefill_len, L);
   if (!a.mtp_out.empty() && mode != Schedule::prefill) fail("--mtp-out needs --mode prefill");
-  if (mode == Schedule::decode && (a.prefill_len < 1 || a.prefill_len > L))
-    fail("--prefill-len ", a.prefill_len, " must be in [1, ", L, "] (the number of ids)");
   ForwardOptionsT<T> popt;
   popt.attn = parse_attn(a.attn);
   Mat<T> h_all = empty<T>(a.mtp_out.empty() ? 0 : L, m.config().hidden_size), h;
@@ -428,9 +429,7 @@ void run_trace(const ForwardArgs& a) {
   opt.attn = parse_attn(a.attn);
   auto cache = m.new_cache(bf16_cache(a.cache_dtype));
   const int64_t L = int64_t(ids.size());
-  const Schedule mode = parse_mode(a.mode);
-  if (mode == Schedule::decode && (a.prefill_len < 1 || a.prefill_len > L))
-    fail("--prefill-len ", a.prefill_len, " must be in [1, ", L, "] (the number of ids)");
+  const Schedule mode = parse_mode(a.mode, a.prefill_len, L);
   run_schedule(m, ids, mode, a.prefill_len, a.chunk, opt, cache, trace, [](const Mat<T>&, int64_t) {});
   nlohmann::json meta = {{"engine", "dsv3"}, {"model", a.model}, {"ids", ids}, {"precision", a.precision},
                          {"attn", a.attn}, {"variants", m.variants().to_json()}};
@@ -479,27 +478,27 @@ void run_inspect(const std::string& dir) {
     const std::string& m = s.name;
     const bool is_linear = s.kind == TensorSpec::Linear;
     const std::string base = is_linear ? m : m.substr(0, m.size() - 7);  // strip ".weight"
-    auto mlx_label = [&](const std::string& b) {
+    auto mlx_of = [&](const std::string& b) {
       const MlxModuleQuant mq = mlx_module_quant(qp, b, true);
-      return "MLX " + std::to_string(mq.bits) + "-bit g" + std::to_string(mq.group_size);
+      return mlx_label(mq.bits, mq.group_size);
     };
     if (ck.has(base + ".qweight")) {
-      const std::string f = "AWQ int4 g" + std::to_string(qp.group_size);
+      const std::string f = awq_label(qp.group_size);
       for (const char* part : {".qweight", ".qzeros", ".scales"}) row(base + part, {}, f);
     } else if (qp.format == QuantFormat::Mlx && s.expert >= 0 &&
                ck.has(base.substr(0, base.find(".mlp.experts.")) + ".mlp.switch_mlp.gate_proj.weight")) {
       if (s.expert == 0) {
         const std::string b = base.substr(0, base.find(".mlp.experts.")) + ".mlp.switch_mlp" + base.substr(base.rfind('.'));
-        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_label(b) + " stacked");
+        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_of(b) + " stacked");
       }
     } else if (qp.format == QuantFormat::Mlx && !ck.has(base + ".weight") &&
                ck.has(base.substr(0, base.size() - 9) + "embed_q.weight")) {
       for (const char* split : {"embed_q", "unembed_out"}) {
         const std::string b = base.substr(0, base.size() - 9) + split;
-        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_label(b) + " per head");
+        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_of(b) + " per head");
       }
     } else if (qp.format == QuantFormat::Mlx && ck.has(base + ".scales")) {
-      for (const char* part : {".weight", ".scales", ".biases"}) row(base + part, {}, mlx_label(base));
+      for (const char* part : {".weight", ".scales", ".biases"}) row(base + part, {}, mlx_of(base));
     } else if (is_linear && ck.has(m + ".weight") && ck.get(m + ".weight").dtype == DType::F8_E4M3) {
       row(m + ".weight", s.shape, "FP8 e4m3 128x128");
       row(m + ".weight_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128}, "FP8 block scales");

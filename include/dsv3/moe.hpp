@@ -178,8 +178,9 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   // experts (their linears then run single-threaded inside), the shared
   // expert being one more such task, the biggest first so the last ones to
   // finish are small; decode: the threads split the rows of every expert's
-  // gate and up together, then of every down (mlp_forward_many). Either way each expert's output is the same, and they are
-  // summed below in ascending expert id, then the shared expert's output.
+  // gate and up together, then of every down (mlp_forward_many). Either way
+  // each expert's output is the same, and they are summed below in ascending
+  // expert id, then the shared expert's output.
   std::vector<Mat<T>> out(active.size());
   Mat<T> shared;
   auto gather = [&](std::size_t a) {  // the rows that chose expert active[a]

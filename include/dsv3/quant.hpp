@@ -47,6 +47,12 @@
 
 namespace dsv3 {
 
+// How a quantized module is named in `inspect` and Linear::format().
+inline std::string awq_label(int64_t group_size) { return "AWQ int4 g" + std::to_string(group_size); }
+inline std::string mlx_label(int64_t bits, int64_t group_size) {
+  return "MLX " + std::to_string(bits) + "-bit g" + std::to_string(group_size);
+}
+
 namespace quant_detail {
 
 inline bool is_word32(DType t) { return dtype_size(t) == 4 && !is_float(t); }

@@ -109,10 +109,9 @@ struct Linear {
   bool is_dense() const { return !scale_inv && !awq && !mlx && !embed_q; }
   const std::string& name() const { return weight.name; }
   std::string format() const {
-    if (awq) return "AWQ int4 g" + std::to_string(awq->group_size);
-    if (mlx) return "MLX " + std::to_string(mlx->bits) + "-bit g" + std::to_string(mlx->group_size);
-    if (embed_q) return "MLX " + std::to_string(embed_q->bits) + "-bit g" + std::to_string(embed_q->group_size) +
-                        " (embed_q/unembed_out)";
+    if (awq) return awq_label(awq->group_size);
+    if (mlx) return mlx_label(mlx->bits, mlx->group_size);
+    if (embed_q) return mlx_label(embed_q->bits, embed_q->group_size) + " (embed_q/unembed_out)";
     if (scale_inv) return "FP8 e4m3 " + std::to_string(block_rows) + "x" + std::to_string(block_cols);
     return dtype_name(weight.dtype);
   }
@@ -130,25 +129,22 @@ struct Linear {
     const std::size_t es = dtype_size(weight.dtype);
     for (int64_t r = r0; r < r1; ++r) {
       T* row = dst + (r - r0) * n_in;
-      if constexpr (std::is_same_v<T, float>)
-        if (scale_inv && weight.dtype == DType::F8_E4M3) {  // decode and scale in one pass
-          const uint8_t* src = weight.data + std::size_t(r * n_in);
-          const int64_t sc = scale_inv->shape[1], br = r / block_rows;
-          for (int64_t cb = 0; cb < sc; ++cb) {
-            const int64_t c0 = cb * block_cols, c1 = std::min(n_in, c0 + block_cols);
-            fp8_scaled_to_f32(src + c0, c1 - c0, float(scale_inv->at(br * sc + cb)), row + c0);
+      const uint8_t* src = weight.data + std::size_t(r * n_in) * es;
+      if (!scale_inv) {
+        decode_elements(src, weight.dtype, n_in, row);
+        continue;
+      }
+      const int64_t sc = scale_inv->shape[1], br = r / block_rows;
+      for (int64_t cb = 0; cb < sc; ++cb) {
+        const int64_t c0 = cb * block_cols, c1 = std::min(n_in, c0 + block_cols);
+        const T s = T(scale_inv->at(br * sc + cb));
+        if constexpr (std::is_same_v<T, float>)
+          if (weight.dtype == DType::F8_E4M3) {  // decode and scale in one vectorised pass
+            fp8_scaled_to_f32(src + c0, c1 - c0, s, row + c0);
+            continue;
           }
-          continue;
-        }
-      decode_elements(weight.data + std::size_t(r * n_in) * es, weight.dtype, n_in, row);
-      if (scale_inv) {
-        const int64_t sc = scale_inv->shape[1];
-        const int64_t br = r / block_rows;
-        for (int64_t cb = 0; cb < sc; ++cb) {
-          const T s = T(scale_inv->at(br * sc + cb));
-          const int64_t c1 = std::min(n_in, (cb + 1) * block_cols);
-          for (int64_t c = cb * block_cols; c < c1; ++c) row[c] *= s;
-        }
+        decode_elements(src + std::size_t(c0) * es, weight.dtype, c1 - c0, row + c0);
+        for (int64_t c = c0; c < c1; ++c) row[c] *= s;
       }
     }
   }
