@@ -243,7 +243,7 @@ void run_forward(const ForwardArgs& a) {
 // ---------------------------------------------------------------------------
 struct GenerateArgs {
   std::string model, ids, prompt, system, tokenizer, template_file, precision = "f32", attn = "auto";
-  int64_t max_new_tokens = 32;
+  int64_t max_new_tokens = 32, warmup = 0;
   bool json = false, chat = false, mtp_zero_pos0 = false;
   std::string speculative;
   std::string cache_dtype = "compute";
@@ -329,6 +329,10 @@ void run_generate(const GenerateArgs& a) {
       std::fprintf(stderr, "mtp: %lld of %lld drafts accepted\n", (long long)r.accepted, (long long)r.drafted);
     }
     return;
+  }
+  for (int64_t w = 0; w < a.warmup; ++w) {  // benchmarks: untimed prefills on a scratch cache
+    auto scratch = m.new_cache(bf16_cache(a.cache_dtype));
+    m.forward(ids, scratch, opt);
   }
   const double t0 = now_s();
   Mat<T> logits = m.forward(ids, cache, opt);
@@ -619,6 +623,8 @@ int main(int argc, char** argv) {
   gen->add_flag("--json", ga.json, "Print one JSON object instead of streaming text");
   gen->add_option("--speculative", ga.speculative, "mtp: draft one token per step with the MTP layer, verify with "
                   "the main model (greedy; output identical to plain greedy; --json adds mtp_drafted/mtp_accepted)");
+  gen->add_option("--warmup", ga.warmup, "Run the prompt's prefill N times, untimed, on a scratch cache first "
+                  "(benchmarks: as the HF script warms up; the output is unchanged)")->capture_default_str();
   gen->add_flag("--mtp-zero-pos0", ga.mtp_zero_pos0, "MTP: zero the embedding at position 0 (vLLM's rule)");
   auto* chat = app.add_subcommand("chat", "Interactive chat with the model (chat template, streaming).");
   add_gen_opts(chat);

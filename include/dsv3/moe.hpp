@@ -46,8 +46,7 @@ inline Mat<T> mlp_forward(const Backend<T>& be, const MLPWeights& w, const Mat<T
 }
 
 // Several SwiGLU MLPs on their own inputs, in two rounds of independent
-// linears (every gate and up, then every down): what a decode step's experts
-// are. The same numbers as mlp_forward on each.
+// linears (every gate and up, then every down): a MoE layer's experts.
 template <class T>
 inline std::vector<Mat<T>> mlp_forward_many(const Backend<T>& be, const std::vector<const MLPWeights*>& ws,
                                             const std::vector<const Mat<T>*>& xs, const Variants& v = {}) {
@@ -174,48 +173,25 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   std::vector<int64_t> active;
   for (int64_t e = 0; e < c.n_routed_experts; ++e)
     if (!by_expert[std::size_t(e)].empty()) active.push_back(e);
-  // One expert = one SwiGLU over its rows. Prefill: threads take whole
-  // experts (their linears then run single-threaded inside), the shared
-  // expert being one more such task, the biggest first so the last ones to
-  // finish are small; decode: the threads split the rows of every expert's
-  // gate and up together, then of every down (mlp_forward_many). Either way
-  // each expert's output is the same, and they are summed below in ascending
-  // expert id, then the shared expert's output.
-  std::vector<Mat<T>> out(active.size());
-  Mat<T> shared;
-  auto gather = [&](std::size_t a) {  // the rows that chose expert active[a]
-    const auto& rows_e = by_expert[std::size_t(active[a])];
-    Mat<T> xe = empty<T>(int64_t(rows_e.size()), D);
-    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xe(int64_t(m), 0));
-    return xe;
-  };
-  auto run = [&](std::size_t a) { out[a] = mlp_forward(be, w.experts[std::size_t(active[a])], gather(a), v); };
-  if (n > kFusedMaxRows) {
-    std::vector<std::size_t> order(active.size());
-    std::iota(order.begin(), order.end(), std::size_t(0));
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-      return by_expert[std::size_t(active[a])].size() > by_expert[std::size_t(active[b])].size();
-    });
-    const int64_t first = w.shared_experts ? 1 : 0, tasks = first + int64_t(order.size());
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
-      if (task < first) shared = mlp_forward(be, *w.shared_experts, x, v);
-      else run(order[std::size_t(task - first)]);
-    }
-  } else {
-    std::vector<Mat<T>> xs(active.size());
-    std::vector<const Mat<T>*> inputs;
-    std::vector<const MLPWeights*> mlps;
-    for (std::size_t a = 0; a < active.size(); ++a) {
-      xs[a] = gather(a);
-      inputs.push_back(&xs[a]);
-      mlps.push_back(&w.experts[std::size_t(active[a])]);
-    }
-    if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
-    std::vector<Mat<T>> ys = mlp_forward_many(be, mlps, inputs, v);
-    for (std::size_t a = 0; a < active.size(); ++a) out[a] = std::move(ys[a]);
-    if (w.shared_experts) shared = std::move(ys.back());
+  // One expert = one SwiGLU over its rows; with the shared expert they are
+  // independent MLPs, run together in two rounds of linears (every gate and
+  // up, then every down: mlp_forward_many), however the backend spreads them
+  // over its threads. Each expert's output is the same as alone, and they
+  // are summed below in ascending expert id, then the shared expert's output.
+  std::vector<Mat<T>> xs(active.size());
+  std::vector<const Mat<T>*> inputs;
+  std::vector<const MLPWeights*> mlps;
+  for (std::size_t a = 0; a < active.size(); ++a) {
+    const auto& rows_e = by_expert[std::size_t(active[a])];  // the rows that chose expert active[a]
+    xs[a] = empty<T>(int64_t(rows_e.size()), D);
+    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xs[a](int64_t(m), 0));
+    inputs.push_back(&xs[a]);
+    mlps.push_back(&w.experts[std::size_t(active[a])]);
   }
+  if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
+  std::vector<Mat<T>> out = mlp_forward_many(be, mlps, inputs, v);
+  Mat<T> shared;
+  if (w.shared_experts) shared = std::move(out.back());
   Mat<T> y = zeros<T>(n, D);
   for (std::size_t a = 0; a < active.size(); ++a) {
     const auto& rows_e = by_expert[std::size_t(active[a])];

@@ -263,11 +263,43 @@ inline void linear_fused_many(const std::vector<LinearJob<T>>& jobs, const Varia
   for (auto& y : ys) round_act(v, y);
 }
 
+// Prefill (more than kFusedMaxRows rows) multiplies bands of the weight's
+// rows with BLAS gemm: F32 weights at T = float in place, other stored
+// formats decoded to T one band at a time (one FP8 row block, else at most
+// about 4 MB), so only that band ever exists in T. A band's size depends on
+// the matrix only, never on the thread count (BLAS's arithmetic may depend
+// on the shape it is given). `linear` splits a matrix into about 4 bands, for
+// the threads to share: fewer, larger GEMMs run faster (the activations are
+// packed once per GEMM) and 4 keeps 2-4 threads busy; a job of `linear_many`
+// runs whole on one thread in the fewest bands.
+template <class T>
+inline int64_t band_rows(const Linear& W, bool split) {
+  const int64_t K = W.in(), O = W.out();
+  if (W.is_fp8()) return std::min(O, W.block_rows);
+  const int64_t cap = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(T))));
+  return std::min(O, split ? std::min(cap, std::max<int64_t>(16, (O + 63) / 64 * 16)) : cap);
+}
+
+// y[:, r0:r1] = x @ W[r0:r1]^T in bands of `band` rows (scratch: band * K).
+template <class T>
+inline void matmul_bands(const Mat<T>& x, const Linear& W, const Variants& v, int64_t r0, int64_t r1, int64_t band,
+                         std::vector<T>& scratch, Mat<T>& y) {
+  const int64_t n = rows(x), K = W.in(), O = W.out();
+  const T* direct = in_place<T>(W);
+  if (!direct) scratch.resize(static_cast<std::size_t>(band * K));
+  for (int64_t b0 = r0; b0 < r1; b0 += band) {
+    const int64_t b1 = std::min(r1, b0 + band);
+    const T* w = direct ? direct + b0 * K : scratch.data();
+    if (!direct) {
+      W.decode_rows(b0, b1, scratch.data());
+      if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (b1 - b0) * K);
+    }
+    matmul_wt(x.data(), n, K, w, b1 - b0, y.data() + b0, O);
+  }
+}
+
 // linear: y[n, out] = x[n, in] @ W^T (nn.Linear without bias).
-// Up to kFusedMaxRows rows: the fused kernel above. More rows (prefill): the
-// stored weight is decoded to T a band of rows at a time (one FP8 row block,
-// or about 1 MB) and multiplied with BLAS gemm, so only that band ever exists
-// in T. F32 weights used at T = float are read in place.
+// Up to kFusedMaxRows rows: the fused kernel above; more: bands (above).
 template <class T>
 inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   const int64_t n = rows(x), K = W.in(), O = W.out();
@@ -284,34 +316,21 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
     return std::move(ys[0]);
   }
   Mat<T> y = empty<T>(n, O);
-  const T* direct = in_place<T>(W);
-  // Bands of output rows, of a size that depends on the matrix only (never on
-  // the thread count): at most about 1 MB of weights, and at least ~8 bands
-  // so that small matrices still keep every thread busy.
-  int64_t band = W.is_fp8() ? W.block_rows
-                            : std::max<int64_t>(16, std::min<int64_t>((int64_t(1) << 18) / K, (O + 127) / 128 * 16));
-  band = std::min(band, O);
-  const int64_t nbands = (O + band - 1) / band;
+  const int64_t band = band_rows<T>(W, true), nbands = (O + band - 1) / band;
 #pragma omp parallel
   {
-    std::vector<T> scratch(direct ? 0 : static_cast<std::size_t>(band * K));
+    std::vector<T> scratch;
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < nbands; ++b) {
-      const int64_t r0 = b * band, r1 = std::min(O, r0 + band);
-      const T* w = direct ? direct + r0 * K : scratch.data();
-      if (!direct) {
-        W.decode_rows(r0, r1, scratch.data());
-        if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (r1 - r0) * K);
-      }
-      matmul_wt(x.data(), n, K, w, r1 - r0, y.data() + r0, O);
-    }
+    for (int64_t b = 0; b < nbands; ++b) matmul_bands(x, W, v, b * band, std::min(O, (b + 1) * band), band, scratch, y);
   }
   round_act(v, y);
   return y;
 }
 
-// Independent linears, y_i = x_i @ W_i^T: decode-sized ones (every x_i at
-// most kFusedMaxRows rows, no W8A8) share one round of threads.
+// Independent linears, y_i = x_i @ W_i^T. All decode-sized (every x_i at
+// most kFusedMaxRows rows, no W8A8): they share one round of threads, their
+// rows one list of work. Otherwise (a prefill's experts): the threads take
+// whole jobs, the largest first, each job one GEMM per band_rows(W, false).
 template <class T>
 inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v = {}) {
   std::vector<Mat<T>> ys(jobs.size());
@@ -320,11 +339,30 @@ inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, co
     if (cols(*j.x) != j.w->in()) fail("linear '", j.w->name(), "': input has ", cols(*j.x), " columns, expected ", j.w->in());
     fused = fused && rows(*j.x) <= kFusedMaxRows && !(v.fp8_w8a8 && j.w->is_fp8());
   }
+  blas_single_threaded();
   if (fused) {
-    blas_single_threaded();
     linear_fused_many(jobs, v, ys);
-  } else {
-    for (std::size_t i = 0; i < jobs.size(); ++i) ys[i] = linear(*jobs[i].x, *jobs[i].w, v);
+    return ys;
+  }
+  std::vector<std::size_t> order(jobs.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto work = [&](std::size_t i) { return rows(*jobs[i].x) * jobs[i].w->out() * jobs[i].w->in(); };
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return work(a) > work(b); });
+#pragma omp parallel
+  {
+    std::vector<T> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (std::size_t t = 0; t < order.size(); ++t) {
+      const LinearJob<T>& j = jobs[order[t]];
+      Mat<T>& y = ys[order[t]];
+      if (rows(*j.x) <= kFusedMaxRows || (v.fp8_w8a8 && j.w->is_fp8())) {
+        y = linear(*j.x, *j.w, v);  // runs on this thread: a nested parallel region is one thread
+        continue;
+      }
+      y = empty<T>(rows(*j.x), j.w->out());
+      matmul_bands(*j.x, *j.w, v, 0, j.w->out(), band_rows<T>(*j.w, false), scratch, y);
+      round_act(v, y);
+    }
   }
   return ys;
 }
