@@ -269,8 +269,9 @@ def dsv3_generate(a, quiet, model, threads, ids, new_tokens, what):
     rss = 0
     for r in range(a.repeats):
         q = quiet.wait(what)
+        warm = ["--warmup", str(a.warmup)] if new_tokens == 1 and a.warmup else []
         out, peak, _ = run_timed([a.dsv3, "--threads", str(threads), "generate", "--model", model,
-                                  "--ids", ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"])
+                                  "--ids", ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"] + warm)
         j = json.loads(out.strip().splitlines()[-1])
         j["load"] = q
         rss = max(rss, peak or 0)
@@ -475,6 +476,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--decode-prompt-len", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="dsv3: best of N runs")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="dsv3 prefill: untimed passes first in the same process (generate --warmup), as HF's one")
     ap.add_argument("--hf-repeats", type=int, default=2)
     ap.add_argument("--hf-experts", default="grouped_mm")
     ap.add_argument("--hf-attn", default="eager")
@@ -653,7 +656,8 @@ def report(a, R):
         w("## Throughput\n")
         w(f"Prefill: one call on P prompt tokens (tokens/s). Decode: greedy, {a.new_tokens} new tokens after a "
           f"{a.decode_prompt_len}-token prompt = {a.new_tokens - 1} one-token calls (tokens/s). dsv3: best of "
-          f"{a.repeats} processes; HF: best of {a.hf_repeats} after a warm-up, experts_implementation="
+          f"{a.repeats} processes (prefill after {a.warmup} untimed pass(es) in the process, `generate --warmup`); "
+          f"HF: best of {a.hf_repeats} after a warm-up, experts_implementation="
           f"`{a.hf_experts}`, attn_implementation=`{a.hf_attn}`. GB/s = decode tokens/s x weight bytes one "
           f"token reads in the *stored* dtype (HF rows: in the dtype it computes in). Peak RSS in GB.\n")
         hdr = "| engine | threads | " + " | ".join(f"prefill {P} tok/s" for P in a.prompt_lens) + \

@@ -6,9 +6,10 @@
 On a shared machine whose memory bandwidth drifts by tens of percent from one minute to the next,
 `bench_model.py`'s layout (every dsv3 configuration, then every HF one, minutes apart) can put the
 two engines in different weather. Here each round runs, back to back on the same checkpoint and
-thread count: dsv3 prefill, HF prefill, dsv3 decode, HF decode (dsv3: `generate --json`; HF:
-`bench_hf.py`, whose own warm-up pass comes first). The ratio of each pair is computed; the
-median over rounds is the figure, min and max show the spread.
+thread count: dsv3 prefill, HF prefill, dsv3 decode, HF decode (dsv3: `generate --json`, its
+prefill after `--warmup` untimed passes; HF: `bench_hf.py`, whose own warm-up pass comes first),
+each side's best of `--best-of` measurements. The ratio of each pair is computed; the median over
+rounds is the figure, min and max show the spread.
 
 Writes benchmarks/results/pair-TAG-DATE.{md,json}.
 """
@@ -27,15 +28,21 @@ from bench_model import ids_arg, log, make_ids, write_results  # noqa: E402
 
 
 def dsv3(a, ids, new_tokens, key):
-    out = subprocess.run([a.dsv3, "--threads", str(a.threads), "generate", "--model", a.model, "--ids", ids_arg(ids),
-                          "--max-new-tokens", str(new_tokens), "--json"], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["timing"][key]
+    """Best of --best-of processes."""
+    warm = ["--warmup", str(a.warmup)] if new_tokens == 1 and a.warmup else []
+    best = 0.0
+    for _ in range(a.best_of):
+        out = subprocess.run([a.dsv3, "--threads", str(a.threads), "generate", "--model", a.model, "--ids",
+                              ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"] + warm,
+                             capture_output=True, text=True, check=True)
+        best = max(best, json.loads(out.stdout.strip().splitlines()[-1])["timing"][key])
+    return best
 
 
 def hf(a, prompt_len, new_tokens):
     out = subprocess.run([a.hf_python, os.path.join(HERE, "bench_hf.py"), "--model", a.model, "--threads",
                           str(a.threads), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens),
-                          "--decode-prompt-len", str(a.decode_prompt_len), "--repeats", "1"],
+                          "--decode-prompt-len", str(a.decode_prompt_len), "--repeats", str(a.best_of)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -50,6 +57,10 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--decode-prompt-len", type=int, default=32)
+    ap.add_argument("--best-of", type=int, default=3,
+                    help="each side's figure in a round: best of N (dsv3: N processes; HF: N timed passes)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="dsv3 prefill: untimed passes first in the same process (generate --warmup), as HF's one")
     ap.add_argument("--tag", default="mid-f32")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
@@ -67,13 +78,16 @@ def main():
             f"decode {d_dec:.2f} vs {h_dec:.2f} ({d_dec / h_dec:.2f}x)")
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
     R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), model=a.model, threads=a.threads,
+             dsv3_prefill_warmup=a.warmup, best_of=a.best_of,
              prompt_len=a.prompt_len, new_tokens=a.new_tokens, decode_prompt_len=a.decode_prompt_len,
              rounds=rounds, median=med)
     L = [f"# dsv3 vs HF transformers in alternating pairs: {a.tag} ({R['date']})\n",
-         f"`{a.model}`, {a.threads} threads, {a.rounds} rounds; each round: dsv3 prefill of {a.prompt_len} tokens, HF "
+         f"`{a.model}`, {a.threads} threads, {a.rounds} rounds; each round: dsv3 prefill of {a.prompt_len} tokens "
+         f"(after {a.warmup} untimed pass{'es' if a.warmup != 1 else ''} in the same process), HF "
          f"prefill, dsv3 decode ({a.new_tokens} new tokens after {a.decode_prompt_len}), HF decode — back to back. "
          "tokens/s; HF = transformers' DeepseekV3ForCausalLM in float32 (bench_hf.py defaults: eager attention, "
-         "grouped_mm experts, one warm-up pass).\n",
+         f"grouped_mm experts, one warm-up pass). Each side's figure in a round is its best of {a.best_of} "
+         "(dsv3: processes; HF: timed passes after the warm-up), as bench_model.py does.\n",
          "| round | dsv3 prefill | HF prefill | ratio | dsv3 decode | HF decode | ratio |", "|---|---|---|---|---|---|---|"]
     for i, x in enumerate(rounds):
         L.append(f"| {i + 1} | {x['dsv3_prefill']:.1f} | {x['hf_prefill']:.1f} | {x['prefill_ratio']:.2f} | "

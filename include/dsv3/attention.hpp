@@ -115,11 +115,13 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
 
   // W_UK / W_UV: kv_b_proj rows for head h are [h*(dn+dv), (h+1)*(dn+dv)),
   // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r]. Each
-  // head decodes its own rows when it needs them (no copy of the whole matrix).
+  // head decodes its own rows when it needs them (no copy of the whole
+  // matrix), or reads them in place (F32 weights at T = float).
   const T scale = T(c.softmax_scale(v.yarn_enabled(c.rope_scaling.original_max_position_embeddings)));
   const bool bf16 = v.bf16_activations;  // OFF: bf16 einsums, probabilities .type_as(x)
   auto rnd = [&](T* p, int64_t count) { round_bf16_if(bf16, p, p + count); };
   const bool round_w = v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8();
+  const T* kv_b = in_place<T>(w.kv_b_proj);
   const bool absorb = form == AttnForm::absorb;
   // Query rows are taken kAttnRowBlock at a time; a block attends only to the
   // positions its last row can see, so the causal upper triangle is skipped.
@@ -131,7 +133,7 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
   // in the same order whatever the thread count.
 #pragma omp parallel
   {
-    std::vector<T> wkv(static_cast<std::size_t>((dn + dv) * r));
+    std::vector<T> wkv(kv_b ? 0 : static_cast<std::size_t>((dn + dv) * r));
     std::vector<T> scores(static_cast<std::size_t>(B * t));
     std::vector<T> qcat(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
     std::vector<T> olat(absorb ? static_cast<std::size_t>(B * r) : 0);
@@ -139,9 +141,11 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
     std::vector<T> vh(absorb ? 0 : static_cast<std::size_t>(t * dv));
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < H; ++h) {
-      w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
-      if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
-      const T* W_UK = wkv.data();                                   // [dn, r]
+      if (!kv_b) {
+        w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
+        if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
+      }
+      const T* W_UK = kv_b ? kv_b + h * (dn + dv) * r : wkv.data();  // [dn, r]
       const T* W_UV = W_UK + dn * r;                                // [dv, r]
       const T* K = KV;                                              // keys, dk wide
       if (!absorb) {

@@ -182,26 +182,38 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   std::vector<const Mat<T>*> inputs;
   std::vector<const MLPWeights*> mlps;
   for (std::size_t a = 0; a < active.size(); ++a) {
-    const auto& rows_e = by_expert[std::size_t(active[a])];  // the rows that chose expert active[a]
-    xs[a] = empty<T>(int64_t(rows_e.size()), D);
-    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xs[a](int64_t(m), 0));
+    xs[a] = empty<T>(int64_t(by_expert[std::size_t(active[a])].size()), D);
     inputs.push_back(&xs[a]);
     mlps.push_back(&w.experts[std::size_t(active[a])]);
+  }
+#pragma omp parallel for schedule(static)
+  for (std::size_t a = 0; a < active.size(); ++a) {  // the rows that chose expert active[a] (copies: any order)
+    const auto& rows_e = by_expert[std::size_t(active[a])];
+    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xs[a](int64_t(m), 0));
   }
   if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
   std::vector<Mat<T>> out = mlp_forward_many(be, mlps, inputs, v);
   Mat<T> shared;
   if (w.shared_experts) shared = std::move(out.back());
-  Mat<T> y = zeros<T>(n, D);
+  // Each token's terms, in ascending expert id: (expert slot a, row m in its output, weight).
+  struct Term { std::size_t a; int64_t m; T wt; };
+  std::vector<std::vector<Term>> terms(static_cast<std::size_t>(n));
   for (std::size_t a = 0; a < active.size(); ++a) {
     const auto& rows_e = by_expert[std::size_t(active[a])];
-    for (std::size_t m = 0; m < rows_e.size(); ++m) {
-      const T wt = rows_e[m].second;
+    for (std::size_t m = 0; m < rows_e.size(); ++m)
+      terms[std::size_t(rows_e[m].first)].push_back({a, int64_t(m), rows_e[m].second});
+  }
+  Mat<T> y = empty<T>(n, D);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {  // rows are independent; each row's sum keeps its order
+    T* dst = &y(i, 0);
+    std::fill_n(dst, D, T(0));
+    for (const Term& tm : terms[std::size_t(i)]) {
+      const T* src = &out[tm.a](tm.m, 0);
       for (int64_t d = 0; d < D; ++d) {
-        T& dst = y(rows_e[m].first, d);
-        const T term = wt * out[a](int64_t(m), d);
-        dst += v.bf16_activations ? T(round_bf16(float(term))) : term;
-        if (v.bf16_activations) dst = T(round_bf16(float(dst)));  // OFF: bf16 running sum
+        const T term = tm.wt * src[d];
+        dst[d] += v.bf16_activations ? T(round_bf16(float(term))) : term;
+        if (v.bf16_activations) dst[d] = T(round_bf16(float(dst[d])));  // OFF: bf16 running sum
       }
     }
   }
