@@ -38,6 +38,7 @@ class CpuBackend : public Backend<T> {
   }
   void rope(Mat<T>& x, int64_t col0, int64_t d, int64_t stride, const std::vector<RopeRow>& r,
             bool interleave) const override {
+#pragma omp parallel for schedule(static) if (rows(x) > kFusedMaxRows)
     for (int64_t i = 0; i < rows(x); ++i)
       for (int64_t c = col0; c + d <= cols(x); c += stride) rope_apply(&x(i, c), d, r[std::size_t(i)], interleave);
   }

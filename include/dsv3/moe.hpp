@@ -29,6 +29,7 @@ namespace dsv3 {
 // g <- silu(g) * u, in place.
 template <class T>
 inline void swiglu(Mat<T>& g, const Mat<T>& u, const Variants& v) {
+#pragma omp parallel for schedule(static) if (g.size() > 65536)
   for (std::size_t i = 0; i < g.size(); ++i) {
     T a = silu(g.data()[i]);
     if (v.bf16_activations) a = T(round_bf16(float(a)));
@@ -57,10 +58,9 @@ inline std::vector<Mat<T>> mlp_forward_many(const Backend<T>& be, const std::vec
   }
   std::vector<Mat<T>> gu = be.linear_many(jobs, v);
   jobs.clear();
-  for (std::size_t e = 0; e < ws.size(); ++e) {
-    swiglu(gu[2 * e], gu[2 * e + 1], v);
-    jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
-  }
+#pragma omp parallel for schedule(dynamic, 1) if (!xs.empty() && rows(*xs[0]) > kFusedMaxRows)
+  for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
+  for (std::size_t e = 0; e < ws.size(); ++e) jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
   return be.linear_many(jobs, v);
 }
 
@@ -103,11 +103,13 @@ inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& g
   r.k = k;
   r.ids.resize(std::size_t(n * k));
   r.weights.resize(std::size_t(n * k));
-  std::vector<T> s(static_cast<std::size_t>(E)), b(static_cast<std::size_t>(E)), gs(static_cast<std::size_t>(G));
-  std::vector<T> all_s, all_b, all_g;
-  std::vector<double> all_margin;
-  std::vector<int32_t> all_groups;
-  for (int64_t i = 0; i < n; ++i) {
+  const bool tr = trace.enabled();
+  std::vector<T> all_s(tr ? std::size_t(n * E) : 0), all_b(tr ? std::size_t(n * E) : 0), all_g(tr ? std::size_t(n * G) : 0);
+  std::vector<double> all_margin(tr ? std::size_t(n) : 0);
+  std::vector<int32_t> all_groups(tr ? std::size_t(n * c.topk_group) : 0);
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+  for (int64_t i = 0; i < n; ++i) {  // tokens are independent
+    std::vector<T> s(static_cast<std::size_t>(E)), b(static_cast<std::size_t>(E)), gs(static_cast<std::size_t>(G));
     for (int64_t e = 0; e < E; ++e) {
       s[e] = rb(sigmoid(logits(i, e)));
       b[e] = s[e] + bias[e];
@@ -137,13 +139,13 @@ inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& g
       r.ids[std::size_t(i * k + j)] = int32_t(e);
       r.weights[std::size_t(i * k + j)] = double(rb(wgt * T(c.routed_scaling_factor)));
     }
-    if (trace.enabled()) {
-      all_s.insert(all_s.end(), s.begin(), s.end());
-      all_b.insert(all_b.end(), b.begin(), b.end());
-      all_g.insert(all_g.end(), gs.begin(), gs.end());
-      all_margin.push_back(margin);
+    if (tr) {
+      std::copy(s.begin(), s.end(), all_s.begin() + i * E);
+      std::copy(b.begin(), b.end(), all_b.begin() + i * E);
+      std::copy(gs.begin(), gs.end(), all_g.begin() + i * G);
+      all_margin[std::size_t(i)] = margin;
       std::sort(groups.begin(), groups.end());
-      for (int64_t g : groups) all_groups.push_back(int32_t(g));
+      for (std::size_t j = 0; j < groups.size(); ++j) all_groups[std::size_t(i * c.topk_group) + j] = int32_t(groups[j]);
     }
   }
   if (trace.enabled()) {
@@ -220,7 +222,9 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
   trace.emit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
     trace.emit("shared_out", layer, start_pos, n, D, shared.data());
-    y += shared;
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t d = 0; d < D; ++d) y(i, d) += shared(i, d);
     round_act(v, y);
   }
   return y;

@@ -377,7 +377,8 @@ inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps, co
   if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
   const std::vector<T> w = decode_vector<T>(weight);
   Mat<T> y = empty<T>(n, d);
-  for (int64_t i = 0; i < n; ++i) {
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+  for (int64_t i = 0; i < n; ++i) {  // rows are independent
     const T* xi = &x(i, 0);
     double ss = 0;
     for (int64_t j = 0; j < d; ++j) ss += double(xi[j]) * double(xi[j]);
