@@ -139,7 +139,7 @@ inline Mat<T> mla_forward(const Backend<T>& be, const Config& c, const Attention
     std::vector<T> olat(absorb ? static_cast<std::size_t>(B * r) : 0);
     std::vector<T> kcat(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
     std::vector<T> vh(absorb ? 0 : static_cast<std::size_t>(t * dv));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) {
       if (!kv_b) {
         w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());

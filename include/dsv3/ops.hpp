@@ -320,7 +320,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
 #pragma omp parallel
   {
     std::vector<T> scratch;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < nbands; ++b) matmul_bands(x, W, v, b * band, std::min(O, (b + 1) * band), band, scratch, y);
   }
   round_act(v, y);
