@@ -224,7 +224,7 @@ inline void linear_fused_many(const std::vector<LinearJob<T>>& jobs, const Varia
 #pragma omp parallel
   {
     std::vector<T> buf(buf_elems);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (std::size_t u = 0; u < units.size(); ++u) {
       const Unit& un = units[u];
       const Linear& W = *jobs[un.job].w;
