@@ -145,28 +145,6 @@ inline float widen(uint16_t w) {
   return f;
 }
 
-// The kLanes = 64 partial sums added by halves: lane j += lane j + 32, then
-// + 16, + 8, + 4, + 2, + 1; lane 0 is the dot product. In vector registers
-// (the per-row tail of a decode kernel: done with scalar adds through the
-// stack it cost as much as a fifth of the row's streaming time).
-typedef float f32x16 __attribute__((vector_size(64)));
-__attribute__((always_inline)) inline float sum_lanes64(const float* acc) {
-  f32x16 a0, a1, a2, a3;
-  std::memcpy(&a0, acc, 64);
-  std::memcpy(&a1, acc + 16, 64);
-  std::memcpy(&a2, acc + 32, 64);
-  std::memcpy(&a3, acc + 48, 64);
-  a0 += a2;
-  a1 += a3;
-  a0 += a1;
-  a0 += __builtin_shufflevector(a0, a0, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  a0 += __builtin_shufflevector(a0, a0, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  a0 += __builtin_shufflevector(a0, a0, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  a0 += __builtin_shufflevector(a0, a0, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-  return a0[0];
-}
-static_assert(kLanes == 64, "sum_lanes64 adds 64 lanes");
-
 template <class W>
 inline void dot_rows(const float* x, int64_t n, int64_t K, const W* w, float* out, int64_t out_stride) {
   for (int64_t i = 0; i < n; ++i) {
@@ -181,7 +159,9 @@ inline void dot_rows(const float* x, int64_t n, int64_t K, const W* w, float* ou
       for (int j = 0; j < kLanes; ++j) acc[j] += xi[k + j] * widen(w[k + j]);
     }
     for (; k < K; ++k) acc[k % kLanes] += xi[k] * widen(w[k]);
-    out[i * out_stride] = sum_lanes64(acc);
+    for (int h = kLanes / 2; h >= 1; h /= 2)
+      for (int j = 0; j < h; ++j) acc[j] += acc[j + h];
+    out[i * out_stride] = acc[0];
   }
 }
 
