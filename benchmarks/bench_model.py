@@ -264,14 +264,19 @@ def ids_arg(ids):
     return s
 
 
+def warmup_args(a, new_tokens):
+    """`generate --warmup N` for a prefill measurement (HF's script warms up too); nothing for decode."""
+    return ["--warmup", str(a.warmup)] if new_tokens == 1 and a.warmup else []
+
+
 def dsv3_generate(a, quiet, model, threads, ids, new_tokens, what):
     best = None
     rss = 0
     for r in range(a.repeats):
         q = quiet.wait(what)
-        warm = ["--warmup", str(a.warmup)] if new_tokens == 1 and a.warmup else []
         out, peak, _ = run_timed([a.dsv3, "--threads", str(threads), "generate", "--model", model,
-                                  "--ids", ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"] + warm)
+                                  "--ids", ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"]
+                                 + warmup_args(a, new_tokens))
         j = json.loads(out.strip().splitlines()[-1])
         j["load"] = q
         rss = max(rss, peak or 0)

@@ -24,17 +24,16 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_model import ids_arg, log, make_ids, write_results  # noqa: E402
+from bench_model import ids_arg, log, make_ids, warmup_args, write_results  # noqa: E402
 
 
 def dsv3(a, ids, new_tokens, key):
     """Best of --best-of processes."""
-    warm = ["--warmup", str(a.warmup)] if new_tokens == 1 and a.warmup else []
     best = 0.0
     for _ in range(a.best_of):
-        out = subprocess.run([a.dsv3, "--threads", str(a.threads), "generate", "--model", a.model, "--ids",
-                              ids_arg(ids), "--max-new-tokens", str(new_tokens), "--json"] + warm,
-                             capture_output=True, text=True, check=True)
+        cmd = [a.dsv3, "--threads", str(a.threads), "generate", "--model", a.model, "--ids", ids_arg(ids),
+               "--max-new-tokens", str(new_tokens), "--json"] + warmup_args(a, new_tokens)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         best = max(best, json.loads(out.stdout.strip().splitlines()[-1])["timing"][key])
     return best
 

@@ -26,10 +26,13 @@
 namespace dsv3 {
 
 // SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts.
+// Below this many elements a SwiGLU is cheaper than waking threads for it.
+constexpr std::size_t kSwigluParallelElems = 65536;
+
 // g <- silu(g) * u, in place.
 template <class T>
 inline void swiglu(Mat<T>& g, const Mat<T>& u, const Variants& v) {
-#pragma omp parallel for schedule(static) if (g.size() > 65536)
+#pragma omp parallel for schedule(static) if (g.size() > kSwigluParallelElems)
   for (std::size_t i = 0; i < g.size(); ++i) {
     T a = silu(g.data()[i]);
     if (v.bf16_activations) a = T(round_bf16(float(a)));
@@ -58,7 +61,9 @@ inline std::vector<Mat<T>> mlp_forward_many(const Backend<T>& be, const std::vec
   }
   std::vector<Mat<T>> gu = be.linear_many(jobs, v);
   jobs.clear();
-#pragma omp parallel for schedule(dynamic, 1) if (!xs.empty() && rows(*xs[0]) > kFusedMaxRows)
+  std::size_t elems = 0;
+  for (std::size_t e = 0; e < ws.size(); ++e) elems += gu[2 * e].size();
+#pragma omp parallel for schedule(dynamic, 1) if (elems > kSwigluParallelElems)
   for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
   for (std::size_t e = 0; e < ws.size(); ++e) jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
   return be.linear_many(jobs, v);
@@ -148,7 +153,7 @@ inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& g
       for (std::size_t j = 0; j < groups.size(); ++j) all_groups[std::size_t(i * c.topk_group) + j] = int32_t(groups[j]);
     }
   }
-  if (trace.enabled()) {
+  if (tr) {
     trace.emit("router_scores", layer, start_pos, n, E, all_s.data());
     trace.emit("router_biased", layer, start_pos, n, E, all_b.data());
     trace.emit("group_scores", layer, start_pos, n, G, all_g.data());
@@ -167,14 +172,20 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
                           int64_t layer, int64_t start_pos, const Variants& v = {}) {
   const int64_t n = rows(x), D = cols(x);
   Routing r = route(be, c, w.gate, x, trace, layer, start_pos, v);
-  // Tokens grouped by expert: (token row, combine weight) for every expert chosen.
-  std::vector<std::vector<std::pair<int64_t, T>>> by_expert(static_cast<std::size_t>(c.n_routed_experts));
+  // Tokens grouped by expert: the token rows that chose each expert, and for
+  // every choice (i, j) the row it takes in its expert's input.
+  std::vector<std::vector<int64_t>> by_expert(static_cast<std::size_t>(c.n_routed_experts));
+  std::vector<int64_t> row_in(r.ids.size());
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < r.k; ++j)
-      by_expert[std::size_t(r.ids[std::size_t(i * r.k + j)])].push_back({i, T(r.weights[std::size_t(i * r.k + j)])});
-  std::vector<int64_t> active;
+    for (int64_t j = 0; j < r.k; ++j) {
+      auto& rows_e = by_expert[std::size_t(r.ids[std::size_t(i * r.k + j)])];
+      row_in[std::size_t(i * r.k + j)] = int64_t(rows_e.size());
+      rows_e.push_back(i);
+    }
+  std::vector<int64_t> active;                                   // experts some token chose, ascending
+  std::vector<std::size_t> slot(static_cast<std::size_t>(c.n_routed_experts));  // expert id -> index in active
   for (int64_t e = 0; e < c.n_routed_experts; ++e)
-    if (!by_expert[std::size_t(e)].empty()) active.push_back(e);
+    if (!by_expert[std::size_t(e)].empty()) slot[std::size_t(e)] = active.size(), active.push_back(e);
   // One expert = one SwiGLU over its rows; with the shared expert they are
   // independent MLPs, run together in two rounds of linears (every gate and
   // up, then every down: mlp_forward_many), however the backend spreads them
@@ -188,32 +199,27 @@ inline Mat<T> moe_forward(const Backend<T>& be, const Config& c, const MoEWeight
     inputs.push_back(&xs[a]);
     mlps.push_back(&w.experts[std::size_t(active[a])]);
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
   for (std::size_t a = 0; a < active.size(); ++a) {  // the rows that chose expert active[a] (copies: any order)
     const auto& rows_e = by_expert[std::size_t(active[a])];
-    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m].first, 0), D, &xs[a](int64_t(m), 0));
+    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m], 0), D, &xs[a](int64_t(m), 0));
   }
   if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
   std::vector<Mat<T>> out = mlp_forward_many(be, mlps, inputs, v);
   Mat<T> shared;
   if (w.shared_experts) shared = std::move(out.back());
-  // Each token's terms, in ascending expert id: (expert slot a, row m in its output, weight).
-  struct Term { std::size_t a; int64_t m; T wt; };
-  std::vector<std::vector<Term>> terms(static_cast<std::size_t>(n));
-  for (std::size_t a = 0; a < active.size(); ++a) {
-    const auto& rows_e = by_expert[std::size_t(active[a])];
-    for (std::size_t m = 0; m < rows_e.size(); ++m)
-      terms[std::size_t(rows_e[m].first)].push_back({a, int64_t(m), rows_e[m].second});
-  }
+  // Each token's terms in ascending expert id (its ids are ascending).
   Mat<T> y = empty<T>(n, D);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
   for (int64_t i = 0; i < n; ++i) {  // rows are independent; each row's sum keeps its order
     T* dst = &y(i, 0);
     std::fill_n(dst, D, T(0));
-    for (const Term& tm : terms[std::size_t(i)]) {
-      const T* src = &out[tm.a](tm.m, 0);
+    for (int64_t j = 0; j < r.k; ++j) {
+      const std::size_t ij = std::size_t(i * r.k + j);
+      const T wt = T(r.weights[ij]);
+      const T* src = &out[slot[std::size_t(r.ids[ij])]](row_in[ij], 0);
       for (int64_t d = 0; d < D; ++d) {
-        const T term = tm.wt * src[d];
+        const T term = wt * src[d];
         dst[d] += v.bf16_activations ? T(round_bf16(float(term))) : term;
         if (v.bf16_activations) dst[d] = T(round_bf16(float(dst[d])));  // OFF: bf16 running sum
       }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include <xtensor/xtensor.hpp>
@@ -345,7 +346,7 @@ inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, co
     return ys;
   }
   std::vector<std::size_t> order(jobs.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::iota(order.begin(), order.end(), std::size_t(0));
   auto work = [&](std::size_t i) { return rows(*jobs[i].x) * jobs[i].w->out() * jobs[i].w->in(); };
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return work(a) > work(b); });
 #pragma omp parallel
