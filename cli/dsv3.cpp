@@ -70,6 +70,8 @@ double now_s() {
 // most half of the memory available), so the first forward pass does not
 // pay a page fault per few KB of weights.
 std::string g_prefault = "auto";
+// --backend: which backend runs the model's ops (dispatch.hpp backend_named).
+std::string g_backend = "cpu";
 struct LoadInfo {
   double load_s = 0;
   bool prefaulted = false;
@@ -91,6 +93,7 @@ template <class T>
 std::unique_ptr<Model<T>> open_model(const std::string& dir, const Variants& v) {
   const double t0 = now_s();
   auto m = std::make_unique<Model<T>>(dir, v);
+  m->set_backend(backend_named<T>(g_backend));
   const uint64_t bytes = m->checkpoint().bytes();
   if (g_prefault == "on" || (g_prefault == "auto" && bytes <= mem_available_bytes() / 2)) {
     m->checkpoint().prefault();
@@ -234,7 +237,7 @@ void run_forward(const ForwardArgs& a) {
     mo.zero_pos0 = a.mtp_zero_pos0;
     mo.attn = popt.attn;
     auto mcache = m.new_mtp_cache();
-    Mat<T> ml = m.mtp_forward(row_slice(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
+    Mat<T> ml = m.mtp_forward(take_rows(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
     write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
   }
   write_npy_f32(a.out, out, out.size() / std::size_t(V), std::size_t(V));
@@ -552,6 +555,9 @@ int main(int argc, char** argv) {
   app.add_option("--prefault", g_prefault, "Map the whole checkpoint in at load: auto (when it takes at most half "
                  "of MemAvailable) | on | off (pages come in as first used)")
       ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
+  app.add_option("--backend", g_backend, "Backend for the model's ops: cpu (fast, the default) | reference (the "
+                 "literal definition of each op, single-threaded and slow; every other backend is tested against it)")
+      ->capture_default_str();
   app.add_option("--threads", threads, "Threads for BLAS and dsv3's kernels (0 = library default); results are "
                  "bit-identical for every count")->check(CLI::Range(0, 1024));
 
@@ -661,7 +667,8 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);  // the text subcommands run in their callbacks
-    if (threads > 0) omp_set_num_threads(threads);  // BLAS runs single-threaded inside (ops.hpp)
+    if (threads > 0) omp_set_num_threads(threads);  // BLAS runs single-threaded inside (cpu/linear.hpp)
+    backend_named<float>(g_backend);  // an unknown --backend is an error for every subcommand
     if (*fwd) {
       if (fa.precision == "f32") run_forward<float>(fa);
       else if (fa.precision == "f64") run_forward<double>(fa);

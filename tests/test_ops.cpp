@@ -1,4 +1,5 @@
-// Ops against naive loops and closed forms.
+// Ops against naive loops and closed forms, on both backends: the reference
+// (the definition) and the CPU kernels.
 // Tolerances: linear vs a double-precision loop, 1e-5 relative to the row's
 // sum of |x·w| terms (f32 BLAS rounding over K products); f64 paths 1e-12.
 #include <doctest/doctest.h>
@@ -6,9 +7,9 @@
 #include <cmath>
 #include <random>
 
+#include <dsv3/cpu/backend.hpp>
 #include <dsv3/make_model.hpp>
-#include <dsv3/cpu_backend.hpp>
-#include <dsv3/ops.hpp>
+#include <dsv3/reference/backend.hpp>
 #include <dsv3/rope.hpp>
 
 #include "test_util.hpp"
@@ -56,14 +57,14 @@ struct OneWeight {
 };
 
 template <class T>
-void check_linear(DType dt) {
+void check_linear(const Backend<T>& be, DType dt) {
   const int64_t O = 300, I = 200, n = 5;  // 300 rows: FP8 bands of 128 with an edge band
   OneWeight ow(O, I, dt, 7);
   Mat<T> x = empty<T>(n, I);
   std::mt19937_64 g(1);
   std::normal_distribution<double> nd(0, 1);
   for (auto& v : x) v = T(nd(g));
-  Mat<T> y = linear(x, ow.lin);
+  Mat<T> y = be.linear(x, ow.lin, {});
   std::vector<double> row(static_cast<std::size_t>(I));
   for (int64_t o = 0; o < O; ++o) {
     ow.lin.decode_rows(o, o + 1, row.data());
@@ -74,7 +75,7 @@ void check_linear(DType dt) {
         mag += std::fabs(double(x(i, k)) * row[std::size_t(k)]);
       }
       const double tol = (std::is_same_v<T, float> ? 1e-5 : 1e-12) * mag;
-      CHECK_MESSAGE(std::fabs(double(y(i, o)) - acc) <= tol, dtype_name(dt), " row ", o);
+      CHECK_MESSAGE(std::fabs(double(y(i, o)) - acc) <= tol, be.name(), " ", dtype_name(dt), " row ", o);
     }
   }
 }
@@ -82,8 +83,10 @@ void check_linear(DType dt) {
 
 TEST_CASE("linear over every stored dtype matches a naive loop") {
   for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
-    check_linear<float>(dt);
-    check_linear<double>(dt);
+    check_linear<float>(CpuBackend<float>(), dt);
+    check_linear<double>(CpuBackend<double>(), dt);
+    check_linear<float>(ReferenceBackend<float>(), dt);
+    check_linear<double>(ReferenceBackend<double>(), dt);
   }
 }
 
@@ -94,7 +97,7 @@ TEST_CASE("rms_norm matches its definition") {
   Mat<double> x = empty<double>(3, 37);
   for (int64_t i = 0; i < 3; ++i)
     for (int64_t j = 0; j < 37; ++j) x(i, j) = std::sin(double(i * 37 + j)) * (i + 1);
-  Mat<double> y = rms_norm(x, w, 1e-6);
+  for (const Mat<double>& y : {cpu::rms_norm(x, w, 1e-6), reference::rms_norm(x, w, 1e-6)})
   for (int64_t i = 0; i < 3; ++i) {
     double ms = 0;
     for (int64_t j = 0; j < 37; ++j) ms += x(i, j) * x(i, j) / 37.0;
@@ -140,7 +143,8 @@ TEST_CASE("router: group-limited top-k against a brute-force enumeration") {
   GateWeights gwts{ck.get("g"), ck.get("b")};
   Mat<double> x = empty<double>(20, 4);
   for (auto& v : x) v = nd(g);
-  Routing r = route(CpuBackend<double>(), c, gwts, x, Trace(), 0, 0);
+  for (const Routing& r : {cpu::route(CpuBackend<double>(), c, gwts, x, Trace(), 0, 0),
+                           reference::route(ReferenceBackend<double>(), c, gwts, x, Trace(), 0, 0, Variants{})})
   for (int64_t i = 0; i < 20; ++i) {
     double s[8], b[8], gs[4];
     for (int e = 0; e < 8; ++e) {

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "config.hpp"
-#include "ops.hpp"
+#include "tensor.hpp"
 #include "rope.hpp"
 #include "trace.hpp"
 #include "variants.hpp"
@@ -28,6 +28,18 @@ namespace dsv3 {
 // picks, per call, the one with fewer multiply-adds: absorb for decode and
 // short chunks over a long cache, naive for prefill of many tokens.
 enum class AttnForm { absorb, naive, automatic };
+
+// AttnForm::automatic: the form with fewer multiply-adds for n new tokens
+// after `start` cached ones. Naive expands every cached position once,
+// t·r·(dn + dv); absorb attends in the wider latent space, about
+// n·(start + n/2)·(2r − dn − dv) more than naive.
+inline AttnForm attn_form_for(const Config& c, int64_t n, int64_t start) {
+  const double r = double(c.kv_lora_rank), dn = double(c.qk_nope_head_dim), dv = double(c.v_head_dim);
+  const double t = double(start + n);
+  const double naive_extra = t * r * (dn + dv);
+  const double absorb_extra = double(n) * (double(start) + double(n) / 2) * (2 * r - dn - dv);
+  return absorb_extra > naive_extra ? AttnForm::naive : AttnForm::absorb;
+}
 
 // One layer's latent cache, positions [0, len): one row per position,
 // [c_kv | k_pe] (kv_lora_rank + qk_rope_head_dim values), in the compute
@@ -50,6 +62,13 @@ struct LatentCache {
       for (int64_t j = 0; j < r; ++j) rows16.push_back(f32_to_bf16(float(ckv[i * r + j])));
       for (int64_t j = 0; j < dr; ++j) rows16.push_back(f32_to_bf16(float(kpe[i * dr + j])));
     }
+  }
+  // Every cached row as T: in place, or (bf16) widened into `scratch`.
+  const T* read(std::vector<T>& scratch) const {
+    if (!bf16) return rows.data();
+    scratch.resize(rows16.size());
+    for (std::size_t i = 0; i < scratch.size(); ++i) scratch[i] = T(bf16_to_f32(rows16[i]));
+    return scratch.data();
   }
   // Keeps the first `len` of `total` positions.
   void truncate(int64_t len, int64_t total) {

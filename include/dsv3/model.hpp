@@ -17,11 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "attention.hpp"
 #include "config.hpp"
-#include "cpu_backend.hpp"
-#include "moe.hpp"
-#include "ops.hpp"
+#include "dispatch.hpp"
 #include "rope.hpp"
 #include "safetensors.hpp"
 #include "trace.hpp"
@@ -68,6 +65,7 @@ struct MTPOptions {
 template <class T>
 class Model {
  public:
+  using Scalar = T;
   // Opens a HF-layout directory: config.json + model.safetensors (or shards).
   // `variants` selects other engines' choices (variants.hpp); default official.
   explicit Model(const std::string& dir, const Variants& variants = {})

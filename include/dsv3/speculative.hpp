@@ -41,13 +41,6 @@ inline int32_t argmax_row(const Mat<T>& m, int64_t r) {
   return int32_t(std::max_element(p, p + cols(m)) - p);
 }
 
-template <class T>
-inline Mat<T> row_slice(const Mat<T>& m, int64_t r0, int64_t r1) {
-  Mat<T> out = empty<T>(r1 - r0, cols(m));
-  std::copy(&m(r0, 0), &m(r0, 0) + (r1 - r0) * cols(m), out.data());
-  return out;
-}
-
 // `on_token` is called for every emitted token as it is decided.
 template <class T>
 SpecResult generate_speculative_mtp(const Model<T>& m, const std::vector<int32_t>& prompt, int64_t max_new,
@@ -101,7 +94,7 @@ SpecResult generate_speculative_mtp(const Model<T>& m, const std::vector<int32_t
     } else {
       cache.truncate(n);  // forget the draft at position n
       st.emitted = {st.main_token};
-      draft_logits = m.mtp_forward(row_slice(Hv, 0, 1), {st.main_token}, mcache, mo_rows);
+      draft_logits = m.mtp_forward(take_rows(Hv, 0, 1), {st.main_token}, mcache, mo_rows);
       last = st.main_token;
       n += 1;
     }

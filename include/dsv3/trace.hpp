@@ -6,6 +6,7 @@
 // tracing costs one branch per point when off.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -42,6 +43,19 @@ class Trace {
     r.shape = {rows, cols};
     r.data.assign(data, data + rows * cols);
     sink_(std::move(r));
+  }
+
+  // Emits columns [col0, col0 + width) of every head block of `stride`
+  // columns of a [rows, heads * stride] activation as [rows, heads * width]
+  // (e.g. the q_pe part of each head's [q_nope | q_pe]).
+  template <class V>
+  void emit_heads(const char* name, int64_t layer, int64_t start_pos, int64_t rows, int64_t heads,
+                  int64_t stride, int64_t col0, int64_t width, const V* data) const {
+    if (!sink_ || (filter_ && !filter_(name))) return;
+    std::vector<V> part(static_cast<std::size_t>(rows * heads * width));
+    for (int64_t i = 0; i < rows * heads; ++i)
+      std::copy_n(data + i * stride + col0, width, part.data() + i * width);
+    emit(name, layer, start_pos, rows, heads * width, part.data());
   }
 
  private:

@@ -106,4 +106,16 @@ inline void round_bf16_if(bool on, It begin, It end) {
   for (It p = begin; p != end; ++p) *p = decltype(+*p)(round_bf16(float(*p)));
 }
 
+// Engine emulation: rounds a whole activation (any container) to bf16 when
+// the bf16-activation knob is on; the default (official math in T) leaves it.
+template <class M>
+inline void round_act(const Variants& v, M& m) {
+  round_bf16_if(v.bf16_activations, m.begin(), m.end());
+}
+// One value, the same rule.
+template <class T>
+inline T round_act_value(const Variants& v, T a) {
+  return v.bf16_activations ? T(round_bf16(float(a))) : a;
+}
+
 }  // namespace dsv3

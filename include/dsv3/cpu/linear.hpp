@@ -1,0 +1,320 @@
+// dsv3/cpu/linear.hpp — the CPU backend's linear and RMSNorm kernels.
+//
+// The same math as reference/ops.hpp (reference::linear, reference::rms_norm),
+// made fast: decode (at most kFusedMaxRows rows) dequantises each weight row
+// once and dots it with every input row in a 64-lane kernel compiled for
+// AVX-512/AVX2/baseline; prefill multiplies bands of weight rows with BLAS.
+// Work is split over OpenMP threads in pieces whose size depends on the
+// matrix only, so results are bit-identical for every thread count.
+// tests/test_backend_ops.cpp checks each path against the reference.
+#pragma once
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "../reference/ops.hpp"
+#include "../tensor.hpp"
+#include "../variants.hpp"
+#include "../weights.hpp"
+
+namespace dsv3::cpu {
+
+
+// ---------------------------------------------------------------------------
+// Threads. dsv3 parallelises with OpenMP over output rows, heads and bands
+// of fixed size, and calls BLAS single-threaded from inside: the work each
+// thread does never depends on the thread count, so results are
+// bit-identical for any count, and OpenBLAS's own threads never compete with
+// OpenMP's (OpenBLAS is only told so when it is the BLAS linked in).
+extern "C" __attribute__((weak)) void openblas_set_num_threads(int);
+
+inline void blas_single_threaded() {
+  static const bool once = [] {
+    if (openblas_set_num_threads) openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
+// BLAS: C[M,N] = alpha * op(A) op(B) + beta * C, row-major.
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                 int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+// y[n, r0:r1] = x[n, K] @ W[r0:r1, K]^T, W given row-major with K columns.
+template <class T>
+inline void matmul_wt(const T* x, int64_t n, int64_t K, const T* W, int64_t r, T* y, int64_t ldy) {
+  gemm(false, true, n, r, K, T(1), x, K, W, K, T(0), y, ldy);
+}
+
+
+// F32 weights used at T = float are read where the mapping has them (no copy).
+template <class T>
+inline const T* in_place(const Linear& W) {
+  if constexpr (std::is_same_v<T, float>)
+    if (W.weight.dtype == DType::F32 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % alignof(float) == 0)
+      return reinterpret_cast<const float*>(W.weight.data);
+  return nullptr;
+}
+
+// out[i] = x[i, :] · w for i < n, with w a row of K weights stored as F32 or
+// BF16 (BF16 is widened in the same pass): kLanes partial sums, combined in
+// a fixed order. Compiled for AVX-512, AVX2 and baseline x86-64; the loader
+// picks one per machine, so results are identical for every thread count on
+// a given machine. Enough independent sums that the adds never wait on each
+// other: these kernels run at memory speed.
+constexpr int kLanes = 64;
+constexpr int kPrefetchBytes = 4096;
+
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) {
+  const uint32_t u = uint32_t(w) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <class W>
+inline void dot_rows(const float* x, int64_t n, int64_t K, const W* w, float* out, int64_t out_stride) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    float acc[kLanes] = {0};
+    int64_t k = 0;
+    for (; k + kLanes <= K; k += kLanes) {
+      // a few KB ahead: the hardware prefetcher stops at 4 KB page boundaries
+      if (i == 0)
+        for (std::size_t b = 0; b < kLanes * sizeof(W); b += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(w + k) + kPrefetchBytes + b);
+      for (int j = 0; j < kLanes; ++j) acc[j] += xi[k + j] * widen(w[k + j]);
+    }
+    for (; k < K; ++k) acc[k % kLanes] += xi[k] * widen(w[k]);
+    for (int h = kLanes / 2; h >= 1; h /= 2)
+      for (int j = 0; j < h; ++j) acc[j] += acc[j + h];
+    out[i * out_stride] = acc[0];
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DSV3_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DSV3_CLONES
+#endif
+DSV3_CLONES [[maybe_unused]] static void dot_rows_bf16(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
+                                      int64_t out_stride) {
+  dot_rows(x, n, K, w, out, out_stride);
+}
+DSV3_CLONES [[maybe_unused]] static void dot_rows_f32(const float* x, int64_t n, int64_t K, const float* w, float* out,
+                                     int64_t out_stride) {
+  dot_rows(x, n, K, w, out, out_stride);
+}
+#undef DSV3_CLONES
+
+// ---------------------------------------------------------------------------
+// Few rows (decode): fused dequantise-and-multiply. Threads split the output
+// rows; each row is decoded from its stored bytes into a row buffer (read
+// once, never a scratch copy of the matrix) and dotted with every input row
+// in a fixed order, so the result is bit-identical for any thread count.
+// Several independent linears (a decode step's experts) share one round of
+// threads: their rows are one list of work.
+constexpr int64_t kFusedMaxRows = 4;
+
+template <class T>
+inline void linear_fused_many(const std::vector<LinearJob<T>>& jobs, const Variants& v, std::vector<Mat<T>>& ys) {
+  struct Job {
+    const T* direct = nullptr;
+    const uint16_t* bf16 = nullptr;  // BF16 weights at T = float: the one-pass kernel above
+    bool round_w = false;
+  };
+  struct Unit { std::size_t job; int64_t r0, r1; };
+  std::vector<Job> info(jobs.size());
+  std::vector<Unit> units;
+  std::size_t buf_elems = 0;
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    const Linear& W = *jobs[j].w;
+    const int64_t K = W.in(), O = W.out();
+    info[j].round_w = v.fp8_dequant_bf16 && W.is_fp8();
+    info[j].direct = in_place<T>(W);
+    if constexpr (std::is_same_v<T, float>)
+      if (W.weight.dtype == DType::BF16 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % 2 == 0)
+        info[j].bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
+    // AWQ stores W transposed ([in, out]): decode bands of 64 output rows so
+    // each input row's packed words are read once per band, not once per row.
+    const int64_t band = W.awq ? 64 : 16;
+    if (!info[j].direct && !info[j].bf16) buf_elems = std::max(buf_elems, std::size_t(band * K));
+    for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
+    ys[j] = empty<T>(rows(*jobs[j].x), O);
+  }
+#pragma omp parallel
+  {
+    std::vector<T> buf(buf_elems);
+#pragma omp for schedule(dynamic, 4)
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      const Unit& un = units[u];
+      const Linear& W = *jobs[un.job].w;
+      const Job& J = info[un.job];
+      const Mat<T>& x = *jobs[un.job].x;
+      Mat<T>& y = ys[un.job];
+      const int64_t n = rows(x), K = W.in(), O = W.out();
+      if (J.bf16) {
+        if constexpr (std::is_same_v<T, float>)
+          for (int64_t o = un.r0; o < un.r1; ++o) dot_rows_bf16(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
+        continue;
+      }
+      if (!J.direct) {
+        W.decode_rows(un.r0, un.r1, buf.data());
+        if (J.round_w) round_bf16_if(true, buf.begin(), buf.begin() + (un.r1 - un.r0) * K);
+      }
+      for (int64_t o = un.r0; o < un.r1; ++o) {
+        const T* w = J.direct ? J.direct + o * K : buf.data() + (o - un.r0) * K;
+        if constexpr (std::is_same_v<T, float>) {
+          dot_rows_f32(x.data(), n, K, w, y.data() + o, O);
+          continue;
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          const T* xi = x.data() + i * K;
+          // 8 independent partial sums, combined in a fixed order
+          T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          int64_t k = 0;
+          for (; k + 8 <= K; k += 8)
+            for (int j = 0; j < 8; ++j) acc[j] += xi[k + j] * w[k + j];
+          for (; k < K; ++k) acc[k % 8] += xi[k] * w[k];
+          y(i, o) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        }
+      }
+    }
+  }
+  for (auto& y : ys) round_act(v, y);
+}
+
+// Prefill (more than kFusedMaxRows rows) multiplies bands of the weight's
+// rows with BLAS gemm: F32 weights at T = float in place, other stored
+// formats decoded to T one band at a time (one FP8 row block, else at most
+// about 4 MB), so only that band ever exists in T. A band's size depends on
+// the matrix only, never on the thread count (BLAS's arithmetic may depend
+// on the shape it is given). `linear` splits a matrix into about 4 bands, for
+// the threads to share: fewer, larger GEMMs run faster (the activations are
+// packed once per GEMM) and 4 keeps 2-4 threads busy; a job of `linear_many`
+// runs whole on one thread in the fewest bands.
+template <class T>
+inline int64_t band_rows(const Linear& W, bool split) {
+  const int64_t K = W.in(), O = W.out();
+  if (W.is_fp8()) return std::min(O, W.block_rows);
+  const int64_t cap = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(T))));
+  return std::min(O, split ? std::min(cap, std::max<int64_t>(16, (O + 63) / 64 * 16)) : cap);
+}
+
+// y[:, r0:r1] = x @ W[r0:r1]^T in bands of `band` rows (scratch: band * K).
+template <class T>
+inline void matmul_bands(const Mat<T>& x, const Linear& W, const Variants& v, int64_t r0, int64_t r1, int64_t band,
+                         std::vector<T>& scratch, Mat<T>& y) {
+  const int64_t n = rows(x), K = W.in(), O = W.out();
+  const T* direct = in_place<T>(W);
+  if (!direct) scratch.resize(static_cast<std::size_t>(band * K));
+  for (int64_t b0 = r0; b0 < r1; b0 += band) {
+    const int64_t b1 = std::min(r1, b0 + band);
+    const T* w = direct ? direct + b0 * K : scratch.data();
+    if (!direct) {
+      W.decode_rows(b0, b1, scratch.data());
+      if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (b1 - b0) * K);
+    }
+    matmul_wt(x.data(), n, K, w, b1 - b0, y.data() + b0, O);
+  }
+}
+
+// linear: y[n, out] = x[n, in] @ W^T (nn.Linear without bias).
+// Up to kFusedMaxRows rows: the fused kernel above; more: bands (above).
+template <class T>
+inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
+  const int64_t n = rows(x), K = W.in(), O = W.out();
+  if (cols(x) != K) fail("linear '", W.name(), "': input has ", cols(x), " columns, expected ", K);
+  if (v.fp8_w8a8 && W.is_fp8()) {
+    Mat<T> y = reference::linear_w8a8(x, W);
+    round_act(v, y);
+    return y;
+  }
+  blas_single_threaded();
+  if (n <= kFusedMaxRows) {
+    std::vector<Mat<T>> ys(1);
+    linear_fused_many<T>({{&x, &W}}, v, ys);
+    return std::move(ys[0]);
+  }
+  Mat<T> y = empty<T>(n, O);
+  const int64_t band = band_rows<T>(W, true), nbands = (O + band - 1) / band;
+#pragma omp parallel
+  {
+    std::vector<T> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < nbands; ++b) matmul_bands(x, W, v, b * band, std::min(O, (b + 1) * band), band, scratch, y);
+  }
+  round_act(v, y);
+  return y;
+}
+
+// Independent linears, y_i = x_i @ W_i^T. All decode-sized (every x_i at
+// most kFusedMaxRows rows, no W8A8): they share one round of threads, their
+// rows one list of work. Otherwise (a prefill's experts): the threads take
+// whole jobs, the largest first, each job one GEMM per band_rows(W, false).
+template <class T>
+inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v = {}) {
+  std::vector<Mat<T>> ys(jobs.size());
+  bool fused = true;
+  for (const auto& j : jobs) {
+    if (cols(*j.x) != j.w->in()) fail("linear '", j.w->name(), "': input has ", cols(*j.x), " columns, expected ", j.w->in());
+    fused = fused && rows(*j.x) <= kFusedMaxRows && !(v.fp8_w8a8 && j.w->is_fp8());
+  }
+  blas_single_threaded();
+  if (fused) {
+    linear_fused_many(jobs, v, ys);
+    return ys;
+  }
+  std::vector<std::size_t> order(jobs.size());
+  std::iota(order.begin(), order.end(), std::size_t(0));
+  auto work = [&](std::size_t i) { return rows(*jobs[i].x) * jobs[i].w->out() * jobs[i].w->in(); };
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return work(a) > work(b); });
+#pragma omp parallel
+  {
+    std::vector<T> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (std::size_t t = 0; t < order.size(); ++t) {
+      const LinearJob<T>& j = jobs[order[t]];
+      Mat<T>& y = ys[order[t]];
+      if (rows(*j.x) <= kFusedMaxRows || (v.fp8_w8a8 && j.w->is_fp8())) {
+        y = linear(*j.x, *j.w, v);  // runs on this thread: a nested parallel region is one thread
+        continue;
+      }
+      y = empty<T>(rows(*j.x), j.w->out());
+      matmul_bands(*j.x, *j.w, v, 0, j.w->out(), band_rows<T>(*j.w, false), scratch, y);
+      round_act(v, y);
+    }
+  }
+  return ys;
+}
+
+// ---------------------------------------------------------------------------
+// RMSNorm: reference::rms_norm_row on every row, rows over threads.
+template <class T>
+inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps, const Variants& v = {}) {
+  const int64_t n = rows(x), d = cols(x);
+  if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
+  const std::vector<T> w = decode_vector<T>(weight);
+  Mat<T> y = empty<T>(n, d);
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+  for (int64_t i = 0; i < n; ++i) reference::rms_norm_row(&x(i, 0), w.data(), d, eps, v, &y(i, 0));
+  round_act(v, y);
+  return y;
+}
+
+}  // namespace dsv3::cpu

@@ -1,0 +1,163 @@
+// dsv3/cpu/mla.hpp — the CPU backend's Multi-head Latent Attention.
+//
+// The same math as reference/mla.hpp (eqs. 1–11 there), made fast: the two
+// projections of x share one round of threads, heads are taken whole by
+// threads, and query rows go in blocks of kAttnRowBlock that attend only to
+// the positions their last row can see, each block one q·k GEMM over the
+// content and RoPE parts together. The naive and absorbed forms share the
+// loop. tests/test_backend_ops.cpp checks it against the reference.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../config.hpp"
+#include "../reference/ops.hpp"
+#include "../rope.hpp"
+#include "../trace.hpp"
+#include "../weights.hpp"
+#include "linear.hpp"
+
+namespace dsv3::cpu {
+
+// Query rows per attention block (a fixed size: results do not depend on
+// the thread count).
+constexpr int64_t kAttnRowBlock = 64;
+
+template <class T>
+inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights& w, const Mat<T>& x,
+                          LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope,
+                          AttnForm form, const Trace& trace, int64_t layer, const Variants& v = {}) {
+  const int64_t n = rows(x), H = c.num_attention_heads;
+  const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dq = c.qk_head_dim();
+  const int64_t dv = c.v_head_dim, r = c.kv_lora_rank;
+
+  // The two projections of x (q_a or q, and kv_a) in one call.
+  std::vector<Mat<T>> xa = be.linear_many({{&x, w.q_a_proj ? &*w.q_a_proj : &*w.q_proj}, {&x, &w.kv_a_proj_with_mqa}}, v);
+
+  // -- queries: [n, H, nope | rope]
+  Mat<T> q;
+  if (w.q_a_proj) {
+    Mat<T>& q_a = xa[0];                                                 // [n, q_lora]
+    trace.emit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
+    Mat<T> c_q = be.rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
+    trace.emit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
+    q = be.linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
+  } else {
+    q = std::move(xa[0]);                                                // [n, H*dq]
+  }
+  trace.emit_heads("q_nope", layer, start_pos, n, H, dq, /*col0=*/0, /*width=*/dn, q.data());
+  trace.emit_heads("q_pe", layer, start_pos, n, H, dq, /*col0=*/dn, /*width=*/dr, q.data());
+  be.rope(q, /*col0=*/dn, /*width=*/dr, /*stride=*/dq, rope, c.rope_interleave);  // each head's rope part
+  round_act(v, q);
+  trace.emit_heads("q_pe_rope", layer, start_pos, n, H, dq, dn, dr, q.data());
+
+  // -- latent kv for the new tokens, appended to the cache
+  const Mat<T>& kv = xa[1];                                             // [n, r + dr]
+  Mat<T> c_kv = be.rms_norm(take_cols(kv, 0, r), w.kv_a_layernorm, c.rms_norm_eps, v);
+  trace.emit("c_kv", layer, start_pos, n, r, c_kv.data());
+  Mat<T> k_pe = take_cols(kv, r, dr);
+  trace.emit("k_pe", layer, start_pos, n, dr, k_pe.data());
+  be.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
+  round_act(v, k_pe);
+  trace.emit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
+  cache.append(c_kv.data(), k_pe.data(), n, r, dr);
+  const int64_t t = start_pos + n;   // positions visible to the last token
+  const int64_t dl = r + dr;         // one cache row: [c_kv | k_pe]
+  std::vector<T> wide;               // a bf16 cache, widened for this call
+  const T* KV = cache.read(wide);    // [t, dl]; C = KV[:, :r], KP = KV[:, r:]
+  if (form == AttnForm::automatic) form = attn_form_for(c, n, start_pos);
+
+  // W_UK / W_UV: kv_b_proj rows for head h are [h*(dn+dv), (h+1)*(dn+dv)),
+  // the first dn of them W_UK_h [dn, r], the next dv W_UV_h [dv, r]. Each
+  // head decodes its own rows when it needs them (no copy of the whole
+  // matrix), or reads them in place (F32 weights at T = float).
+  const T scale = T(c.softmax_scale(v.yarn_enabled(c.rope_scaling.original_max_position_embeddings)));
+  const bool bf16 = v.bf16_activations;  // OFF: bf16 einsums, probabilities .type_as(x)
+  auto rnd = [&](T* p, int64_t count) { round_bf16_if(bf16, p, p + count); };
+  const bool round_w = v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8();
+  const T* kv_b = in_place<T>(w.kv_b_proj);
+  const bool absorb = form == AttnForm::absorb;
+  // Query rows are taken kAttnRowBlock at a time; a block attends only to the
+  // positions its last row can see, so the causal upper triangle is skipped.
+  const int64_t B = std::min(n, kAttnRowBlock);
+  const int64_t dk = absorb ? dl : dq;   // length of a query·key dot product
+  Mat<T> o = empty<T>(n, H * dv);        // [n, H*dv]
+  blas_single_threaded();
+  // Heads are independent: threads take whole heads, so every head's sums run
+  // in the same order whatever the thread count.
+#pragma omp parallel
+  {
+    std::vector<T> wkv(kv_b ? 0 : static_cast<std::size_t>((dn + dv) * r));
+    std::vector<T> scores(static_cast<std::size_t>(B * t));
+    std::vector<T> qcat(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
+    std::vector<T> olat(absorb ? static_cast<std::size_t>(B * r) : 0);
+    std::vector<T> kcat(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
+    std::vector<T> vh(absorb ? 0 : static_cast<std::size_t>(t * dv));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t h = 0; h < H; ++h) {
+      if (!kv_b) {
+        w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
+        if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
+      }
+      const T* W_UK = kv_b ? kv_b + h * (dn + dv) * r : wkv.data();  // [dn, r]
+      const T* W_UV = W_UK + dn * r;                                // [dv, r]
+      const T* K = KV;                                              // keys, dk wide
+      if (!absorb) {
+        // naive: k_nope[t, dn] = C @ W_UK^T beside k_pe; v[t, dv] = C @ W_UV^T
+        gemm(false, true, t, dn, r, T(1), KV, dl, W_UK, r, T(0), kcat.data(), dq);
+        for (int64_t j = 0; j < t; ++j) {
+          rnd(kcat.data() + j * dq, dn);
+          std::copy_n(KV + j * dl + r, dr, kcat.data() + j * dq + dn);
+        }
+        gemm(false, true, t, dv, r, T(1), KV, dl, W_UV, r, T(0), vh.data(), dv);
+        rnd(vh.data(), t * dv);
+        K = kcat.data();
+      }
+      for (int64_t i0 = 0; i0 < n; i0 += B) {
+        const int64_t nb = std::min(B, n - i0), tv = std::min(t, start_pos + i0 + nb);
+        const T* qh = q.data() + i0 * H * dq + h * dq;              // [nb, nope | rope], stride H*dq
+        const T* Q = qh;
+        int64_t ldq = H * dq;
+        if (absorb) {
+          // q_lat[nb, r] = q_nope @ W_UK, beside q_pe: one dot with a cache row
+          gemm(false, false, nb, r, dn, T(1), qh, H * dq, W_UK, r, T(0), qcat.data(), dl);
+          for (int64_t i = 0; i < nb; ++i) {
+            rnd(qcat.data() + i * dl, r);
+            std::copy_n(qh + i * H * dq + dn, dr, qcat.data() + i * dl + r);
+          }
+          Q = qcat.data();
+          ldq = dl;
+        }
+        // scores[nb, tv] = q·k over nope and rope parts together
+        gemm(false, true, nb, tv, dk, T(1), Q, ldq, K, dk, T(0), scores.data(), tv);
+        // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
+        for (int64_t i = 0; i < nb; ++i) {
+          T* s = scores.data() + i * tv;
+          const int64_t valid = start_pos + i0 + i + 1;
+          for (int64_t j = 0; j < valid; ++j) s[j] *= scale;
+          reference::softmax_masked(s, tv, valid);
+          rnd(s, tv);
+        }
+        T* oh = o.data() + i0 * H * dv + h * dv;                    // rows stride H*dv
+        if (absorb) {
+          // o_lat[nb, r] = P @ C;  o_h = o_lat @ W_UV^T
+          gemm(false, false, nb, r, tv, T(1), scores.data(), tv, KV, dl, T(0), olat.data(), r);
+          rnd(olat.data(), nb * r);
+          gemm(false, true, nb, dv, r, T(1), olat.data(), r, W_UV, r, T(0), oh, H * dv);
+        } else {
+          gemm(false, false, nb, dv, tv, T(1), scores.data(), tv, vh.data(), dv, T(0), oh, H * dv);
+        }
+      }
+    }
+  }
+  round_act(v, o);
+  trace.emit("attn_out", layer, start_pos, n, H * dv, o.data());
+  Mat<T> out = be.linear(o, w.o_proj, v);                                 // [n, D]
+  trace.emit("attn_o_proj", layer, start_pos, n, cols(out), out.data());
+  return out;
+}
+
+}  // namespace dsv3::cpu

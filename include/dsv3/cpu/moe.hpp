@@ -1,0 +1,144 @@
+// dsv3/cpu/moe.hpp — the CPU backend's MoE layer and SwiGLU MLPs.
+//
+// The same math as reference/moe.hpp (eqs. 12–16 there), made fast: the
+// router runs reference::select_experts for the tokens in parallel; tokens
+// are grouped by expert, so each expert that any token chose runs once over
+// its rows, and with the shared expert they are independent MLPs run as two
+// rounds of linears (mlp_many); each token's terms are then added in
+// ascending expert id, as the reference does. tests/test_backend_ops.cpp
+// checks it against the reference.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../config.hpp"
+#include "../reference/moe.hpp"
+#include "../trace.hpp"
+#include "../weights.hpp"
+#include "linear.hpp"
+
+namespace dsv3::cpu {
+
+// SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts.
+// Below this many elements a SwiGLU is cheaper than waking threads for it.
+constexpr std::size_t kSwigluParallelElems = 65536;
+
+// g <- silu(g) * u, in place.
+template <class T>
+inline void swiglu(Mat<T>& g, const Mat<T>& u, const Variants& v) {
+#pragma omp parallel for schedule(static) if (g.size() > kSwigluParallelElems)
+  for (std::size_t i = 0; i < g.size(); ++i) g.data()[i] = reference::swiglu(g.data()[i], u.data()[i], v);
+  round_act(v, g);
+}
+
+template <class T>
+inline Mat<T> mlp(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
+  Mat<T> g = be.linear(x, w.gate_proj, v);  // [n, I]
+  Mat<T> u = be.linear(x, w.up_proj, v);    // [n, I]
+  swiglu(g, u, v);
+  return be.linear(g, w.down_proj, v);      // [n, D]
+}
+
+// Several SwiGLU MLPs on their own inputs, in two rounds of independent
+// linears (every gate and up, then every down): a MoE layer's experts.
+template <class T>
+inline std::vector<Mat<T>> mlp_many(const Backend<T>& be, const std::vector<const MLPWeights*>& ws,
+                                            const std::vector<const Mat<T>*>& xs, const Variants& v = {}) {
+  std::vector<LinearJob<T>> jobs;
+  for (std::size_t e = 0; e < ws.size(); ++e) {
+    jobs.push_back({xs[e], &ws[e]->gate_proj});
+    jobs.push_back({xs[e], &ws[e]->up_proj});
+  }
+  std::vector<Mat<T>> gu = be.linear_many(jobs, v);
+  jobs.clear();
+  std::size_t elems = 0;
+  for (std::size_t e = 0; e < ws.size(); ++e) elems += gu[2 * e].size();
+#pragma omp parallel for schedule(dynamic, 1) if (elems > kSwigluParallelElems)
+  for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
+  for (std::size_t e = 0; e < ws.size(); ++e) jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
+  return be.linear_many(jobs, v);
+}
+
+// The router: reference::select_experts for every token, tokens over threads.
+template <class T>
+inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
+                     int64_t layer, int64_t start_pos, const Variants& v = {}) {
+  const int64_t n = rows(x), K = reference::experts_per_token(c, v);
+  const Mat<T> logits = reference::router_logits(be, gw, x, v);  // [n, E]
+  const std::vector<T> bias = reference::router_bias<T>(gw, c);
+  std::vector<reference::TokenRoute<T>> routes(static_cast<std::size_t>(n));
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+  for (int64_t i = 0; i < n; ++i) routes[std::size_t(i)] = reference::select_experts(&logits(i, 0), bias.data(), c, K, v);
+  return reference::pack_routing(routes, logits, c, K, trace, layer, start_pos);
+}
+
+// Tokens are grouped by expert: each expert that any token chose runs once on
+// the rows that chose it, and its weighted output is added to those rows.
+template <class T>
+inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+                          int64_t layer, int64_t start_pos, const Variants& v = {}) {
+  const int64_t n = rows(x), D = cols(x);
+  Routing r = route(be, c, w.gate, x, trace, layer, start_pos, v);
+  // Tokens grouped by expert: the token rows that chose each expert, and for
+  // every choice (i, j) the row it takes in its expert's input.
+  std::vector<std::vector<int64_t>> by_expert(static_cast<std::size_t>(c.n_routed_experts));
+  std::vector<int64_t> row_in(r.ids.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < r.k; ++j) {
+      auto& rows_e = by_expert[std::size_t(r.ids[std::size_t(i * r.k + j)])];
+      row_in[std::size_t(i * r.k + j)] = int64_t(rows_e.size());
+      rows_e.push_back(i);
+    }
+  std::vector<int64_t> active;                                   // experts some token chose, ascending
+  std::vector<std::size_t> slot(static_cast<std::size_t>(c.n_routed_experts));  // expert id -> index in active
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)
+    if (!by_expert[std::size_t(e)].empty()) slot[std::size_t(e)] = active.size(), active.push_back(e);
+  // One expert = one SwiGLU over its rows; with the shared expert they are
+  // independent MLPs, run together in two rounds of linears (every gate and
+  // up, then every down: mlp_forward_many), however the backend spreads them
+  // over its threads. Each expert's output is the same as alone, and they
+  // are summed below in ascending expert id, then the shared expert's output.
+  std::vector<Mat<T>> xs(active.size());
+  std::vector<const Mat<T>*> inputs;
+  std::vector<const MLPWeights*> mlps;
+  for (std::size_t a = 0; a < active.size(); ++a) {
+    xs[a] = empty<T>(int64_t(by_expert[std::size_t(active[a])].size()), D);
+    inputs.push_back(&xs[a]);
+    mlps.push_back(&w.experts[std::size_t(active[a])]);
+  }
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+  for (std::size_t a = 0; a < active.size(); ++a) {  // the rows that chose expert active[a] (copies: any order)
+    const auto& rows_e = by_expert[std::size_t(active[a])];
+    for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m], 0), D, &xs[a](int64_t(m), 0));
+  }
+  if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
+  std::vector<Mat<T>> out = mlp_many(be, mlps, inputs, v);
+  Mat<T> shared;
+  if (w.shared_experts) shared = std::move(out.back());
+  // Each token's terms in ascending expert id (its ids are ascending).
+  Mat<T> y = empty<T>(n, D);
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+  for (int64_t i = 0; i < n; ++i) {  // rows are independent; each row's sum keeps its order
+    T* dst = &y(i, 0);
+    std::fill_n(dst, D, T(0));
+    for (int64_t j = 0; j < r.k; ++j) {
+      const std::size_t ij = std::size_t(i * r.k + j);
+      reference::add_weighted(dst, T(r.weights[ij]), &out[slot[std::size_t(r.ids[ij])]](row_in[ij], 0), D, v);
+    }
+  }
+  trace.emit("routed_out", layer, start_pos, n, D, y.data());
+  if (w.shared_experts) {
+    trace.emit("shared_out", layer, start_pos, n, D, shared.data());
+#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t d = 0; d < D; ++d) y(i, d) += shared(i, d);
+    round_act(v, y);
+  }
+  return y;
+}
+
+}  // namespace dsv3::cpu
