@@ -92,6 +92,17 @@ A16=$ROOT/tests/golden/model/a-f32
 IDSA=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['ids'][:16])))" "$A16/meta.json")
 "$DSV3" trace --model "$A16" --ids "$IDSA" --out "$T/dsv3-a.safetensors" 2>/dev/null
 "$DSV3" compare "$T/dsv3-a.safetensors" "$ROOT/tests/golden/trace/a-f32-hf.safetensors" --tol f32 >"$T/hf.txt" && ok || bad "dsv3 vs HF transformers trace fails at the f32 preset: $(tail -3 "$T/hf.txt")"
+# the literal reference backend: the same HF trace, and every named tensor of the
+# CPU backend's trace within the f32 preset, in every stored format
+"$DSV3" --backend reference trace --model "$A16" --ids "$IDSA" --out "$T/ref-a.safetensors" 2>/dev/null
+"$DSV3" compare "$T/ref-a.safetensors" "$ROOT/tests/golden/trace/a-f32-hf.safetensors" --tol f32 >"$T/hf.txt" && ok || bad "--backend reference vs HF trace: $(tail -3 "$T/hf.txt")"
+for q in f32 fp8 awq mlx5; do
+  M=$T/tiny-$q; [ -d "$M" ] || M=$T/$q
+  "$DSV3" trace --model "$M" --ids 0,5,17,42,99,3,8,13 --mode decode --prefill-len 5 --out "$T/tc.safetensors" 2>/dev/null
+  "$DSV3" --backend reference trace --model "$M" --ids 0,5,17,42,99,3,8,13 --mode decode --prefill-len 5 --out "$T/tr.safetensors" 2>/dev/null
+  "$DSV3" compare "$T/tr.safetensors" "$T/tc.safetensors" --tol f32 >"$T/cr.txt" && ok || bad "cpu vs reference trace ($q): $(tail -3 "$T/cr.txt")"
+done
+expect_error "--backend" "$DSV3" --backend cuda forward --model "$A16" --ids 0 --out "$T/x.npy"
 
 # -- malformed inputs ---------------------------------------------------------
 M=$T/tiny-f32

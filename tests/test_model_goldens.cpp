@@ -28,6 +28,8 @@
 
 #include <dsv3/model.hpp>
 
+#include "test_util.hpp"
+
 using namespace dsv3;
 
 namespace {
@@ -70,6 +72,7 @@ void check_case(const std::string& c) {
   const auto ids = j["ids"].get<std::vector<int32_t>>();
   const int64_t P = j["prefill_len"].get<int64_t>(), L = int64_t(ids.size());
   Model<T> m(kGolden + c);
+  test::use_backend(m);
   const int64_t V = m.config().vocab_size;
   auto golden = xt::load_npy<float>(kGolden + c + "/logits.npy");
   auto golden64 = xt::load_npy<double>(kGolden + c + "/logits_f64.npy");
@@ -162,6 +165,7 @@ TEST_CASE("HF greedy generation is reproduced token for token") {
     std::ifstream f(kGolden + c + "/greedy.json");
     const auto g = nlohmann::json::parse(f);
     Model<float> m(kGolden + c);
+    test::use_backend(m);
     auto cache = m.new_cache();
     ForwardOptions opt;
     opt.all_logits = false;

@@ -15,6 +15,8 @@
 
 #include <dsv3/speculative.hpp>
 
+#include "test_util.hpp"
+
 using namespace dsv3;
 
 namespace {
@@ -41,6 +43,7 @@ TEST_CASE("MTP logits match the HF-composed goldens under both position-0 rules"
     const auto ids = load_json(kMtp + c + "/meta.json")["ids"].get<std::vector<int32_t>>();
     const int64_t L = int64_t(ids.size());
     Model<float> m(kMtp + c);
+    test::use_backend(m);
     REQUIRE(m.has_mtp());
     auto cache = m.new_cache();
     ForwardOptionsT<float> opt;
@@ -48,7 +51,7 @@ TEST_CASE("MTP logits match the HF-composed goldens under both position-0 rules"
     opt.hidden = &h;
     Mat<float> main = m.forward(ids, cache, opt);
     CHECK(max_abs(main, xt::load_npy<float>(kMtp + c + "/main_logits.npy")) < 1e-4);
-    const Mat<float> hin = row_slice(h, 0, L - 1);
+    const Mat<float> hin = take_rows(h, 0, L - 1);
     const std::vector<int32_t> next(ids.begin() + 1, ids.end());
     for (bool vllm : {false, true}) {
       MTPOptions mo;
@@ -68,7 +71,7 @@ TEST_CASE("MTP logits match the HF-composed goldens under both position-0 rules"
       auto mc2 = m.new_mtp_cache();
       Mat<float> step = empty<float>(L - 1, m.config().vocab_size);
       for (int64_t i = 0; i < L - 1; ++i) {
-        Mat<float> r = m.mtp_forward(row_slice(hin, i, i + 1), {next[std::size_t(i)]}, mc2, mo);
+        Mat<float> r = m.mtp_forward(take_rows(hin, i, i + 1), {next[std::size_t(i)]}, mc2, mo);
         std::copy(r.begin(), r.end(), step.begin() + i * m.config().vocab_size);
       }
       CHECK(max_abs(step, ml) < 2e-5);
@@ -79,6 +82,7 @@ TEST_CASE("MTP logits match the HF-composed goldens under both position-0 rules"
 TEST_CASE("speculative decoding with MTP is plain greedy, with the golden's acceptance") {
   const std::string c = kMtp + "mtp-agree-f32";
   Model<float> m(c);
+  test::use_backend(m);
   for (bool vllm : {false, true}) {
     CAPTURE(vllm);
     const auto g = load_json(c + (vllm ? "/speculative_vllm.json" : "/speculative.json"));

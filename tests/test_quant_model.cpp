@@ -17,6 +17,8 @@
 
 #include <dsv3/model.hpp>
 
+#include "test_util.hpp"
+
 using namespace dsv3;
 
 TEST_CASE("mlx-lm quantized checkpoints (4, 5 mixed, 8 bit; new and old kv_b layout) match mlx-lm's logits") {
@@ -31,6 +33,7 @@ TEST_CASE("mlx-lm quantized checkpoints (4, 5 mixed, 8 bit; new and old kv_b lay
       Variants v;
       v.group_mask_fill = fill;
       Model<float> m(root + c, v);
+      test::use_backend(m);
       auto cache = m.new_cache();
       Mat<float> l = m.forward(ids, cache);
       REQUIRE(l.size() == g.size());

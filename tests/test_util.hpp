@@ -10,6 +10,7 @@
 #include <string>
 
 #include <dsv3/config.hpp>
+#include <dsv3/dispatch.hpp>
 
 namespace test {
 
@@ -57,5 +58,18 @@ inline nlohmann::json v3_config_json() {
 }
 
 inline dsv3::Config v3_config() { return dsv3::Config::from_json(v3_config_json()); }
+
+// The backend the model tests run on: DSV3_TEST_BACKEND (cpu, the default, or
+// reference). ctest runs the suite once per backend (tests/CMakeLists.txt), so
+// every golden holds on the literal reference as on the fast default.
+inline std::string test_backend() {
+  const char* b = std::getenv("DSV3_TEST_BACKEND");
+  return b && *b ? b : "cpu";
+}
+template <class M>
+inline M& use_backend(M& m) {
+  m.set_backend(dsv3::backend_named<typename M::Scalar>(test_backend()));
+  return m;
+}
 
 }  // namespace test

@@ -10,6 +10,8 @@
 
 #include <dsv3/model.hpp>
 
+#include "test_util.hpp"
+
 using namespace dsv3;
 
 namespace {
@@ -29,6 +31,7 @@ struct Run {
 
 Run run(const std::string& c, const Variants& v, std::size_t n = 48) {
   Model<float> m(kGolden + c, v);
+  test::use_backend(m);
   Run r;
   Trace t([&](TraceRecord&& rec) { r.topk.insert(r.topk.end(), rec.data.begin(), rec.data.end()); },
           [](const std::string& name) { return name == "topk_ids"; });
@@ -138,6 +141,7 @@ TEST_CASE("variants JSON: unknown knobs and bad values are named") {
 
 TEST_CASE("bf16 latent cache: half the bytes, logits within bf16 rounding of the cached values") {
   Model<float> m(kGolden + "a-f32");
+  test::use_backend(m);
   const auto ids = golden_ids("a-f32");
   auto c32 = m.new_cache(), c16 = m.new_cache(true);
   ForwardOptions o;
