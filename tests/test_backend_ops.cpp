@@ -13,29 +13,9 @@
 // directions), AWQ int4 and MLX 4/5/8-bit (whose kv_b_proj is split into
 // embed_q/unembed_out).
 //
-// Tolerances, and why (T = float; T = double runs the same cases at 1e-12):
-//  * embed, rms_norm, rope: 0 — a fast backend must run the reference's own
-//    row functions (reference::rms_norm_row, rope_apply); a row lookup has no
-//    arithmetic.
-//  * linear: |y − y_ref| ≤ 1e-5 · Σ_k |x_k w_k| per element. Both sum K ≤ 320
-//    float products in different orders (64 lanes, BLAS blocking vs a plain
-//    loop); the difference of two orders is bounded by about 2K·2^-24·Σ|x w|
-//    (3.8e-5 at K = 320) and is typically √K·2^-24 ≈ 1e-6. A wrong weight, scale
-//    block, nibble or group is O(1) in these units.
-//  * composite ops (attention_mla, moe, mlp): max |y − y_ref| / max |y_ref|
-//    ≤ 2e-5: a few chained linears, RMSNorm and softmax, each off by the
-//    linear bound above; observed below 2e-6.
-//  * routing (moe): expert ids identical for every token whose reference
-//    margin (K-th minus (K+1)-th candidate score) exceeds 1e-5, i.e. where
-//    float rounding of the router logits (≈1e-7) cannot reorder candidates;
-//    such tokens are excluded from the output comparison too (at most one
-//    per case is allowed, else the case fails).
-//  * with bf16 activations (the official engine's rounding, Variants) or a bf16
-//    latent cache: 5e-2
-//    relative for composites, 1e-2 for a linear. Both backends round at the
-//    same points, but a float difference of 1e-7 before a rounding flips the
-//    bf16 result by one bf16 ulp (2^-8 relative) some of the time, and a
-//    flipped element propagates through the following ops.
+// The cases and their tolerances, each with its reason, are in
+// include/dsv3/tools/backend_check.hpp (BackendCheck), which research code
+// can run on a backend of its own.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -52,10 +32,12 @@
 #include <dsv3/make_model.hpp>
 #include <dsv3/model.hpp>
 #include <dsv3/reference/backend.hpp>
+#include <dsv3/tools/backend_check.hpp>
 
 #include "test_util.hpp"
 
 using namespace dsv3;
+using namespace dsv3::check;
 
 namespace {
 
@@ -90,309 +72,10 @@ const std::string& model_dir(const std::string& fmt) {
 }
 
 template <class T>
-Mat<T> random_rows(int64_t n, int64_t d, uint64_t seed, double scale = 1.0) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<double> nd(0, scale);
-  Mat<T> x = empty<T>(n, d);
-  for (auto& a : x) a = T(nd(g));
-  return x;
-}
-
-template <class T>
-double max_abs(const Mat<T>& a) {
-  double m = 0;
-  for (auto v : a) m = std::max(m, std::fabs(double(v)));
-  return m;
-}
-
-// max |a − r| / max |r| over the rows not excluded.
-template <class T>
-double rel_err(const Mat<T>& a, const Mat<T>& r, const std::vector<bool>& skip_row = {}) {
-  REQUIRE(a.shape() == r.shape());
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < rows(r); ++i) {
-    if (!skip_row.empty() && skip_row[std::size_t(i)]) continue;
-    for (int64_t j = 0; j < cols(r); ++j) {
-      if (!std::isfinite(double(a(i, j)))) return INFINITY;
-      num = std::max(num, std::fabs(double(a(i, j)) - double(r(i, j))));
-      den = std::max(den, std::fabs(double(r(i, j))));
-    }
-  }
-  return den > 0 ? num / den : num;
-}
-
-// What one backend did on the suite: each case's error against its tolerance.
-struct Tally {
-  std::string backend;
-  int passed = 0, failed = 0, unsupported = 0;
-  std::map<std::string, double> worst;  // op -> largest err/tol seen
-  std::vector<std::string> failures;
-
-  void record(const std::string& op, const std::string& what, double err, double tol) {
-    const bool ok = err <= tol;
-    (ok ? passed : failed)++;
-    worst[op] = std::max(worst[op], tol > 0 ? err / tol : (err > 0 ? INFINITY : 0.0));
-    if (!ok) failures.push_back(op + " " + what + ": error " + std::to_string(err) + " > tolerance " + std::to_string(tol));
-  }
-  void not_supported(const std::string& op, const std::string& what) {
-    unsupported++;
-    MESSAGE(backend, ": ", op, " ", what, ": not supported (not counted as passed)");
-  }
-  void report() const {
-    std::string line = backend + ": " + std::to_string(passed) + " cases passed, " + std::to_string(failed) +
-                       " failed, " + std::to_string(unsupported) + " not supported; worst err/tol per op:";
-    for (const auto& [op, w] : worst) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, " %s %.3g", op.c_str(), w);
-      line += buf;
-    }
-    MESSAGE(line);
-    for (const auto& f : failures) MESSAGE(backend, ": FAILED ", f);
-  }
-};
-
-template <class T>
-struct Tol {
-  static constexpr bool f64 = std::is_same_v<T, double>;
-  double linear(bool bf16) const { return f64 ? 1e-12 : bf16 ? 1e-2 : 1e-5; }
-  double composite(bool bf16) const { return f64 ? 1e-12 : bf16 ? 5e-2 : 2e-5; }
-};
-
-template <class T>
-struct Suite {
-  const Backend<T>& be;
-  ReferenceBackend<T> ref;
-  Tally& tally;
-  Tol<T> tol;
-
-  // -- linear: per element, relative to Σ|x w| ------------------------------
-  void linear_case(const std::string& fmt, const Linear& W, int64_t n, const Variants& v, const std::string& tag) {
-    const std::string what = fmt + " " + W.name() + " n=" + std::to_string(n) + tag;
-    if (!be.supports(Op::linear, W.weight.dtype)) return tally.not_supported("linear", what);
-    const Mat<T> x = random_rows<T>(n, W.in(), uint64_t(n * 131 + W.out()));
-    const Mat<T> y = be.linear(x, W, v), r = ref.linear(x, W, v);
-    tally.record("linear", what, linear_err(x, W, y, r, v), tol.linear(v.bf16_activations));
-  }
-  double linear_err(const Mat<T>& x, const Linear& W, const Mat<T>& y, const Mat<T>& r, const Variants& v) {
-    REQUIRE(y.shape() == r.shape());
-    std::vector<double> w(static_cast<std::size_t>(W.in()));
-    double worst = 0;
-    for (int64_t o = 0; o < W.out(); ++o) {
-      reference::dequant_row(W, o, v, w.data());
-      for (int64_t i = 0; i < rows(x); ++i) {
-        double mag = 0;
-        for (int64_t k = 0; k < W.in(); ++k) mag += std::fabs(double(x(i, k)) * w[std::size_t(k)]);
-        if (v.bf16_activations) mag = std::max(mag, std::fabs(double(r(i, o))));  // bf16 ulps are relative to y
-        const double e = std::fabs(double(y(i, o)) - double(r(i, o)));
-        worst = std::max(worst, std::isfinite(e) ? e / std::max(mag, 1e-30) : INFINITY);
-      }
-    }
-    return worst;
-  }
-
-  void linear_many_case(const std::string& fmt, const std::vector<const Linear*>& ws, const std::vector<int64_t>& ns) {
-    std::string what = fmt + " linear_many n=";
-    for (int64_t n : ns) what += std::to_string(n) + ",";
-    for (const Linear* w : ws)
-      if (!be.supports(Op::linear, w->weight.dtype)) return tally.not_supported("linear_many", what);
-    std::vector<Mat<T>> xs;
-    for (std::size_t j = 0; j < ws.size(); ++j) xs.push_back(random_rows<T>(ns[j], ws[j]->in(), 900 + j));
-    std::vector<LinearJob<T>> jobs;
-    for (std::size_t j = 0; j < ws.size(); ++j) jobs.push_back({&xs[j], ws[j]});
-    const std::vector<Mat<T>> ys = be.linear_many(jobs, {});
-    REQUIRE(ys.size() == ws.size());
-    double worst = 0;
-    for (std::size_t j = 0; j < ws.size(); ++j)
-      worst = std::max(worst, linear_err(xs[j], *ws[j], ys[j], ref.linear(xs[j], *ws[j], {}), {}));
-    tally.record("linear_many", what, worst, tol.linear(false));
-  }
-
-  // -- row-wise ops: exact ------------------------------------------------------
-  void rowwise_cases(const std::string& fmt, const Model<T>& m) {
-    const Config& c = m.config();
-    const ModelWeights& w = m.weights();
-    const std::vector<int32_t> ids = {0, 5, int32_t(c.vocab_size - 1), 5};
-    if (be.supports(Op::embed, w.embed_tokens.weight.dtype))
-      tally.record("embed", fmt, rel_err(be.embed(w.embed_tokens, ids, {}), ref.embed(w.embed_tokens, ids, {})), 0);
-    else
-      tally.not_supported("embed", fmt);
-    for (int64_t n : {1, 5, 70}) {
-      const Mat<T> x = random_rows<T>(n, c.hidden_size, 77 + n, 3.0);
-      if (be.supports(Op::rms_norm, w.norm.dtype))
-        tally.record("rms_norm", fmt + " n=" + std::to_string(n),
-                     rel_err(be.rms_norm(x, w.norm, c.rms_norm_eps, {}), ref.rms_norm(x, w.norm, c.rms_norm_eps, {})), 0);
-      const int64_t H = c.num_attention_heads, dq = c.qk_head_dim();
-      Mat<T> q = random_rows<T>(n, H * dq, 99 + n), q_ref = q;
-      std::vector<RopeRow> rope;
-      const auto f = rope_inv_freq(c);
-      for (int64_t i = 0; i < n; ++i) rope.push_back(rope_row(f, 4000 + 37 * i));  // past original_max_position_embeddings
-      if (!be.supports(Op::rope)) {
-        tally.not_supported("rope", fmt);
-        continue;
-      }
-      be.rope(q, c.qk_nope_head_dim, c.qk_rope_head_dim, dq, rope, c.rope_interleave);
-      ref.rope(q_ref, c.qk_nope_head_dim, c.qk_rope_head_dim, dq, rope, c.rope_interleave);
-      tally.record("rope", fmt + " n=" + std::to_string(n), rel_err(q, q_ref), 0);
-    }
-  }
-
-  // -- attention: both forms, caches of several lengths, bf16 cache, chunks ---
-  void mla_case(const std::string& fmt, const Model<T>& m, AttnForm form, int64_t start, int64_t n, bool bf16_cache,
-                int64_t chunk, const Variants& v) {
-    const Config& c = m.config();
-    const AttentionWeights& w = m.weights().layers[1].self_attn;
-    const char* fname = form == AttnForm::absorb ? "absorb" : form == AttnForm::naive ? "naive" : "auto";
-    const std::string what = fmt + " " + fname + " start=" + std::to_string(start) + " n=" + std::to_string(n) +
-                             (bf16_cache ? " bf16-cache" : "") + (chunk ? " chunk=" + std::to_string(chunk) : "") +
-                             (v.bf16_activations ? " bf16-act" : "");
-    if (!be.supports(Op::attention_mla, w.kv_b_proj.weight.dtype)) return tally.not_supported("attention_mla", what);
-    const auto f = rope_inv_freq(c);
-    std::vector<RopeRow> rope_all;
-    for (int64_t p = 0; p < start + n; ++p) rope_all.push_back(rope_row(f, p));
-    const Mat<T> x_all = random_rows<T>(start + n, c.hidden_size, 500 + start * 7 + n);
-    // the cached prefix, written by the reference, the same for both
-    LatentCache<T> prefix;
-    prefix.bf16 = bf16_cache;
-    if (start > 0)
-      ref.attention_mla(ref, c, w, take_rows(x_all, 0, start), prefix, 0,
-                        std::vector<RopeRow>(rope_all.begin(), rope_all.begin() + start), AttnForm::absorb, Trace(), 1, v);
-    LatentCache<T> cb = prefix, cr = prefix;
-    const Mat<T> x = take_rows(x_all, start, start + n);
-    const std::vector<RopeRow> rope(rope_all.begin() + start, rope_all.end());
-    const Mat<T> r = ref.attention_mla(ref, c, w, x, cr, start, rope, form, Trace(), 1, v);
-    Mat<T> y = empty<T>(n, c.hidden_size);
-    const int64_t step = chunk > 0 ? chunk : n;
-    for (int64_t s = 0; s < n; s += step) {  // the backend may run the new tokens in chunks
-      const int64_t e = std::min(n, s + step);
-      const Mat<T> part = be.attention_mla(be, c, w, take_rows(x, s, e), cb, start + s,
-                                           std::vector<RopeRow>(rope.begin() + s, rope.begin() + e), form, Trace(), 1, v);
-      std::copy(part.begin(), part.end(), y.begin() + s * c.hidden_size);
-    }
-    const double err = rel_err(y, r);
-    // the cache rows appended: [c_kv | k_pe] per new position
-    std::vector<T> sb, sr;
-    const int64_t width = c.kv_cache_width();
-    const T* kb = cb.read(sb);
-    const T* kr = cr.read(sr);
-    double cache_num = 0, cache_den = 0;
-    for (int64_t i = start * width; i < (start + n) * width; ++i) {
-      cache_num = std::max(cache_num, std::fabs(double(kb[i]) - double(kr[i])));
-      cache_den = std::max(cache_den, std::fabs(double(kr[i])));
-    }
-    // a bf16 cache rounds each new row once: like bf16 activations, a float
-    // difference can flip one element's rounding by a bf16 ulp
-    tally.record("attention_mla", what, std::max(err, cache_num / cache_den), tol.composite(v.bf16_activations || bf16_cache));
-  }
-
-  // -- MoE: experts with 0/1/many tokens, routing compared, near-ties --------
-  void moe_case(const std::string& fmt, const Model<T>& m, const MoEWeights& w, const Mat<T>& x, const Variants& v,
-                const std::string& tag) {
-    const Config& c = m.config();
-    const std::string what = fmt + " n=" + std::to_string(rows(x)) + tag;
-    const DType dt = w.experts.empty() ? DType::F32 : w.experts[0].gate_proj.weight.dtype;
-    if (!be.supports(Op::moe, dt)) return tally.not_supported("moe", what);
-    std::map<std::string, std::vector<double>> tb, tr;
-    auto keep = [](const std::string& s) { return s == "topk_ids" || s == "topk_margin"; };
-    const Mat<T> y = be.moe(be, c, w, x, Trace([&](TraceRecord&& t) { tb[t.name] = t.data; }, keep), 1, 0, v);
-    const Mat<T> r = ref.moe(ref, c, w, x, Trace([&](TraceRecord&& t) { tr[t.name] = t.data; }, keep), 1, 0, v);
-    const int64_t n = rows(x), K = int64_t(tr["topk_ids"].size()) / n;
-    std::vector<bool> near_tie(static_cast<std::size_t>(n), false);
-    int64_t ties = 0, id_mismatch = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      near_tie[std::size_t(i)] = tr["topk_margin"][std::size_t(i)] <= 1e-5;
-      ties += near_tie[std::size_t(i)];
-      for (int64_t j = 0; j < K && !near_tie[std::size_t(i)]; ++j)
-        id_mismatch += tb["topk_ids"][std::size_t(i * K + j)] != tr["topk_ids"][std::size_t(i * K + j)];
-    }
-    tally.record("moe routing", what + " (ids differing on clear margins)", double(id_mismatch), 0);
-    tally.record("moe routing", what + " (near-tie tokens, at most 1)", double(std::max<int64_t>(0, ties - 1)), 0);
-    tally.record("moe", what, rel_err(y, r, near_tie), tol.composite(v.bf16_activations));
-  }
-
-  // Exact ties: a zero input with no router bias scores every expert 0.5, so
-  // the selection is decided by tie-breaking alone (the lower expert id, the
-  // lower group), on every backend.
-  void moe_tie_case(const std::string& fmt, const Model<T>& m) {
-    MoEWeights w = *m.weights().layers[1].moe;
-    w.gate.e_score_correction_bias.reset();
-    const Mat<T> x = zeros<T>(3, m.config().hidden_size);
-    std::vector<double> ids_b, ids_r;
-    auto keep = [](const std::string& s) { return s == "topk_ids"; };
-    const DType dt = w.experts[0].gate_proj.weight.dtype;
-    if (!be.supports(Op::moe, dt)) return tally.not_supported("moe", fmt + " exact ties");
-    be.moe(be, m.config(), w, x, Trace([&](TraceRecord&& t) { ids_b = t.data; }, keep), 1, 0, {});
-    ref.moe(ref, m.config(), w, x, Trace([&](TraceRecord&& t) { ids_r = t.data; }, keep), 1, 0, {});
-    double diff = ids_b.size() == ids_r.size() ? 0 : 1;
-    for (std::size_t i = 0; i < std::min(ids_b.size(), ids_r.size()); ++i) diff += ids_b[i] != ids_r[i];
-    // and the tie-break is the documented one: experts 0..K-1 (groups 0, 1 first)
-    for (int64_t j = 0; j < int64_t(ids_r.size()) / 3; ++j) diff += ids_r[std::size_t(j)] != double(j);
-    tally.record("moe routing", fmt + " exact ties", diff, 0);
-  }
-
-  void mlp_case(const std::string& fmt, const Model<T>& m, const MLPWeights& w, int64_t n, const std::string& which,
-                const Variants& v) {
-    const std::string what = fmt + " " + which + " n=" + std::to_string(n) + (v.bf16_activations ? " bf16-act" : "");
-    if (!be.supports(Op::mlp, w.gate_proj.weight.dtype)) return tally.not_supported("mlp", what);
-    const Mat<T> x = random_rows<T>(n, m.config().hidden_size, 300 + n);
-    tally.record("mlp", what, rel_err(be.mlp(be, w, x, v), ref.mlp(ref, w, x, v)), tol.composite(v.bf16_activations));
-  }
-
-  void run(const std::string& fmt, const Model<T>& m, bool quick) {
-    const ModelWeights& w = m.weights();
-    const LayerWeights& L0 = w.layers[0];
-    const LayerWeights& L1 = w.layers[1];
-    Variants bf16;
-    bf16.bf16_activations = true;
-    bf16.router_precision = "bf16";
-    bf16.rmsnorm_rounding = "hf";
-    // linear: 1–4 rows (fused decode kernel), 5+ (prefill bands), 130 (several row blocks)
-    const std::vector<const Linear*> lins = {&*L0.self_attn.q_a_proj, &L0.self_attn.kv_b_proj,
-                                             &L1.moe->experts[3].down_proj, &w.lm_head};
-    for (const Linear* W : lins)
-      for (int64_t n : {1, 2, 3, 4, 5, 64, 130}) linear_case(fmt, *W, n, {}, "");
-    linear_case(fmt, *L0.self_attn.q_a_proj, 3, bf16, " bf16-act");
-    linear_case(fmt, *L0.self_attn.q_a_proj, 9, bf16, " bf16-act");
-    if (fmt == "fp8") {
-      Variants w8a8, dq;
-      w8a8.fp8_w8a8 = true;
-      dq.fp8_dequant_bf16 = true;
-      for (int64_t n : {1, 9}) {
-        linear_case(fmt, L1.moe->experts[3].down_proj, n, w8a8, " w8a8");
-        linear_case(fmt, L1.moe->experts[3].down_proj, n, dq, " dequant-bf16");
-      }
-    }
-    // linear_many: all decode-sized (one shared round), and mixed (whole jobs)
-    linear_many_case(fmt, {&L1.moe->experts[0].gate_proj, &L1.moe->experts[5].up_proj, &L1.moe->experts[9].down_proj}, {1, 4, 2});
-    linear_many_case(fmt, {&L1.moe->experts[0].gate_proj, &L1.moe->experts[5].up_proj, &L1.moe->experts[9].down_proj}, {2, 40, 7});
-    rowwise_cases(fmt, m);
-    // attention: decode after caches of several lengths, prefill across row blocks, chunks
-    const std::vector<std::pair<int64_t, int64_t>> spans =
-        quick ? std::vector<std::pair<int64_t, int64_t>>{{0, 5}, {6, 1}, {66, 70}}
-              : std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {0, 4}, {0, 70}, {5, 1}, {5, 3}, {70, 1}, {66, 70}};
-    for (AttnForm form : {AttnForm::absorb, AttnForm::naive, AttnForm::automatic})
-      for (const auto& [start, n] : spans) mla_case(fmt, m, form, start, n, false, 0, {});
-    mla_case(fmt, m, AttnForm::absorb, 5, 3, true, 0, {});
-    mla_case(fmt, m, AttnForm::naive, 66, 70, true, 0, {});
-    mla_case(fmt, m, AttnForm::automatic, 3, 70, false, 16, {});
-    mla_case(fmt, m, AttnForm::absorb, 5, 3, false, 0, bf16);
-    // MoE: 1 token (most experts idle), 3–4 (fused decode), 40 (experts with many tokens)
-    for (int64_t n : {1, 3, 4, 40}) moe_case(fmt, m, *L1.moe, random_rows<T>(n, m.config().hidden_size, 40 + n), {}, "");
-    moe_case(fmt, m, *L1.moe, random_rows<T>(6, m.config().hidden_size, 46), bf16, " bf16-act+router");
-    Variants mask0;
-    mask0.group_mask_fill = "0";
-    moe_case(fmt, m, *L1.moe, random_rows<T>(8, m.config().hidden_size, 48), mask0, " mask-fill-0");
-    moe_tie_case(fmt, m);
-    for (int64_t n : {1, 4, 9}) mlp_case(fmt, m, *L0.mlp, n, "dense", {});
-    mlp_case(fmt, m, *L1.moe->shared_experts, 5, "shared", {});
-    mlp_case(fmt, m, *L0.mlp, 3, "dense", bf16);
-  }
-};
-
-template <class T>
 Tally run_suite(const NamedBackend<T>& nb, bool quick) {
   Tally tally;
   tally.backend = nb.name + (std::is_same_v<T, double> ? " (f64)" : " (f32)");
-  Suite<T> s{*nb.be, {}, tally, {}};
+  BackendCheck<T> s{*nb.be, {}, tally, {}};
   for (const char* fmt : kFormats) {
     Model<T> m(model_dir(fmt));
     s.run(fmt, m, quick);
@@ -406,7 +89,7 @@ TEST_SUITE("backend_ops") {
 TEST_CASE("every backend matches the reference op by op (f32)") {
   for (const auto& nb : backends_under_test<float>()) {
     const Tally t = run_suite(nb, false);
-    t.report();
+    MESSAGE(t.report());
     CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
     CHECK_MESSAGE(t.passed > 0, t.backend, ": no case ran");
   }
@@ -415,7 +98,7 @@ TEST_CASE("every backend matches the reference op by op (f32)") {
 TEST_CASE("every backend matches the reference op by op (f64)") {
   for (const auto& nb : backends_under_test<double>()) {
     const Tally t = run_suite(nb, true);
-    t.report();
+    MESSAGE(t.report());
     CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
     CHECK_MESSAGE(t.passed > 0, t.backend, ": no case ran");
   }
@@ -452,13 +135,13 @@ TEST_CASE("the suite catches a broken kernel and reports unsupported cases") {
   declined.backend = "no-fp8";
   Model<float> m(model_dir("fp8"));
   EdgeBlockBroken eb;
-  Suite<float> s{eb, {}, broken, {}};
+  BackendCheck<float> s{eb, {}, broken, {}};
   const Linear& q_a = *m.weights().layers[0].self_attn.q_a_proj;  // FP8 [96, 160]: column blocks 128 + 32
   s.linear_case("fp8", q_a, 3, {}, "");
   s.linear_case("fp8", q_a, 40, {}, "");
   CHECK(broken.failed == 2);
   NoFp8 nf;
-  Suite<float> s2{nf, {}, declined, {}};
+  BackendCheck<float> s2{nf, {}, declined, {}};
   s2.linear_case("fp8", q_a, 3, {}, "");
   s2.mlp_case("fp8", m, *m.weights().layers[0].mlp, 2, "dense", {});
   CHECK(declined.unsupported == 2);
@@ -502,5 +185,43 @@ TEST_CASE("Dispatch sends each op to the primary when it supports it, else to th
   CHECK(primary->linears > 3 * m.config().num_hidden_layers);
   CHECK(primary->other == 0);
   CHECK(rel_err(mixed, cpu) <= 2e-5);
+}
+}  // TEST_SUITE
+
+TEST_SUITE("backend_ops") {
+// The edit hook (Trace editor) acts at the same points on every backend: a
+// forced routing, a zeroed head and a patched residual give the same logits on
+// the CPU backend as on the reference (to the composite tolerance), and an
+// edit that names no expert is an error naming the layer and token.
+TEST_CASE("trace edits act the same on every backend") {
+  Model<float> m(model_dir("f32"));
+  const std::vector<int32_t> ids = {3, 1, 4, 1, 5, 9};
+  const int64_t L = m.config().first_k_dense_replace, K = m.config().num_experts_per_tok, dv = m.config().v_head_dim;
+  Trace edits(nullptr, nullptr, [&](TraceRecord& r) {
+    if (r.name == "topk_ids" && r.layer == L)
+      for (int64_t j = 0; j < K; ++j) r.data[std::size_t(2 * K + j)] = double(K - 1 - j);  // token 2: experts K-1..0
+    if (r.name == "attn_out" && r.layer == 0)
+      for (int64_t i = 0; i < r.shape[0]; ++i) std::fill_n(r.data.begin() + i * r.shape[1], dv, 0.0);  // head 0
+    if (r.name == "resid_ffn" && r.layer == 0) r.data.back() += 1.0;
+  });
+  std::vector<double> forced_ids;
+  Trace seen([&](TraceRecord&& r) { if (r.layer == L) forced_ids = r.data; },
+             [&](const std::string& n) { return n == "topk_ids"; }, edits.editor());
+  auto c1 = m.new_cache();
+  const Mat<float> plain = m.forward(ids, c1);
+  auto c2 = m.new_cache();
+  const Mat<float> cpu = m.forward(ids, c2, {}, seen);
+  m.set_backend(std::make_shared<ReferenceBackend<float>>());
+  auto c3 = m.new_cache();
+  const Mat<float> ref = m.forward(ids, c3, {}, edits);
+  CHECK(rel_err(cpu, ref) <= 2e-5);
+  CHECK(rel_err(cpu, plain) > 1e-3);                                   // the edits took effect
+  REQUIRE(forced_ids.size() == std::size_t(int64_t(ids.size()) * K));  // the sink sees the edited routing
+  CHECK(forced_ids[std::size_t(2 * K)] == double(K - 1));
+  Trace bad(nullptr, nullptr, [&](TraceRecord& r) {
+    if (r.name == "topk_ids") r.data[1] = r.data[0];
+  });
+  auto c4 = m.new_cache();
+  CHECK_THROWS_WITH_AS(m.forward(ids, c4, {}, bad), doctest::Contains("token 0: topk_ids edited to expert"), Error);
 }
 }  // TEST_SUITE

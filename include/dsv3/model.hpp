@@ -1,4 +1,4 @@
-// dsv3/model.hpp — the DeepSeek-V3 transformer (model-semantics §3).
+// dsv3/model.hpp — the DeepSeek-V3 transformer (docs/semantics.md §3).
 //
 //   h = Embed[ids]                                       [n, D]
 //   for each layer L:
@@ -53,7 +53,7 @@ struct KVCache {
   }
 };
 
-// Multi-token prediction options (model-semantics §10).
+// Multi-token prediction options (docs/semantics.md §10).
 struct MTPOptions {
   // vLLM deepseek_mtp.py DeepSeekMultiTokenPredictorLayer.forward zeroes the
   // embedding at position 0 ("masking inputs at position 0"); SGLang
@@ -114,7 +114,7 @@ class Model {
         fail("forward: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
 
     Mat<T> h = be_.embed(w_.embed_tokens, ids, v_);  // a plain row lookup, no scaling
-    trace.emit("embed", -1, start, n, D, h.data());
+    trace.edit("embed", -1, start, n, D, h.data());
 
     const std::vector<RopeRow> rope = rope_rows(start, n);
     for (int64_t L = 0; L < c.num_hidden_layers; ++L)
@@ -128,9 +128,9 @@ class Model {
       std::copy_n(&h(n - 1, 0), D, last.data());
     }
     Mat<T> hn = be_.rms_norm(last, w_.norm, c.rms_norm_eps, v_);
-    trace.emit("final_norm", -1, opt.all_logits ? start : start + n - 1, rows(hn), D, hn.data());
+    trace.edit("final_norm", -1, opt.all_logits ? start : start + n - 1, rows(hn), D, hn.data());
     Mat<T> logits = be_.linear(hn, w_.lm_head, v_);
-    trace.emit("logits", -1, opt.all_logits ? start : start + n - 1, rows(logits), cols(logits),
+    trace.edit("logits", -1, opt.all_logits ? start : start + n - 1, rows(logits), cols(logits),
                logits.data());
     return logits;
   }
@@ -174,7 +174,7 @@ class Model {
     }
     Mat<T> u = be_.linear(cat, m.eh_proj, v_);
     const int64_t L = c.num_hidden_layers;  // trace layer index of the MTP block
-    trace.emit("mtp_eh_proj", L, start, n, D, u.data());
+    trace.edit("mtp_eh_proj", L, start, n, D, u.data());
     block_forward(m.block, u, cache.layers[0], start, rope_rows(start, n), o.attn, trace, L);
     cache.length = start + n;
     Mat<T> logits = be_.linear(be_.rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), m.shared_head_head, v_);
@@ -196,17 +196,17 @@ class Model {
     const Config& c = config_;
     const int64_t n = rows(h), D = cols(h);
     Mat<T> a_in = be_.rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
-    trace.emit("attn_norm", L, start, n, D, a_in.data());
+    trace.edit("attn_norm", L, start, n, D, a_in.data());
     h += be_.attention_mla(be_, c, lw.self_attn, a_in, cache, start, rope, attn, trace, L, v_);
     round_act(v_, h);
-    trace.emit("resid_attn", L, start, n, D, h.data());
+    trace.edit("resid_attn", L, start, n, D, h.data());
     Mat<T> f_in = be_.rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
-    trace.emit("ffn_norm", L, start, n, D, f_in.data());
+    trace.edit("ffn_norm", L, start, n, D, f_in.data());
     Mat<T> f = lw.moe ? be_.moe(be_, c, *lw.moe, f_in, trace, L, start, v_) : be_.mlp(be_, *lw.mlp, f_in, v_);
-    trace.emit("ffn_out", L, start, n, D, f.data());
+    trace.edit("ffn_out", L, start, n, D, f.data());
     h += f;
     round_act(v_, h);
-    trace.emit("resid_ffn", L, start, n, D, h.data());
+    trace.edit("resid_ffn", L, start, n, D, h.data());
   }
 
   Config config_;

@@ -1,9 +1,14 @@
-// dsv3/trace.hpp — the observation hook of the forward pass.
+// dsv3/trace.hpp — the observation and intervention hooks of the forward pass.
 //
-// The forward pass calls `trace.emit(name, layer, rows, cols, data)` at named
-// points (e.g. "attn_norm", "router_scores", "topk_ids"; layer −1 for global
-// tensors). With no sink installed `enabled()` is false and nothing is copied:
-// tracing costs one branch per point when off.
+// The forward pass calls `trace.emit(name, layer, start_pos, rows, cols, data)`
+// at named points (e.g. "attn_norm", "router_scores", "topk_ids"; layer −1 for
+// global tensors; docs/trace-names.md lists them). A Sink receives a copy of
+// each. An Editor (research: force a token's experts, zero a head, patch an
+// activation) receives the value at the points the pass calls through
+// `trace.edit` — the ones it reads again afterwards — and what the editor
+// writes back is what the forward pass continues with, on every backend. With
+// neither installed `enabled()` is false and nothing is copied: the hooks cost
+// one branch per point when off.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +16,8 @@
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "error.hpp"
 
 namespace dsv3 {
 
@@ -25,11 +32,37 @@ struct TraceRecord {
 class Trace {
  public:
   using Sink = std::function<void(TraceRecord&&)>;
-  // `filter(name)` says which names to keep (default: all).
-  explicit Trace(Sink sink = nullptr, std::function<bool(const std::string&)> filter = nullptr)
-      : sink_(std::move(sink)), filter_(std::move(filter)) {}
+  // Sees an editable point's value (as doubles) and may change it in place;
+  // the shape must stay as it is.
+  using Editor = std::function<void(TraceRecord&)>;
+  // `filter(name)` says which names the sink keeps (default: all); the editor
+  // sees every editable point.
+  explicit Trace(Sink sink = nullptr, std::function<bool(const std::string&)> filter = nullptr,
+                 Editor editor = nullptr)
+      : sink_(std::move(sink)), filter_(std::move(filter)), editor_(std::move(editor)) {}
 
-  bool enabled() const { return bool(sink_); }
+  bool enabled() const { return bool(sink_) || bool(editor_); }
+  const Editor& editor() const { return editor_; }
+
+  // An editable point: the editor (if any) may change data[rows·cols] in
+  // place, then the sink sees the value the pass goes on with.
+  template <class V>
+  void edit(const char* name, int64_t layer, int64_t start_pos, int64_t rows, int64_t cols, V* data) const {
+    if (editor_) {
+      TraceRecord r;
+      r.name = name;
+      r.layer = layer;
+      r.start_pos = start_pos;
+      r.shape = {rows, cols};
+      r.data.assign(data, data + rows * cols);
+      editor_(r);
+      if (r.data.size() != std::size_t(rows * cols))
+        fail("trace editor changed the size of '", name, "' (layer ", layer, "): ", r.data.size(), " values, expected ",
+             rows * cols);
+      for (int64_t i = 0; i < rows * cols; ++i) data[i] = V(r.data[std::size_t(i)]);
+    }
+    emit(name, layer, start_pos, rows, cols, static_cast<const V*>(data));
+  }
 
   template <class V>
   void emit(const char* name, int64_t layer, int64_t start_pos, int64_t rows, int64_t cols,
@@ -61,6 +94,7 @@ class Trace {
  private:
   Sink sink_;
   std::function<bool(const std::string&)> filter_;
+  Editor editor_;
 };
 
 }  // namespace dsv3

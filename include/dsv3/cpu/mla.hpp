@@ -41,9 +41,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   Mat<T> q;
   if (w.q_a_proj) {
     Mat<T>& q_a = xa[0];                                                 // [n, q_lora]
-    trace.emit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
+    trace.edit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
     Mat<T> c_q = be.rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
-    trace.emit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
+    trace.edit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
     q = be.linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
   } else {
     q = std::move(xa[0]);                                                // [n, H*dq]
@@ -57,12 +57,12 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   // -- latent kv for the new tokens, appended to the cache
   const Mat<T>& kv = xa[1];                                             // [n, r + dr]
   Mat<T> c_kv = be.rms_norm(take_cols(kv, 0, r), w.kv_a_layernorm, c.rms_norm_eps, v);
-  trace.emit("c_kv", layer, start_pos, n, r, c_kv.data());
+  trace.edit("c_kv", layer, start_pos, n, r, c_kv.data());
   Mat<T> k_pe = take_cols(kv, r, dr);
-  trace.emit("k_pe", layer, start_pos, n, dr, k_pe.data());
+  trace.edit("k_pe", layer, start_pos, n, dr, k_pe.data());
   be.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
   round_act(v, k_pe);
-  trace.emit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
+  trace.edit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
   cache.append(c_kv.data(), k_pe.data(), n, r, dr);
   const int64_t t = start_pos + n;   // positions visible to the last token
   const int64_t dl = r + dr;         // one cache row: [c_kv | k_pe]
@@ -154,9 +154,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     }
   }
   round_act(v, o);
-  trace.emit("attn_out", layer, start_pos, n, H * dv, o.data());
+  trace.edit("attn_out", layer, start_pos, n, H * dv, o.data());
   Mat<T> out = be.linear(o, w.o_proj, v);                                 // [n, D]
-  trace.emit("attn_o_proj", layer, start_pos, n, cols(out), out.data());
+  trace.edit("attn_o_proj", layer, start_pos, n, cols(out), out.data());
   return out;
 }
 

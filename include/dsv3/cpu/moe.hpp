@@ -130,9 +130,9 @@ inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, co
       reference::add_weighted(dst, T(r.weights[ij]), &out[slot[std::size_t(r.ids[ij])]](row_in[ij], 0), D, v);
     }
   }
-  trace.emit("routed_out", layer, start_pos, n, D, y.data());
+  trace.edit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
-    trace.emit("shared_out", layer, start_pos, n, D, shared.data());
+    trace.edit("shared_out", layer, start_pos, n, D, shared.data());
 #pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
     for (int64_t i = 0; i < n; ++i)
       for (int64_t d = 0; d < D; ++d) y(i, d) += shared(i, d);

@@ -1,5 +1,5 @@
 // dsv3/reference/mla.hpp — Multi-head Latent Attention as the report writes it
-// (DeepSeek-V3 report §2.1.1, eqs. 1–11; model-semantics §5), one token and
+// (DeepSeek-V3 report §2.1.1, eqs. 1–11; docs/semantics.md §5), one token and
 // one head at a time. Symbols (config.hpp legend): h_t the input row, d_c =
 // kv_lora_rank, d_c' = q_lora_rank, d_h = qk_nope_head_dim (the "content"
 // part of a query/key head), d_h^R = qk_rope_head_dim, n_h heads, d_v = v_head_dim.
@@ -72,9 +72,9 @@ inline Mat<T> mla(const Backend<T>& ops, const Config& c, const AttentionWeights
   Mat<T> q;
   if (w.q_a_proj) {
     Mat<T> q_a = ops.linear(x, *w.q_a_proj, v);                      // eq. (6)  W^DQ h_t      [n, d_c']
-    trace.emit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
+    trace.edit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
     Mat<T> c_q = ops.rms_norm(q_a, *w.q_a_layernorm, eps, v);        //          c_t^Q         [n, d_c']
-    trace.emit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
+    trace.edit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
     q = ops.linear(c_q, *w.q_b_proj, v);                             // eqs. (7), (8): W^UQ c^Q, W^QR c^Q
   } else {
     q = ops.linear(x, *w.q_proj, v);                                 // q_lora_rank null: one W^Q
@@ -87,13 +87,13 @@ inline Mat<T> mla(const Backend<T>& ops, const Config& c, const AttentionWeights
 
   // -- the latent kv of the new tokens, appended to the cache
   const Mat<T> kv = ops.linear(x, w.kv_a_proj_with_mqa, v);          // eqs. (1), (3): [W^DKV h | W^KR h]
-  const Mat<T> c_kv = ops.rms_norm(take_cols(kv, 0, d_c), w.kv_a_layernorm, eps, v);  // eq. (1) c_t^KV [n, d_c]
-  trace.emit("c_kv", layer, start_pos, n, d_c, c_kv.data());
+  Mat<T> c_kv = ops.rms_norm(take_cols(kv, 0, d_c), w.kv_a_layernorm, eps, v);  // eq. (1) c_t^KV [n, d_c]
+  trace.edit("c_kv", layer, start_pos, n, d_c, c_kv.data());
   Mat<T> k_pe = take_cols(kv, d_c, d_hR);                            //          W^KR h_t      [n, d_h^R]
-  trace.emit("k_pe", layer, start_pos, n, d_hR, k_pe.data());
+  trace.edit("k_pe", layer, start_pos, n, d_hR, k_pe.data());
   ops.rope(k_pe, /*col0=*/0, /*width=*/d_hR, /*stride=*/d_hR, rope, c.rope_interleave);  // eq. (3) k_t^R
   round_act(v, k_pe);
-  trace.emit("k_pe_rope", layer, start_pos, n, d_hR, k_pe.data());
+  trace.edit("k_pe_rope", layer, start_pos, n, d_hR, k_pe.data());
   cache.append(c_kv.data(), k_pe.data(), n, d_c, d_hR);
 
   const int64_t t_all = start_pos + n;                               // positions in the cache
@@ -155,9 +155,9 @@ inline Mat<T> mla(const Backend<T>& ops, const Config& c, const AttentionWeights
     }
   }
   round_act(v, o);
-  trace.emit("attn_out", layer, start_pos, n, n_h * d_v, o.data());
+  trace.edit("attn_out", layer, start_pos, n, n_h * d_v, o.data());
   Mat<T> u = ops.linear(o, w.o_proj, v);                             // eq. (11) u_t = W^O [o_t,1; …; o_t,n_h]
-  trace.emit("attn_o_proj", layer, start_pos, n, cols(u), u.data());
+  trace.edit("attn_o_proj", layer, start_pos, n, cols(u), u.data());
   return u;
 }
 

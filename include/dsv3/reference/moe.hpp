@@ -1,5 +1,5 @@
 // dsv3/reference/moe.hpp — DeepSeekMoE as the report writes it (DeepSeek-V3
-// report §2.1.2, eqs. 12–16; model-semantics §6–7), one token at a time.
+// report §2.1.2, eqs. 12–16; docs/semantics.md §6–7), one token at a time.
 // Symbols: u_t the input row, N_s shared and N_r routed experts, K_r =
 // num_experts_per_tok, e_i expert i's router row (gate.weight), b_i its
 // bias (e_score_correction_bias), M groups (n_group) of which topk_group are kept.
@@ -136,6 +136,17 @@ inline Routing pack_routing(const std::vector<TokenRoute<T>>& routes, const Mat<
   }
   trace.emit("router_logits", layer, start_pos, n, N_r, logits.data());
   if (!trace.enabled()) return r;
+  // the selection, editable (force a token's experts): checked before any expert runs
+  trace.edit("topk_ids", layer, start_pos, n, K, r.ids.data());
+  trace.edit("topk_weights", layer, start_pos, n, K, r.weights.data());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < K; ++j) {
+      const int32_t e = r.ids[std::size_t(t * K + j)];
+      if (e < 0 || e >= N_r) fail("layer ", layer, " token ", t, ": topk_ids edited to expert ", e, ", outside [0, ", N_r, ")");
+      for (int64_t q = 0; q < j; ++q)
+        if (r.ids[std::size_t(t * K + q)] == e) fail("layer ", layer, " token ", t, ": topk_ids edited to expert ", e, " twice");
+      if (!std::isfinite(r.weights[std::size_t(t * K + j)])) fail("layer ", layer, " token ", t, ": topk_weights edited to a non-finite value");
+    }
   std::vector<T> s, b, g;
   std::vector<int32_t> groups;
   std::vector<double> margin;
@@ -150,8 +161,6 @@ inline Routing pack_routing(const std::vector<TokenRoute<T>>& routes, const Mat<
   trace.emit("router_biased", layer, start_pos, n, N_r, b.data());
   trace.emit("group_scores", layer, start_pos, n, M, g.data());
   trace.emit("topk_groups", layer, start_pos, n, c.topk_group, groups.data());
-  trace.emit("topk_ids", layer, start_pos, n, K, r.ids.data());
-  trace.emit("topk_weights", layer, start_pos, n, K, r.weights.data());
   trace.emit("topk_margin", layer, start_pos, n, 1, margin.data());
   return r;
 }
@@ -208,10 +217,10 @@ inline Mat<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, c
       add_weighted(&y(t, 0), T(r.weights[std::size_t(t * r.k + j)]), f.data(), d, v);  // eq. (12) Σ g_i,t FFN_i^(r)(u_t)
     }
   }
-  trace.emit("routed_out", layer, start_pos, n, d, y.data());
+  trace.edit("routed_out", layer, start_pos, n, d, y.data());
   if (!w.shared_experts) return y;
-  const Mat<T> shared = mlp(ops, *w.shared_experts, x, v);             // eq. (12) Σ FFN_i^(s)(u_t): N_s experts as one wider FFN
-  trace.emit("shared_out", layer, start_pos, n, d, shared.data());
+  Mat<T> shared = mlp(ops, *w.shared_experts, x, v);             // eq. (12) Σ FFN_i^(s)(u_t): N_s experts as one wider FFN
+  trace.edit("shared_out", layer, start_pos, n, d, shared.data());
   y += shared;
   round_act(v, y);
   return y;

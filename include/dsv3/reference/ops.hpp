@@ -55,7 +55,7 @@ inline void dequant_row(const Linear& W, int64_t o, const Variants& v, T* row) {
   round_bf16_if(v.fp8_dequant_bf16 && W.is_fp8(), row, row + W.in());
 }
 
-// Official gemm_impl = "fp8" (Variants::fp8_w8a8, model-semantics §9.3–9.4):
+// Official gemm_impl = "fp8" (Variants::fp8_w8a8, docs/semantics.md §9.3–9.4):
 // each row of x is quantised in 1×128 blocks along K (amax clamped to 1e-4,
 // s = amax / 448, e4m3 round-to-nearest-even), and each K block's fp8 × fp8
 // dot is accumulated exactly, then added to an fp32 sum times both block
@@ -117,7 +117,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   return y;
 }
 
-// RMSNorm of one row (model-semantics §4): y = w ⊙ x / sqrt(mean(x²) + eps).
+// RMSNorm of one row (docs/semantics.md §4): y = w ⊙ x / sqrt(mean(x²) + eps).
 // The mean of squares is accumulated in double. With bf16 activations the
 // "hf" rounding (D12) rounds x / rms to bf16 before the weight multiply.
 template <class T>
@@ -162,7 +162,7 @@ inline void rope(Mat<T>& x, int64_t col0, int64_t width, int64_t stride, const s
     for (int64_t c = col0; c + width <= cols(x); c += stride) rope_apply(&x(i, c), width, rope[std::size_t(i)], interleave);
 }
 
-// SwiGLU's gate: silu(g) ⊙ u, one element (model-semantics §6). With bf16
+// SwiGLU's gate: silu(g) ⊙ u, one element (docs/semantics.md §6). With bf16
 // activations silu(g) is rounded before the product, as a bf16 torch graph does.
 template <class T>
 inline T swiglu(T g, T u, const Variants& v) {
