@@ -456,11 +456,29 @@ void run_check_weights(const std::string& dir) {
 }
 
 // ---------------------------------------------------------------------------
+// Parameter counts of a config (weights.hpp parameter_counts).
+void print_parameter_counts(const Config& c, bool with_mtp) {
+  const ParameterCounts p = parameter_counts(c);
+  std::printf("parameters: total %llu (%.3fB), active per token %llu (%.3fB); embedding + head %.3fB of each\n",
+              (unsigned long long)p.total, double(p.total) / 1e9, (unsigned long long)p.active, double(p.active) / 1e9,
+              double(p.embedding) / 1e9);
+  if (with_mtp)
+    std::printf("MTP module: %lld layer(s), %llu parameters (%.3fB, embedding and head copies included; %.3fB "
+                "active per token)\n",
+                (long long)c.num_nextn_predict_layers, (unsigned long long)p.mtp, double(p.mtp) / 1e9,
+                double(p.mtp_active) / 1e9);
+}
+
 void run_inspect(const std::string& dir) {
   const Config c = Config::from_file(dir + "/config.json");
+  if (!Checkpoint::present(dir)) {  // a config alone: what it implies
+    std::printf("%s: config.json only (no model.safetensors or model.safetensors.index.json)\n", dir.c_str());
+    print_parameter_counts(c, c.num_nextn_predict_layers > 0);
+    return;
+  }
   Checkpoint ck(dir);
   std::printf("%-64s %-8s %-18s %12s  %-22s %s\n", "tensor", "dtype", "shape", "bytes", "format", "status");
-  uint64_t total = 0, active = 0, bytes = 0, missing = 0, mtp_params = 0;
+  uint64_t bytes = 0, missing = 0;
   std::set<std::string> expected;
   // One stored tensor; `want` empty: a packed part whose shape binding checks.
   auto row = [&](const std::string& name, const std::vector<int64_t>& want, const std::string& format) {
@@ -507,22 +525,17 @@ void run_inspect(const std::string& dir) {
     } else if (qp.format == QuantFormat::Mlx && ck.has(base + ".scales")) {
       for (const char* part : {".weight", ".scales", ".biases"}) row(base + part, {}, mlx_of(base));
     } else if (is_linear && ck.has(m + ".weight") && ck.get(m + ".weight").dtype == DType::F8_E4M3) {
-      row(m + ".weight", s.shape, "FP8 e4m3 128x128");
-      row(m + ".weight_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128}, "FP8 block scales");
+      const int64_t br = c.quantization_config ? c.quantization_config->block_rows : 128;  // weight_block_size
+      const int64_t bc = c.quantization_config ? c.quantization_config->block_cols : 128;
+      row(m + ".weight", s.shape, "FP8 e4m3 " + std::to_string(br) + "x" + std::to_string(bc));
+      row(m + ".weight_scale_inv", {(s.shape[0] + br - 1) / br, (s.shape[1] + bc - 1) / bc}, "FP8 block scales");
     } else {
       const std::string t = is_linear ? m + ".weight" : m;
       row(t, s.shape, ck.has(t) ? dtype_name(ck.get(t).dtype) : "-");
     }
   };
   const bool has_mtp = c.num_nextn_predict_layers > 0 && ck.has(ModelWeights::mtp_marker(c));
-  for (const TensorSpec& s : expected_tensors(c, has_mtp)) {
-    module(s);
-    int64_t n = 1;
-    for (auto d : s.shape) n *= d;
-    if (s.layer < c.num_hidden_layers) total += uint64_t(n);
-    if (s.layer >= c.num_hidden_layers) mtp_params += uint64_t(n);
-    else if (s.expert < 0 || s.expert < c.num_experts_per_tok) active += uint64_t(n);  // k experts' worth
-  }
+  for (const TensorSpec& s : expected_tensors(c, has_mtp)) module(s);
   uint64_t extra = 0;
   for (const auto& name : ck.names())
     if (!expected.count(name)) {
@@ -536,11 +549,7 @@ void run_inspect(const std::string& dir) {
     }
   std::printf("\nfiles: %zu   tensor bytes: %llu   missing/wrong: %llu   extra: %llu\n", ck.num_files(),
               (unsigned long long)bytes, (unsigned long long)missing, (unsigned long long)extra);
-  std::printf("parameters: total %llu (%.3fB), active per token %llu (%.3fB)\n", (unsigned long long)total,
-              double(total) / 1e9, (unsigned long long)active, double(active) / 1e9);
-  if (has_mtp)
-    std::printf("MTP module: %lld layer(s), %llu parameters (%.3fB, embedding and head copies included)\n",
-                (long long)c.num_nextn_predict_layers, (unsigned long long)mtp_params, double(mtp_params) / 1e9);
+  print_parameter_counts(c, has_mtp);
   if (missing) fail(dir, ": ", missing, " tensor(s) missing or with the wrong shape (see the table)");
 }
 

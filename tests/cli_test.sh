@@ -55,6 +55,11 @@ python3 -c "import json,sys; a,b=(json.load(open(f))['generated_ids'] for f in s
 [ -f "$T/sharded/model.safetensors.index.json" ] && ok || bad "make-model did not shard"
 "$DSV3" forward --model "$T/sharded" --ids 0,1,2 --out "$T/sh.npy" && ok || bad "forward on shards"
 
+# -- inspect on a config alone: the report's parameter counts for DeepSeek-V3
+"$DSV3" inspect --model "$ROOT/tests/data/deepseek-v3" >"$T/v3.txt" && ok || bad "inspect on a config-only directory"
+grep -q "total 671026419200 (671.026B), active per token 37552297472 (37.552B)" "$T/v3.txt" && ok || bad "V3 parameter counts: $(cat "$T/v3.txt")"
+grep -q "MTP module: 1 layer(s), 13463426304 parameters" "$T/v3.txt" && ok || bad "V3 MTP parameter count: $(cat "$T/v3.txt")"
+
 # -- quantized formats: make-model --dtype awq|mlx4|mlx5|mlx8, inspect, forward --
 for q in awq mlx4 mlx5 mlx8; do
   "$DSV3" make-model --out "$T/$q" --preset tiny --dtype $q 2>/dev/null || bad "make-model --dtype $q"

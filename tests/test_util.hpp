@@ -35,26 +35,10 @@ inline void write_file(const std::string& p, const std::string& data) {
   f << data;
 }
 
-// The published DeepSeek-V3 config.json values (model-semantics §1.1).
+// The published DeepSeek-V3 config.json values (docs/semantics.md §1.1), kept in
+// tests/data/deepseek-v3/config.json (also what `dsv3 inspect` counts 671B from).
 inline nlohmann::json v3_config_json() {
-  return nlohmann::json::parse(R"({
-    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
-    "moe_intermediate_size": 2048, "num_hidden_layers": 61, "first_k_dense_replace": 3,
-    "moe_layer_freq": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
-    "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8,
-    "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "norm_topk_prob": true,
-    "scoring_func": "sigmoid", "topk_method": "noaux_tc", "q_lora_rank": 1536,
-    "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
-    "rope_theta": 10000,
-    "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                     "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-    "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-    "tie_word_embeddings": false, "bos_token_id": 0, "eos_token_id": 1,
-    "num_nextn_predict_layers": 1, "attention_bias": false, "torch_dtype": "bfloat16",
-    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
-                            "quant_method": "fp8", "weight_block_size": [128, 128]}
-  })");
+  return nlohmann::json::parse(read_file(std::string(DSV3_SOURCE_DIR) + "/tests/data/deepseek-v3/config.json"));
 }
 
 inline dsv3::Config v3_config() { return dsv3::Config::from_json(v3_config_json()); }

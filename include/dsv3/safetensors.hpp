@@ -221,6 +221,11 @@ class Checkpoint {
     }
   }
 
+  // Does `dir` hold weights at all (model.safetensors or an index)?
+  static bool present(const std::string& dir) {
+    return file_exists(dir + "/model.safetensors.index.json") || file_exists(dir + "/model.safetensors");
+  }
+
   const std::string& dir() const { return dir_; }
   bool has(const std::string& name) const { return where_.count(name) != 0; }
   const TensorView& get(const std::string& name) const {

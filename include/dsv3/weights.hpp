@@ -4,7 +4,7 @@
 // A `Linear` is a [out, in] matrix (PyTorch nn.Linear convention) plus, for
 // FP8 e4m3fn storage, its `weight_scale_inv` blocks; `decode_rows` turns a
 // band of rows into the compute scalar when the matmul needs them, so the
-// model is never materialised in f32 (model-semantics §2.1, §9.2).
+// model is never materialised in f32 (docs/semantics.md §2.1, §9.2).
 //
 // The list of tensors lives in one place, `ModelWeights::bind`, which checks
 // each one's presence, shape and dtype and names the first that is wrong.
@@ -190,7 +190,7 @@ struct MoEWeights {
   std::optional<MLPWeights> shared_experts;   // width moe_intermediate * n_shared_experts
 };
 
-struct AttentionWeights {    // MLA (model-semantics §5)
+struct AttentionWeights {    // MLA (docs/semantics.md §5)
   std::optional<Linear> q_proj;               // when q_lora_rank is null
   std::optional<Linear> q_a_proj;             // [q_lora_rank, hidden]
   std::optional<TensorView> q_a_layernorm;    // [q_lora_rank]
@@ -209,7 +209,7 @@ struct LayerWeights {
   std::optional<MoEWeights> moe;              // MoE layers (HF prefix `mlp.` too)
 };
 
-// Multi-token prediction module (model-semantics §10), stored as layer
+// Multi-token prediction module (docs/semantics.md §10), stored as layer
 // num_hidden_layers + j: its own copies of the embedding and head, two norms,
 // the [hidden, 2·hidden] projection, and a full MoE decoder block.
 struct MTPWeights {
@@ -310,6 +310,32 @@ inline std::vector<TensorSpec> expected_tensors(const Config& c, bool with_mtp =
     }
   }
   return v;
+}
+
+// Parameter counts the config implies, from the same table: the report's
+// "671B total, 37B activated per token" for DeepSeek-V3. Active: every
+// tensor a token's forward pass reads (its embedding row counted as the whole
+// table, as the report's figure does), with K_r = num_experts_per_tok routed
+// experts per MoE layer. The MTP module apart (its embedding and head copies
+// included, as the checkpoint stores them).
+struct ParameterCounts {
+  uint64_t total = 0, active = 0;         // main model
+  uint64_t embedding = 0;                 // embed_tokens + lm_head (in both figures above)
+  uint64_t mtp = 0, mtp_active = 0;       // MTP module(s)
+};
+
+inline ParameterCounts parameter_counts(const Config& c) {
+  ParameterCounts p;
+  for (const TensorSpec& s : expected_tensors(c, true)) {
+    uint64_t n = 1;
+    for (int64_t d : s.shape) n *= uint64_t(d);
+    const bool mtp = s.layer >= c.num_hidden_layers;
+    const bool active = s.expert < 0 || s.expert < c.num_experts_per_tok;  // any K_r experts' worth
+    (mtp ? p.mtp : p.total) += n;
+    if (active) (mtp ? p.mtp_active : p.active) += n;
+    if (!mtp && (s.kind == TensorSpec::Embed || s.kind == TensorSpec::Head)) p.embedding += n;
+  }
+  return p;
 }
 
 // ---------------------------------------------------------------------------
