@@ -4,7 +4,7 @@
     python benchmarks/bench_tokenizer.py --bin build/bench_tokenizer [--reps 10]
         [--corpus tests/golden/tokenizer/corpus.jsonl tests/golden/tokenizer/heldout.jsonl]
 
-Needs the `tokenizers` package (e.g. /work/venv-tokgolden/bin/python).
+Needs the `tokenizers` package (e.g. .venv/tok/bin/python, made by `bash scripts/venv.sh tok`).
 Both sides run single-threaded on identical texts, without BOS:
   dsv3            Tokenizer::encode per text (C++ binary, bench_tokenizer.cpp)
   hf_batch        Tokenizer.encode_batch(texts) with RAYON_NUM_THREADS=1 (Rust core,

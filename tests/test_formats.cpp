@@ -48,7 +48,7 @@ TEST_CASE("bf16 and f16 conversions") {
   CHECK(f16_to_f32(0x3c00) == 1.0f);
 }
 
-TEST_CASE("YaRN inverse frequencies match model-semantics Appendix A") {
+TEST_CASE("YaRN inverse frequencies match docs/semantics.md Appendix A") {
   // V3: d = 64, base 1e4, factor 40, L0 4096, beta 32/1. Values from the
   // appendix (fp32 emulation); 2 fp32 ulps allowed for pow's rounding (the
   // appendix notes PyTorch's pow may differ by 1 ulp, and D4 another).

@@ -67,7 +67,7 @@ TEST_CASE("knob router_precision=bf16 (official Gate) perturbs the combine weigh
   const Run a = run("a-f32", Variants{}), b = run("a-f32", v);
   const double d = max_diff(a.logits, b.logits);
   CHECK(d > 1e-5);  // bf16 logits/scores/weights: relative 2^-9 each
-  // bf16 router logits also flip near-tie expert choices (model-semantics D6):
+  // bf16 router logits also flip near-tie expert choices (docs/semantics.md D6):
   // on this checkpoint the smallest fp32 margin is 2.4e-4, below bf16's spacing.
   CHECK(a.topk != b.topk);
 }

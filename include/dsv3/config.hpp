@@ -1,9 +1,22 @@
 // dsv3/config.hpp — the model's hyper-parameters, read from HF `config.json`.
 //
-// Field names are the HF `config.json` keys (model-semantics §1.1). Derived
+// Field names are the HF `config.json` keys (docs/semantics.md §1). Derived
 // dimensions are member functions. Every value is checked on load; a value dsv3
 // cannot run is an Error naming the field and what was expected — never a
 // silently different model.
+//
+// Dimension legend, used in shape comments throughout dsv3 (row-major), with
+// the DeepSeek-V3 report's symbols and DeepSeek-V3's values:
+//   n      tokens in one forward call          t      cached positions (+ n)
+//   d      hidden_size                 7168    V      vocab_size          129280
+//   n_h    num_attention_heads          128    d_c    kv_lora_rank           512
+//   d_c'   q_lora_rank                 1536    d_h    qk_nope_head_dim       128
+//   d_h^R  qk_rope_head_dim              64    d_v    v_head_dim             128
+//   N_r    n_routed_experts             256    N_s    n_shared_experts         1
+//   K_r    num_experts_per_tok            8    M      n_group (topk_group 4)   8
+//   I      moe_intermediate_size       2048    (dense layers: intermediate_size 18432)
+// CPU kernels use short forms: dn = d_h, dr = d_h^R, dq = d_h + d_h^R,
+// dv = d_v, r = d_c, H = n_h, D = d, E = N_r.
 #pragma once
 
 #include <cmath>
@@ -39,28 +52,28 @@ struct QuantizationConfig {   // quantization_config (FP8 checkpoints)
 };
 
 struct Config {
-  int64_t vocab_size = 0;
-  int64_t hidden_size = 0;
+  int64_t vocab_size = 0;              // V
+  int64_t hidden_size = 0;             // d
   int64_t intermediate_size = 0;       // dense MLP width (layers < first_k_dense_replace)
-  int64_t moe_intermediate_size = 0;   // width of one routed / shared expert
+  int64_t moe_intermediate_size = 0;   // I: width of one routed / shared expert
   int64_t num_hidden_layers = 0;
   int64_t first_k_dense_replace = 0;
   int64_t moe_layer_freq = 1;
-  int64_t num_attention_heads = 0;
-  int64_t n_routed_experts = 0;
-  int64_t n_shared_experts = 0;
-  int64_t num_experts_per_tok = 0;
-  int64_t n_group = 1;
-  int64_t topk_group = 1;
+  int64_t num_attention_heads = 0;     // n_h
+  int64_t n_routed_experts = 0;        // N_r
+  int64_t n_shared_experts = 0;        // N_s
+  int64_t num_experts_per_tok = 0;     // K_r
+  int64_t n_group = 1;                 // M groups of N_r / M experts
+  int64_t topk_group = 1;              // groups kept per token
   double routed_scaling_factor = 1.0;
   bool norm_topk_prob = true;
   std::string scoring_func = "sigmoid";
   std::string topk_method = "noaux_tc";
-  std::optional<int64_t> q_lora_rank;  // null: a plain q_proj (DeepSeek-V2-Lite style)
-  int64_t kv_lora_rank = 0;
-  int64_t qk_nope_head_dim = 0;
-  int64_t qk_rope_head_dim = 0;
-  int64_t v_head_dim = 0;
+  std::optional<int64_t> q_lora_rank;  // d_c'; null: a plain q_proj (DeepSeek-V2-Lite style)
+  int64_t kv_lora_rank = 0;            // d_c
+  int64_t qk_nope_head_dim = 0;        // d_h
+  int64_t qk_rope_head_dim = 0;        // d_h^R
+  int64_t v_head_dim = 0;              // d_v
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool rope_interleave = true;         // adjacent-pair rotation (official / HF default)
@@ -81,8 +94,10 @@ struct Config {
   int64_t kv_cache_width() const { return kv_lora_rank + qk_rope_head_dim; }  // per token, layer
   bool is_fp8() const { return quantization_config && quantization_config->quant_method == "fp8"; }
 
-  // Softmax scale: qk_head_dim^-1/2, times mscale^2 with mscale from
-  // mscale_all_dim when YaRN is on (model-semantics §6; Megatron-LM#1429).
+  // Softmax scale of eq. (10): 1/sqrt(d_h + d_h^R), times mscale² when YaRN
+  // is on, with YaRN's attention temperature mscale = sqrt(1/t) =
+  // 0.1·mscale_all_dim·ln(factor) + 1 (YaRN §3.4 "sqrt(1/t) = 0.1 ln(s) + 1";
+  // squared because it scales both q and k; docs/semantics.md §5).
   double softmax_scale(bool yarn_on = true) const {
     double s = 1.0 / std::sqrt(double(qk_head_dim()));
     if (yarn_on && rope_scaling.type == "yarn" && rope_scaling.mscale_all_dim != 0.0 &&

@@ -2,7 +2,7 @@
 //
 // Checkpoints store weights as F32, F16, BF16 or F8_E4M3 (float8_e4m3fn); every
 // one of these is exactly representable in float, so decoding is exact and the
-// only rounding happens in the arithmetic that follows (model-semantics §9.1).
+// only rounding happens in the arithmetic that follows (docs/semantics.md §9.1).
 #pragma once
 
 #include <cmath>
@@ -117,7 +117,7 @@ inline uint16_t f32_to_f16(float f) {
 
 // ---------------------------------------------------------------------------
 // float8_e4m3fn: 1 sign, 4 exponent bits (bias 7), 3 mantissa bits, no
-// infinities, NaN = S.1111.111, max finite 448 (model-semantics §9.1).
+// infinities, NaN = S.1111.111, max finite 448 (docs/semantics.md §9.1).
 inline float fp8_e4m3_to_f32(uint8_t b) {
   const int s = b >> 7, e = (b >> 3) & 0xf, m = b & 7;
   float v;

@@ -8,7 +8,7 @@
 // 1 + 0.1·N(0,1), embeddings N(0,1), router bias bias_mean + 0.1·N(0,1).
 // FP8 weights are stored like DeepSeek's: e4m3fn codes with a
 // weight_scale_inv per 128×128 block, norms/embeddings/router/lm_head in BF16,
-// the router bias in F32 (model-semantics §2.1).
+// the router bias in F32 (docs/semantics.md §2.1).
 #pragma once
 
 #include <array>

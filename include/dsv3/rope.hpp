@@ -1,5 +1,19 @@
-// dsv3/rope.hpp — RoPE with YaRN frequency scaling (model-semantics §6,
-// Appendix A).
+// dsv3/rope.hpp — RoPE with YaRN frequency scaling (docs/semantics.md §5.2,
+// Appendix A; the YaRN paper, Peng et al. 2023, §3.2 "NTK-by-parts" and §3.4).
+//
+// YaRN in the paper's terms: RoPE turns pair i of a head (d = qk_rope_head_dim)
+// at frequency θ_i = base^(−2i/d), wavelength λ_i = 2π/θ_i. Over the original
+// context L0 (original_max_position_embeddings) pair i makes r_i = L0/λ_i
+// turns. With scale s (factor), each frequency becomes
+//   h(θ_i) = (1 − γ(r_i)) · θ_i / s + γ(r_i) · θ_i                 YaRN §3.2
+//   γ(r) = 0 if r < α, 1 if r > β, (r − α)/(β − α) between          α = beta_slow (1), β = beta_fast (32)
+// i.e. fast pairs (many turns) keep θ_i, slow pairs are interpolated by s.
+// The official code (and HF, MLX) express γ through the pair index instead
+// of r: the ramp runs linearly in i between the correction dimensions where
+// r_i = β and r_i = α (correction_dim below), floored/ceiled — that is what
+// dsv3 computes, and the two agree at the ends. The attention temperature
+//   sqrt(1/t) = 0.1 · ln(s) + 1                                     YaRN §3.4
+// enters as mscale² in the softmax scale (Config::softmax_scale), not here.
 //
 // The official code builds the frequency table in fp32 (inference/model.py
 // precompute_freqs_cis) and so does HF (its rotary embedding casts to float);
@@ -19,8 +33,9 @@ namespace dsv3 {
 namespace rope_detail {
 constexpr double kPi = 3.14159265358979323846;
 
-// Dimension at which a frequency makes `num_rotations` turns over the original
-// context: dim * ln(L0 / (2π·rot)) / (2 ln base).
+// Pair index (in units of dimensions) whose frequency makes `num_rotations`
+// turns over the original context: solve L0/λ = rot for the dimension,
+// dim · ln(L0 / (2π·rot)) / (2 ln base).
 inline double correction_dim(double num_rotations, int64_t dim, double base, double max_pos) {
   return double(dim) * std::log(max_pos / (num_rotations * 2.0 * kPi)) / (2.0 * std::log(base));
 }
@@ -53,9 +68,9 @@ inline std::vector<float> rope_inv_freq(const Config& c, bool yarn_on = true) {
   for (int64_t i = 0; i < d / 2; ++i) {
     float ramp = (float(i) - lo) / (hi - lo);
     ramp = std::min(1.0f, std::max(0.0f, ramp));
-    const float smooth = 1.0f - ramp;
+    const float smooth = 1.0f - ramp;                                // γ(r_i), YaRN §3.2
     const float fi = f[std::size_t(i)];
-    f[std::size_t(i)] = fi / factor * (1.0f - smooth) + fi * smooth;
+    f[std::size_t(i)] = fi / factor * (1.0f - smooth) + fi * smooth;  // h(θ_i) = (1 − γ) θ_i/s + γ θ_i
   }
   return f;
 }
@@ -77,9 +92,10 @@ inline RopeRow rope_row(const std::vector<float>& inv_freq, int64_t pos) {
   return r;
 }
 
-// Rotates one head's rope part x[0..d) in place. Interleaved (official,
-// HF rope_interleave=true): pairs (2i, 2i+1). Otherwise (NeoX style): pairs
-// (i, i + d/2).
+// RoPE(·) of eqs. (3) and (8): rotates one head's rope part x[0..d) in place,
+// pair (x_a, x_b) at angle pos·θ_i to (x_a cos − x_b sin, x_a sin + x_b cos).
+// Interleaved (official, HF rope_interleave=true): pairs (2i, 2i+1).
+// Otherwise (NeoX style): pairs (i, i + d/2).
 template <class T>
 inline void rope_apply(T* x, int64_t d, const RopeRow& r, bool interleave) {
   const int64_t h = d / 2;

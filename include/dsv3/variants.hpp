@@ -4,7 +4,7 @@
 // (or, for precision, the exact math in the compute scalar). Each knob names
 // the engine whose behaviour it reproduces, so that `dsv3 compare` can turn a
 // mismatch into a cause. The divergences themselves are catalogued in
-// model-semantics §12 (D-numbers below).
+// docs/semantics.md §12 (D-numbers below).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Dump a dsv3 trace (docs/trace-names.md) from Hugging Face transformers' DeepseekV3ForCausalLM.
 
-    /work/venv-golden/bin/python tests/golden/dump_hf_trace.py --model DIR --ids 0,1,2 --out hf.safetensors \
+    .venv/golden/bin/python tests/golden/dump_hf_trace.py --model DIR --ids 0,1,2 --out hf.safetensors \
         [--dtype float32] [--names 'resid_*,router_*,topk_*,logits']
 
 then compare with the C++ reference:

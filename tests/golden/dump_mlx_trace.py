@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Dump a dsv3 trace (docs/trace-names.md) from mlx-lm's `deepseek_v3` model.
 
-    /work/venv-mlx/bin/python tests/golden/dump_mlx_trace.py --model DIR --ids 0,1,2 --out mlx.safetensors \
+    .venv/mlx/bin/python tests/golden/dump_mlx_trace.py --model DIR --ids 0,1,2 --out mlx.safetensors \
         [--dtype float32|native] [--names GLOBS]
 
 then compare (mlx-lm masks the dropped expert groups with 0.0, not -inf, so reproduce that in dsv3):
@@ -9,7 +9,7 @@ then compare (mlx-lm masks the dropped expert groups with 0.0, not -inf, so repr
     build/dsv3 trace --model DIR --ids 0,1,2 --out dsv3-zero.safetensors --group-mask-fill 0
     build/dsv3 compare dsv3-zero.safetensors mlx.safetensors --tol f32
 
-Environment: `python3 -m venv /work/venv-mlx && /work/venv-mlx/bin/pip install "mlx[cpu]" mlx-lm` (the
+Environment: `bash scripts/venv.sh mlx` (.venv/mlx: "mlx[cpu]==0.32.4" mlx-lm==0.32.2; the
 mlx-cpu build runs on Linux; tested with mlx 0.32.4, mlx-cpu 0.32.4, mlx-lm 0.32.2). No torch needed.
 
 Loading: DIR is an HF-layout checkpoint (config.json + model*.safetensors [+ index]). It is loaded with

@@ -4,8 +4,8 @@
 Every number written by this script comes from transformers' own ``DeepseekV3ForCausalLM``
 (loaded back from the checkpoint files written here) -- never from dsv3.
 
-Usage (see tests/golden/README.md for the exact environment):
-    /work/venv-golden/bin/python tests/golden/make_model_goldens.py [--out tests/golden/model] [--cases a-f32,b-f32]
+Usage (see tests/golden/README.md for the exact environment; `bash scripts/venv.sh golden` makes it):
+    .venv/golden/bin/python tests/golden/make_model_goldens.py [--out tests/golden/model] [--cases a-f32,b-f32]
 
 Deterministic: fixed torch.Generator seeds, CPU only, eager attention, eager experts, 1 thread.
 """

@@ -17,8 +17,8 @@ SGLang python/sglang/srt/models/deepseek_nextn.py DeepseekModelNextN.forward), M
     g    = DecoderBlock(u) at RoPE position i, causal attention over MTP rows 0..i (own KV cache)
     logits_i = shared_head.head(shared_head.norm(g))    # predicts t_{i+2}
 
-Usage (environment: see tests/golden/README.md):
-    /work/venv-golden/bin/python tests/golden/make_mtp_goldens.py [--out tests/golden/mtp] [--cases mtp-f32,...]
+Usage (environment: see tests/golden/README.md; `bash scripts/venv.sh golden` makes it):
+    .venv/golden/bin/python tests/golden/make_mtp_goldens.py [--out tests/golden/mtp] [--cases mtp-f32,...]
 """
 
 import argparse

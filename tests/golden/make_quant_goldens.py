@@ -15,9 +15,10 @@ Every number written here comes from the quantization libraries themselves, neve
   `save_model` + `save_config`, then `load_model` (the official loading path) and a forward pass.
 
 Usage (see tests/golden/README.md, section "Quantized formats"):
-  /work/venv-golden/bin/pip install "mlx[cpu]==0.32.4" mlx-lm==0.32.2
-  /work/venv-golden/bin/pip install --no-deps --target /work/awq-pkg autoawq==0.2.9
-  AWQ_PATH=/work/awq-pkg /work/venv-golden/bin/python tests/golden/make_quant_goldens.py
+  bash scripts/venv.sh quant   # .venv/quant: the golden packages + mlx[cpu] 0.32.4, mlx-lm 0.32.2,
+                               # and AutoAWQ 0.2.9 without deps in .venv/quant/awq-pkg
+  .venv/quant/bin/python tests/golden/make_quant_goldens.py
+Set AWQ_PATH to use another AutoAWQ install (default: .venv/quant/awq-pkg in the repository).
 """
 
 import argparse
@@ -43,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def import_awq():
-    p = os.environ.get("AWQ_PATH", "/work/awq-pkg")
+    p = os.environ.get("AWQ_PATH", str(HERE.parent.parent / ".venv" / "quant" / "awq-pkg"))
     if p and p not in sys.path:
         sys.path.insert(0, p)
     if "datasets" not in sys.modules:
@@ -492,7 +493,7 @@ def make_mlx_lm(out_root):
                 "MoEGate holds a plain array)",
                 "e_score_correction_bias stored bf16 (mlx_lm.convert casts every float tensor to "
                 "torch_dtype), values 0.5+0.1N so every biased score > 0 and the 0.0 group fill "
-                "(model-semantics D7) selects the same experts as -inf",
+                "(docs/semantics.md D7) selects the same experts as -inf",
                 "group score: sum of top-2 per group; topk via argpartition (order of the k experts "
                 "does not change the result beyond fp32 summation order)",
                 "prefill (L>1) attention decompresses K/V: k = kv_latent @ embed_q, v = unembed_out(kv_latent)",

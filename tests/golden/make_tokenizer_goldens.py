@@ -3,9 +3,8 @@
 
 Run by hand (not by the test suite), from the repo root:
 
-    python3 -m venv /work/venv-tokgolden
-    /work/venv-tokgolden/bin/pip install tokenizers "transformers>=4.45,<5" jinja2
-    /work/venv-tokgolden/bin/python tests/golden/make_tokenizer_goldens.py
+    bash scripts/venv.sh tok     # .venv/tok: tokenizers, "transformers>=4.45,<5", jinja2
+    .venv/tok/bin/python tests/golden/make_tokenizer_goldens.py
 
 transformers is pinned below 5: transformers v5 loads this tokenizer as a
 LlamaTokenizer with a forced Metaspace pre-tokenizer (huggingface/transformers
