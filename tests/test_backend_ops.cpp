@@ -110,9 +110,11 @@ TEST_CASE("every backend matches the reference op by op (f64)") {
 namespace {
 struct EdgeBlockBroken : CpuBackend<float> {
   std::string name() const override { return "broken"; }
-  Mat<float> linear(const Mat<float>& x, const Linear& w, const Variants& v) const override {
-    Mat<float> y = CpuBackend<float>::linear(x, w, v);
-    if (!w.is_fp8() || w.in() % w.block_cols == 0) return y;
+  Act<float> linear(const Act<float>& xa, const Linear& w, const Variants& v) const override {
+    Act<float> ya = CpuBackend<float>::linear(xa, w, v);
+    if (!w.is_fp8() || w.in() % w.block_cols == 0) return ya;
+    const Mat<float>& x = xa.host();
+    Mat<float>& y = ya.host_mut();
     // subtract the edge block's contribution once: as if its scale were 0
     std::vector<float> row(static_cast<std::size_t>(w.in()));
     for (int64_t o = 0; o < w.out(); ++o) {
@@ -120,12 +122,12 @@ struct EdgeBlockBroken : CpuBackend<float> {
       for (int64_t i = 0; i < rows(x); ++i)
         for (int64_t k = w.in() / w.block_cols * w.block_cols; k < w.in(); ++k) y(i, o) -= x(i, k) * row[std::size_t(k)];
     }
-    return y;
+    return ya;
   }
 };
 struct NoFp8 : CpuBackend<float> {
   std::string name() const override { return "no-fp8"; }
-  bool supports(Op, DType dt) const override { return dt != DType::F8_E4M3; }
+  bool supports(const OpQuery& q) const override { return q.dtype() != DType::F8_E4M3; }
 };
 }  // namespace
 
@@ -154,16 +156,16 @@ namespace {
 struct F32LinearsOnly : ReferenceBackend<float> {
   mutable int linears = 0, other = 0;
   std::string name() const override { return "f32-linears"; }
-  bool supports(Op op, DType dt) const override { return op == Op::linear && dt == DType::F32; }
-  Mat<float> linear(const Mat<float>& x, const Linear& w, const Variants& v) const override {
+  bool supports(const OpQuery& q) const override { return q.op == Op::linear && q.dtype() == DType::F32; }
+  Act<float> linear(const Act<float>& x, const Linear& w, const Variants& v) const override {
     (w.weight.dtype == DType::F32 ? linears : other)++;
     return ReferenceBackend<float>::linear(x, w, v);
   }
-  Mat<float> rms_norm(const Mat<float>& x, const TensorView& w, double eps, const Variants& v) const override {
+  Act<float> rms_norm(const Act<float>& x, const TensorView& w, double eps, const Variants& v) const override {
     other++;
     return ReferenceBackend<float>::rms_norm(x, w, eps, v);
   }
-  Mat<float> embed(const Linear& t, const std::vector<int32_t>& ids, const Variants& v) const override {
+  Act<float> embed(const Linear& t, const std::vector<int32_t>& ids, const Variants& v) const override {
     other++;
     return ReferenceBackend<float>::embed(t, ids, v);
   }
@@ -223,5 +225,160 @@ TEST_CASE("trace edits act the same on every backend") {
   });
   auto c4 = m.new_cache();
   CHECK_THROWS_WITH_AS(m.forward(ids, c4, {}, bad), doctest::Contains("token 0: topk_ids edited to expert"), Error);
+}
+}  // TEST_SUITE
+
+// -- the seam without host round trips ------------------------------------------
+// A backend that keeps every activation in its own buffers (a stand-in for a
+// GPU's memory: Act handles only it reads), and each layer's cache too. Its
+// kernels are the reference's, run inside it. It counts what crosses the seam:
+// `upload` (host -> it) and `download` (it -> host). It can be told to decline
+// the MoE op and every linear, so that Dispatch falls back to the CPU backend
+// for those alone.
+namespace {
+struct Buf {
+  Mat<float> m;  // "device memory"
+};
+struct ResidentCache : LayerCache {
+  LatentCache<float> inner;
+  std::size_t bytes() const override { return inner.bytes(); }
+  void truncate(int64_t len, int64_t total) override { inner.truncate(len, total); }
+};
+struct Resident : Backend<float> {
+  bool decline_moe_and_linear = false;
+  mutable int uploads = 0, downloads = 0, ops_run = 0;
+  ReferenceBackend<float> kernels;  // what runs inside, on its own buffers
+
+  std::string name() const override { return "resident"; }
+  bool on_host() const override { return false; }
+  bool supports(const OpQuery& q) const override {
+    if (decline_moe_and_linear && (q.op == Op::moe || q.op == Op::linear)) return false;
+    return q.dtype() == DType::F32;
+  }
+  Act<float> upload(const Mat<float>& x) const override {
+    uploads++;
+    return wrap(Mat<float>(x));
+  }
+  Mat<float> download(const Act<float>& x) const override {
+    downloads++;
+    return mine(x);
+  }
+  std::unique_ptr<LayerCache> new_cache(const Config&, bool bf16) const override {
+    auto c = std::make_unique<ResidentCache>();
+    c->inner.bf16 = bf16;
+    return c;
+  }
+  Act<float> embed(const Linear& t, const std::vector<int32_t>& ids, const Variants& v) const override {
+    return run(kernels.embed(t, ids, v));
+  }
+  Act<float> linear(const Act<float>& x, const Linear& w, const Variants& v) const override {
+    return run(kernels.linear(Act<float>::view(mine(x)), w, v));
+  }
+  Act<float> rms_norm(const Act<float>& x, const TensorView& w, double eps, const Variants& v) const override {
+    return run(kernels.rms_norm(Act<float>::view(mine(x)), w, eps, v));
+  }
+  void rope(Act<float>& x, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
+            bool interleave) const override {
+    ops_run++;
+    reference::rope(mine(x), col0, width, stride, r, interleave);
+  }
+  Act<float> attention_mla(const Backend<float>&, const Config& c, const AttentionWeights& w, const Act<float>& x,
+                           LayerCache& cache, int64_t start, const std::vector<RopeRow>& rope, AttnForm form,
+                           const Trace& trace, int64_t layer, const Variants& v) const override {
+    auto* rc = dynamic_cast<ResidentCache*>(&cache);
+    REQUIRE(rc != nullptr);
+    return run(kernels.attention_mla(kernels, c, w, Act<float>::view(mine(x)), rc->inner, start, rope, form, trace, layer, v));
+  }
+  Act<float> moe(const Backend<float>&, const Config& c, const MoEWeights& w, const Act<float>& x, const Trace& trace,
+                 int64_t layer, int64_t start, const Variants& v) const override {
+    return run(kernels.moe(kernels, c, w, Act<float>::view(mine(x)), trace, layer, start, v));
+  }
+  Act<float> mlp(const Backend<float>&, const MLPWeights& w, const Act<float>& x, const Variants& v) const override {
+    return run(kernels.mlp(kernels, w, Act<float>::view(mine(x)), v));
+  }
+  void add(Act<float>& h, const Act<float>& f, const Variants& v) const override {
+    ops_run++;
+    mine(h) += mine(f);
+    round_act(v, mine(h));
+  }
+  Act<float> take_rows(const Act<float>& x, int64_t r0, int64_t r1) const override {
+    return run(Act<float>(dsv3::take_rows(mine(x), r0, r1)));
+  }
+  Act<float> concat_cols(const Act<float>& a, const Act<float>& b) const override {
+    return run(kernels.concat_cols(Act<float>::view(mine(a)), Act<float>::view(mine(b))));
+  }
+  void zero_rows(Act<float>& x, int64_t r0, int64_t r1) const override {
+    ops_run++;
+    std::fill(mine(x).data() + r0 * x.cols(), mine(x).data() + r1 * x.cols(), 0.f);
+  }
+
+ private:
+  // Its own buffer behind an Act it holds (anything else reaching it is a bug
+  // of the seam: an activation that was not moved to it first).
+  Mat<float>& mine(const Act<float>& a) const {
+    REQUIRE_MESSAGE(a.owner() == this, "an activation reached the resident backend without being uploaded");
+    return a.handle<Buf>()->m;
+  }
+  Act<float> wrap(Mat<float>&& m) const {
+    const int64_t r = rows(m), c = cols(m);
+    return Act<float>(this, std::make_shared<Buf>(Buf{std::move(m)}), r, c);
+  }
+  // A result computed inside: kept in its own buffer (no seam crossing).
+  Act<float> run(Act<float>&& host_result) const {
+    ops_run++;
+    return wrap(home(std::move(host_result)));
+  }
+};
+}  // namespace
+
+TEST_SUITE("backend_ops") {
+TEST_CASE("a backend holding its own activations runs a whole forward pass with no host copy between its ops") {
+  Model<float> m(model_dir("f32"));
+  const std::vector<int32_t> ids = {3, 1, 4, 1, 5, 9, 2, 6};
+  auto c0 = m.new_cache();
+  const Mat<float> cpu = m.forward(ids, c0);  // the CPU backend alone
+
+  auto r = std::make_shared<Resident>();
+  m.set_backend(r);
+  auto c1 = m.new_cache();
+  CHECK(dynamic_cast<ResidentCache*>(c1.layers[0].get()) != nullptr);  // caches are the resident backend's
+  Mat<float> all = m.forward(ids, c1);
+  MESSAGE("resident: ", r->ops_run, " ops, ", r->uploads, " uploads, ", r->downloads, " downloads");
+  // per layer: rms_norm, attention, add, rms_norm, MoE/MLP, add; then embed, final norm, lm_head
+  CHECK(r->ops_run == 6 * m.config().num_hidden_layers + 3);
+  CHECK(r->uploads == 0);
+  CHECK(r->downloads == 1);  // the logits, once, at the end
+  CHECK(rel_err(all, cpu) <= 2e-5);
+  // decode steps through the same seam: one download (the step's logits) each
+  const int before = r->downloads;
+  for (int32_t id : {7, 8}) m.forward({id}, c1);
+  CHECK(r->downloads == before + 2);
+  CHECK(r->uploads == 0);
+
+  // Per-op fallback: declining MoE and every linear sends exactly those to the
+  // CPU backend; the activation crosses the seam only around them.
+  auto d = std::make_shared<Resident>();
+  d->decline_moe_and_linear = true;
+  m.set_backend(d);
+  auto c2 = m.new_cache();
+  const Mat<float> mixed = m.forward(ids, c2);
+  const int moe_layers = int(m.config().num_hidden_layers - m.config().first_k_dense_replace);
+  MESSAGE("resident without moe/linear: ", d->ops_run, " ops, ", d->uploads, " uploads, ", d->downloads, " downloads");
+  CHECK(d->ops_run == 6 * m.config().num_hidden_layers + 3 - moe_layers - 1);
+  CHECK(d->downloads == moe_layers + 1);  // each MoE input, and the final norm for the CPU's lm_head
+  CHECK(d->uploads == moe_layers);        // each MoE output, back into the resident residual stream
+  CHECK(rel_err(mixed, cpu) <= 2e-5);
+}
+}  // TEST_SUITE
+
+TEST_SUITE("backend_ops") {
+// The same op-by-op suite on a backend that is not on the host: inputs are
+// uploaded to it, results downloaded (BackendCheck::in / home).
+TEST_CASE("the op suite runs on a backend holding its own activations") {
+  const Tally t = run_suite(NamedBackend<float>{"resident", std::make_shared<Resident>()}, true);
+  MESSAGE(t.report().substr(0, t.report().find('\n')));
+  CHECK(t.failed == 0);
+  CHECK(t.passed > 0);
+  CHECK(t.unsupported > 0);  // it declines the quantized formats: reported, not passed
 }
 }  // TEST_SUITE

@@ -40,9 +40,10 @@ double row_diff(const Mat<float>& a, const Mat<float>& b, int64_t i) {
 // and format, so Dispatch runs those on the CPU backend.
 struct MyLinear : CpuBackend<float> {
   std::string name() const override { return "my-linear"; }
-  bool supports(Op op, DType dt) const override { return op == Op::linear && dt == DType::F32; }
-  Mat<float> linear(const Mat<float>& x, const Linear& w, const Variants& v) const override {
-    if (w.weight.dtype != DType::F32 || !w.is_dense()) return CpuBackend<float>::linear(x, w, v);
+  bool supports(const OpQuery& q) const override { return q.op == Op::linear && q.dtype() == DType::F32; }
+  Act<float> linear(const Act<float>& xa, const Linear& w, const Variants& v) const override {
+    if (w.weight.dtype != DType::F32 || !w.is_dense()) return CpuBackend<float>::linear(xa, w, v);
+    const Mat<float>& x = xa.host();
     const int64_t n = rows(x), K = w.in(), O = w.out();
     const float* W = reinterpret_cast<const float*>(w.weight.data);
     Mat<float> y = empty<float>(n, O);

@@ -1,8 +1,12 @@
 // dsv3/dispatch.hpp — each op to the backend that can run it.
 //
 // Dispatch sends each op to a primary backend when that backend supports it
-// (for the weight format at hand) and to the fast CPU backend otherwise.
-// Composite ops (attention, MoE, MLP) receive the dispatcher, so the linears
+// (Backend::supports: the op, its weight's whole storage format, the knobs)
+// and to the fast CPU backend otherwise. An activation moves between the two
+// only where consecutive ops run on different sides: a primary that supports
+// every op on the path keeps the residual stream in its own memory for the
+// whole forward pass. Each layer's cache is made by the backend that runs
+// that layer's attention. Composite ops receive the dispatcher, so the linears
 // inside a CPU-run attention still go to the primary when it has them.
 #pragma once
 
@@ -17,55 +21,105 @@
 
 namespace dsv3 {
 
-// Each op to `primary` if it supports it, else to the CPU reference.
 template <class T>
 class Dispatch : public Backend<T> {
  public:
   explicit Dispatch(std::shared_ptr<const Backend<T>> primary = nullptr) : primary_(std::move(primary)) {}
   std::string name() const override { return primary_ ? primary_->name() + "+cpu" : "cpu"; }
-  bool supports(Op, DType) const override { return true; }
+  bool supports(const OpQuery&) const override { return true; }
+  bool on_host() const override { return pick({Op::glue}).on_host(); }
+  const Backend<T>* primary() const { return primary_.get(); }
 
-  Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
-    return pick(Op::embed, table.weight.dtype).embed(table, ids, v);
+  void prepare(const ModelWeights& w, const Config& c) const override {
+    if (primary_) primary_->prepare(w, c);
   }
-  Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override {
-    return pick(Op::linear, w.weight.dtype).linear(x, w, v);
+  // The host form of x, wherever it is held.
+  Mat<T> download(const Act<T>& x) const override { return x.on_host() ? x.host() : x.owner()->download(x); }
+  // A host matrix, to where the glue runs (the primary when it takes glue).
+  Act<T> upload(const Mat<T>& x) const override { return pick({Op::glue}).upload(x); }
+  std::unique_ptr<LayerCache> new_cache(const Config& c, bool bf16) const override {
+    return cpu_.new_cache(c, bf16);
+  }
+  // The cache of one layer, made by the backend that runs its attention.
+  std::unique_ptr<LayerCache> new_cache(const Config& c, const AttentionWeights& w, bool bf16, const Variants& v) const {
+    return pick({Op::attention_mla, &w.kv_b_proj, nullptr, &v}).new_cache(c, bf16);
+  }
+
+  Act<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+    return pick({Op::embed, &table, nullptr, &v}).embed(table, ids, v);
+  }
+  Act<T> linear(const Act<T>& x, const Linear& w, const Variants& v) const override {
+    const Backend<T>& b = pick({Op::linear, &w, nullptr, &v});
+    return b.linear(to(x, b), w, v);
   }
   // All to the primary if it takes every one, all to the CPU if it takes
   // none, else one by one.
-  std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
+  std::vector<Act<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
     std::size_t taken = 0;
-    for (const auto& j : jobs) taken += primary_ && primary_->supports(Op::linear, j.w->weight.dtype);
-    if (taken == jobs.size() && taken) return primary_->linear_many(jobs, v);
-    if (taken == 0) return cpu_.linear_many(jobs, v);
-    return Backend<T>::linear_many(jobs, v);
+    for (const auto& j : jobs) taken += primary_ && primary_->supports({Op::linear, j.w, nullptr, &v});
+    if (taken != jobs.size() && taken != 0) return Backend<T>::linear_many(jobs, v);
+    const Backend<T>& b = taken ? *primary_ : static_cast<const Backend<T>&>(cpu_);
+    std::vector<Act<T>> xs;
+    for (const auto& j : jobs) xs.push_back(to(*j.x, b));
+    std::vector<LinearJob<T>> moved;
+    for (std::size_t i = 0; i < jobs.size(); ++i) moved.push_back({&xs[i], jobs[i].w});
+    return b.linear_many(moved, v);
   }
-  Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
-    return pick(Op::rms_norm, w.dtype).rms_norm(x, w, eps, v);
+  Act<T> rms_norm(const Act<T>& x, const TensorView& w, double eps, const Variants& v) const override {
+    const Backend<T>& b = pick({Op::rms_norm, nullptr, &w, &v});
+    return b.rms_norm(to(x, b), w, eps, v);
   }
-  void rope(Mat<T>& x, int64_t col0, int64_t d, int64_t stride, const std::vector<RopeRow>& r,
+  void rope(Act<T>& x, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
             bool interleave) const override {
-    pick(Op::rope, DType::F32).rope(x, col0, d, stride, r, interleave);
+    const Backend<T>& b = pick({Op::rope});
+    x = to(x, b);
+    b.rope(x, col0, width, stride, r, interleave);
   }
-  Mat<T> attention_mla(const Backend<T>&, const Config& c, const AttentionWeights& w, const Mat<T>& x,
-                       LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
+  Act<T> attention_mla(const Backend<T>&, const Config& c, const AttentionWeights& w, const Act<T>& x,
+                       LayerCache& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
                        const Trace& trace, int64_t layer, const Variants& v) const override {
-    return pick(Op::attention_mla, w.kv_b_proj.weight.dtype)
-        .attention_mla(*this, c, w, x, cache, start_pos, rope, form, trace, layer, v);
+    const Backend<T>& b = pick({Op::attention_mla, &w.kv_b_proj, nullptr, &v});
+    return b.attention_mla(*this, c, w, to(x, b), cache, start_pos, rope, form, trace, layer, v);
   }
-  Mat<T> moe(const Backend<T>&, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+  Act<T> moe(const Backend<T>&, const Config& c, const MoEWeights& w, const Act<T>& x, const Trace& trace,
              int64_t layer, int64_t start_pos, const Variants& v) const override {
-    const DType dt = w.experts.empty() ? DType::F32 : w.experts[0].gate_proj.weight.dtype;
-    return pick(Op::moe, dt).moe(*this, c, w, x, trace, layer, start_pos, v);
+    const Backend<T>& b = pick({Op::moe, w.experts.empty() ? nullptr : &w.experts[0].gate_proj, nullptr, &v});
+    return b.moe(*this, c, w, to(x, b), trace, layer, start_pos, v);
   }
-  Mat<T> mlp(const Backend<T>&, const MLPWeights& w, const Mat<T>& x, const Variants& v) const override {
-    return pick(Op::mlp, w.gate_proj.weight.dtype).mlp(*this, w, x, v);
+  Act<T> mlp(const Backend<T>&, const MLPWeights& w, const Act<T>& x, const Variants& v) const override {
+    const Backend<T>& b = pick({Op::mlp, &w.gate_proj, nullptr, &v});
+    return b.mlp(*this, w, to(x, b), v);
+  }
+  void add(Act<T>& h, const Act<T>& f, const Variants& v) const override {
+    const Backend<T>& b = pick({Op::glue, nullptr, nullptr, &v});
+    h = to(h, b);
+    b.add(h, to(f, b), v);
+  }
+  Act<T> take_rows(const Act<T>& x, int64_t r0, int64_t r1) const override {
+    const Backend<T>& b = pick({Op::glue});
+    return b.take_rows(to(x, b), r0, r1);
+  }
+  Act<T> concat_cols(const Act<T>& a, const Act<T>& c) const override {
+    const Backend<T>& b = pick({Op::glue});
+    return b.concat_cols(to(a, b), to(c, b));
+  }
+  void zero_rows(Act<T>& x, int64_t r0, int64_t r1) const override {
+    const Backend<T>& b = pick({Op::glue});
+    x = to(x, b);
+    b.zero_rows(x, r0, r1);
   }
 
  private:
-  const Backend<T>& pick(Op op, DType dt) const {
-    if (primary_ && primary_->supports(op, dt)) return *primary_;
+  const Backend<T>& pick(const OpQuery& q) const {
+    if (primary_ && primary_->supports(q)) return *primary_;
     return cpu_;
+  }
+  // x where backend b computes: as it is when b holds it (or b computes on the
+  // host and x is there), else downloaded and/or uploaded.
+  static Act<T> to(const Act<T>& x, const Backend<T>& b) {
+    if (b.on_host() ? x.on_host() : x.owner() == &b) return x;
+    Mat<T> h = x.on_host() ? x.host() : x.owner()->download(x);
+    return b.on_host() ? Act<T>(std::move(h)) : b.upload(h);
   }
   std::shared_ptr<const Backend<T>> primary_;
   CpuBackend<T> cpu_;

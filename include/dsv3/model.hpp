@@ -35,20 +35,22 @@ struct ForwardOptionsT {
 };
 using ForwardOptions = ForwardOptionsT<float>;
 
+// The latent cache of a sequence: one LayerCache per layer, each owned by
+// the backend that runs that layer's attention.
 template <class T>
 struct KVCache {
-  std::vector<LatentCache<T>> layers;
+  std::vector<std::unique_ptr<LayerCache>> layers;
   int64_t length = 0;  // positions [0, length) are cached
 
   std::size_t bytes() const {
     std::size_t b = 0;
-    for (const auto& l : layers) b += l.bytes();
+    for (const auto& l : layers) b += l->bytes();
     return b;
   }
   // Forgets positions [len, length) (a rejected speculative draft).
   void truncate(int64_t len) {
     if (len < 0 || len > length) fail("KVCache::truncate(", len, "): cache holds ", length, " positions");
-    for (auto& l : layers) l.truncate(len, length);
+    for (auto& l : layers) l->truncate(len, length);
     length = len;
   }
 };
@@ -77,8 +79,12 @@ class Model {
 
   const Variants& variants() const { return v_; }
 
-  // Runs the ops this backend supports on it, the rest on the CPU reference.
-  void set_backend(std::shared_ptr<const Backend<T>> primary) { be_ = Dispatch<T>(std::move(primary)); }
+  // Runs the ops this backend supports on it, the rest on the CPU backend
+  // (nullptr: the CPU backend alone). Its prepare() hook sees the weights once.
+  void set_backend(std::shared_ptr<const Backend<T>> primary) {
+    be_ = Dispatch<T>(std::move(primary));
+    be_.prepare(w_, config_);
+  }
   const Backend<T>& backend() const { return be_; }
 
   const Config& config() const { return config_; }
@@ -89,8 +95,7 @@ class Model {
   // rounded once when cached).
   KVCache<T> new_cache(bool bf16_cache = false) const {
     KVCache<T> c;
-    c.layers.resize(std::size_t(config_.num_hidden_layers));
-    for (auto& l : c.layers) l.bf16 = bf16_cache;
+    for (const LayerWeights& lw : w_.layers) c.layers.push_back(be_.new_cache(config_, lw.self_attn, bf16_cache, v_));
     return c;
   }
 
@@ -113,33 +118,28 @@ class Model {
       if (id < 0 || id >= c.vocab_size)
         fail("forward: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
 
-    Mat<T> h = be_.embed(w_.embed_tokens, ids, v_);  // a plain row lookup, no scaling
-    trace.edit("embed", -1, start, n, D, h.data());
+    Act<T> h = be_.embed(w_.embed_tokens, ids, v_);  // a plain row lookup, no scaling
+    trace_point(trace, "embed", -1, start, h);
 
     const std::vector<RopeRow> rope = rope_rows(start, n);
     for (int64_t L = 0; L < c.num_hidden_layers; ++L)
-      block_forward(w_.layers[std::size_t(L)], h, cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L);
+      block_forward(w_.layers[std::size_t(L)], h, *cache.layers[std::size_t(L)], start, rope, opt.attn, trace, L);
     cache.length = start + n;
-    if (opt.hidden) *opt.hidden = be_.rms_norm(h, w_.norm, c.rms_norm_eps, v_);
+    if (opt.hidden) *opt.hidden = home(be_.rms_norm(h, w_.norm, c.rms_norm_eps, v_));
 
-    Mat<T> last = h;
-    if (!opt.all_logits) {
-      last = empty<T>(1, D);
-      std::copy_n(&h(n - 1, 0), D, last.data());
-    }
-    Mat<T> hn = be_.rms_norm(last, w_.norm, c.rms_norm_eps, v_);
-    trace.edit("final_norm", -1, opt.all_logits ? start : start + n - 1, rows(hn), D, hn.data());
-    Mat<T> logits = be_.linear(hn, w_.lm_head, v_);
-    trace.edit("logits", -1, opt.all_logits ? start : start + n - 1, rows(logits), cols(logits),
-               logits.data());
-    return logits;
+    const Act<T> last = opt.all_logits ? h : be_.take_rows(h, n - 1, n);
+    Act<T> hn = be_.rms_norm(last, w_.norm, c.rms_norm_eps, v_);
+    trace_point(trace, "final_norm", -1, opt.all_logits ? start : start + n - 1, hn);
+    Act<T> logits = be_.linear(hn, w_.lm_head, v_);
+    trace_point(trace, "logits", -1, opt.all_logits ? start : start + n - 1, logits);
+    return home(std::move(logits));
   }
 
   // -- multi-token prediction ------------------------------------------------
   bool has_mtp() const { return !w_.mtp.empty(); }
   KVCache<T> new_mtp_cache() const {
     KVCache<T> c;
-    c.layers.resize(1);
+    if (!w_.mtp.empty()) c.layers.push_back(be_.new_cache(config_, w_.mtp[0].block.self_attn, false, v_));
     return c;
   }
 
@@ -163,23 +163,19 @@ class Model {
       fail("MTP: position ", start + n - 1, " exceeds max_position_embeddings = ", c.max_position_embeddings);
     for (int32_t id : next_ids)
       if (id < 0 || id >= c.vocab_size) fail("MTP: token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
-    Mat<T> e = be_.embed(m.embed_tokens, next_ids, v_);
-    if (o.zero_pos0 && start == 0) std::fill_n(&e(0, 0), D, T(0));
-    const Mat<T> en = be_.rms_norm(e, m.enorm, c.rms_norm_eps, v_);
-    const Mat<T> hn = be_.rms_norm(h, m.hnorm, c.rms_norm_eps, v_);
-    Mat<T> cat = empty<T>(n, 2 * D);  // [n, 2D] = [enorm(e) | hnorm(h)]
-    for (int64_t i = 0; i < n; ++i) {
-      std::copy_n(&en(i, 0), D, &cat(i, 0));
-      std::copy_n(&hn(i, 0), D, &cat(i, D));
-    }
-    Mat<T> u = be_.linear(cat, m.eh_proj, v_);
+    Act<T> e = be_.embed(m.embed_tokens, next_ids, v_);
+    if (o.zero_pos0 && start == 0) be_.zero_rows(e, 0, 1);
+    const Act<T> en = be_.rms_norm(e, m.enorm, c.rms_norm_eps, v_);
+    const Act<T> hn = be_.rms_norm(be_.upload(h), m.hnorm, c.rms_norm_eps, v_);
+    Act<T> u = be_.linear(be_.concat_cols(en, hn), m.eh_proj, v_);  // eh_proj [enorm(e) | hnorm(h)]: [n, 2D] -> [n, D]
     const int64_t L = c.num_hidden_layers;  // trace layer index of the MTP block
-    trace.edit("mtp_eh_proj", L, start, n, D, u.data());
-    block_forward(m.block, u, cache.layers[0], start, rope_rows(start, n), o.attn, trace, L);
+    trace_point(trace, "mtp_eh_proj", L, start, u);
+    block_forward(m.block, u, *cache.layers[0], start, rope_rows(start, n), o.attn, trace, L);
     cache.length = start + n;
-    Mat<T> logits = be_.linear(be_.rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), m.shared_head_head, v_);
-    trace.emit("mtp_logits", L, start, n, cols(logits), logits.data());
-    return logits;
+    Act<T> logits = be_.linear(be_.rms_norm(u, m.shared_head_norm, c.rms_norm_eps, v_), m.shared_head_head, v_);
+    Mat<T> out = home(std::move(logits));
+    trace.emit("mtp_logits", L, start, n, cols(out), out.data());
+    return out;
   }
 
  private:
@@ -191,22 +187,28 @@ class Model {
 
   // One pre-norm decoder block, in place on the residual stream h [n, D]:
   //   h = h + MLA(RMSNorm(h)),  h = h + FFN(RMSNorm(h))  (dense MLP or MoE)
-  void block_forward(const LayerWeights& lw, Mat<T>& h, LatentCache<T>& cache, int64_t start,
+  void block_forward(const LayerWeights& lw, Act<T>& h, LayerCache& cache, int64_t start,
                      const std::vector<RopeRow>& rope, AttnForm attn, const Trace& trace, int64_t L) const {
     const Config& c = config_;
-    const int64_t n = rows(h), D = cols(h);
-    Mat<T> a_in = be_.rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
-    trace.edit("attn_norm", L, start, n, D, a_in.data());
-    h += be_.attention_mla(be_, c, lw.self_attn, a_in, cache, start, rope, attn, trace, L, v_);
-    round_act(v_, h);
-    trace.edit("resid_attn", L, start, n, D, h.data());
-    Mat<T> f_in = be_.rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
-    trace.edit("ffn_norm", L, start, n, D, f_in.data());
-    Mat<T> f = lw.moe ? be_.moe(be_, c, *lw.moe, f_in, trace, L, start, v_) : be_.mlp(be_, *lw.mlp, f_in, v_);
-    trace.edit("ffn_out", L, start, n, D, f.data());
-    h += f;
-    round_act(v_, h);
-    trace.edit("resid_ffn", L, start, n, D, h.data());
+    Act<T> a_in = be_.rms_norm(h, lw.input_layernorm, c.rms_norm_eps, v_);
+    trace_point(trace, "attn_norm", L, start, a_in);
+    be_.add(h, be_.attention_mla(be_, c, lw.self_attn, a_in, cache, start, rope, attn, trace, L, v_), v_);
+    trace_point(trace, "resid_attn", L, start, h);
+    Act<T> f_in = be_.rms_norm(h, lw.post_attention_layernorm, c.rms_norm_eps, v_);
+    trace_point(trace, "ffn_norm", L, start, f_in);
+    Act<T> f = lw.moe ? be_.moe(be_, c, *lw.moe, f_in, trace, L, start, v_) : be_.mlp(be_, *lw.mlp, f_in, v_);
+    trace_point(trace, "ffn_out", L, start, f);
+    be_.add(h, f, v_);
+    trace_point(trace, "resid_ffn", L, start, h);
+  }
+
+  // A named point of the forward pass on an activation wherever it is held:
+  // read back for the sink, and put back edited when an editor is installed.
+  void trace_point(const Trace& trace, const char* name, int64_t layer, int64_t start, Act<T>& a) const {
+    if (!trace.enabled()) return;
+    Mat<T> m = be_.download(a);
+    trace.edit(name, layer, start, rows(m), cols(m), m.data());
+    if (trace.editor()) a = a.on_host() ? Act<T>(std::move(m)) : a.owner()->upload(m);
   }
 
   Config config_;

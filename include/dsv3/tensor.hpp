@@ -1,14 +1,21 @@
-// dsv3/tensor.hpp — the activation type every op takes and returns.
+// dsv3/tensor.hpp — the activations that cross the backend seam.
 //
 // Mat<T> is a row-major [rows, cols] xtensor of the compute scalar T (float or
-// double). This header is the one place the model's code names xtensor; it
-// carries no BLAS, no threads and no kernels, so a backend compiled outside
-// include/ can include it without the CPU implementation.
+// double): the host form, which the CPU and reference backends compute on.
+// Act<T> is what every op of the seam takes and returns: a [rows, cols]
+// activation held either on the host (an owned Mat, or a non-owning view of
+// one) or by a backend in its own memory (an opaque handle that only that
+// backend reads; a GPU buffer, say). The model's residual stream is an Act,
+// so it stays wherever the backend running the ops keeps it.
+// This header is the one place the model's code names xtensor; it carries no
+// BLAS, no threads and no kernels, so a backend compiled outside include/ can
+// include it without the CPU implementation.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include <xtensor/xtensor.hpp>
 
@@ -53,11 +60,62 @@ inline Mat<T> take_cols(const Mat<T>& x, int64_t c0, int64_t width) {
 }
 
 struct Linear;
+template <class T>
+class Backend;
+
+template <class T>
+class Act {
+ public:
+  Act() = default;
+  // Host, owned: takes the matrix.
+  Act(Mat<T>&& m) : owned_(std::make_shared<Mat<T>>(std::move(m))), rows_(dsv3::rows(*owned_)), cols_(dsv3::cols(*owned_)) {}
+  // Host, a view of m (no copy): valid while m lives and is not resized.
+  static Act view(const Mat<T>& m) {
+    Act a;
+    a.view_ = &m;
+    a.rows_ = dsv3::rows(m);
+    a.cols_ = dsv3::cols(m);
+    return a;
+  }
+  // Held by `owner` in its own memory; `handle` is that backend's business.
+  Act(const Backend<T>* owner, std::shared_ptr<void> handle, int64_t rows, int64_t cols)
+      : owner_(owner), handle_(std::move(handle)), rows_(rows), cols_(cols) {}
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  bool on_host() const { return owner_ == nullptr; }
+  // The backend that holds it (nullptr: the host).
+  const Backend<T>* owner() const { return owner_; }
+  template <class H>
+  H* handle() const { return static_cast<H*>(handle_.get()); }
+
+  // The host matrix (an error for an activation a backend holds).
+  const Mat<T>& host() const;
+  // The host matrix, writable: a view is copied first (copy on write).
+  Mat<T>& host_mut();
+  // As a host matrix: moved out when owned, copied from a view, downloaded
+  // (Backend::download) when a backend holds it.
+  Mat<T> to_host() &&;
+
+ private:
+  const Backend<T>* owner_ = nullptr;
+  std::shared_ptr<Mat<T>> owned_;
+  const Mat<T>* view_ = nullptr;
+  std::shared_ptr<void> handle_;
+  int64_t rows_ = 0, cols_ = 0;
+};
+
+// A linear on a host matrix (the CPU kernels' linear_many).
+template <class T>
+struct MatJob {
+  const Mat<T>* x;   // [n, in]
+  const Linear* w;   // [out, in]
+};
 
 // One of several independent linears y = x · Wᵀ run together (Backend::linear_many).
 template <class T>
 struct LinearJob {
-  const Mat<T>* x;   // [n, in]
+  const Act<T>* x;   // [n, in]
   const Linear* w;   // [out, in]
 };
 

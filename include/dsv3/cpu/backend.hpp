@@ -20,35 +20,42 @@ template <class T>
 class CpuBackend : public Backend<T> {
  public:
   std::string name() const override { return "cpu"; }
-  bool supports(Op, DType) const override { return true; }
+  bool supports(const OpQuery&) const override { return true; }
 
-  Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+  Act<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
     return reference::embed<T>(table, ids, v);  // a row lookup: nothing to make faster
   }
-  Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override { return cpu::linear(x, w, v); }
-  std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
-    return cpu::linear_many(jobs, v);
+  Act<T> linear(const Act<T>& x, const Linear& w, const Variants& v) const override {
+    return cpu::linear(x.host(), w, v);
   }
-  Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
-    return cpu::rms_norm(x, w, eps, v);
+  std::vector<Act<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
+    std::vector<MatJob<T>> mats;
+    for (const auto& j : jobs) mats.push_back({&j.x->host(), j.w});
+    std::vector<Act<T>> ys;
+    for (Mat<T>& y : cpu::linear_many(mats, v)) ys.emplace_back(std::move(y));
+    return ys;
   }
-  void rope(Mat<T>& x, int64_t col0, int64_t d, int64_t stride, const std::vector<RopeRow>& r,
+  Act<T> rms_norm(const Act<T>& x, const TensorView& w, double eps, const Variants& v) const override {
+    return cpu::rms_norm(x.host(), w, eps, v);
+  }
+  void rope(Act<T>& xa, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
             bool interleave) const override {
+    Mat<T>& x = xa.host_mut();
 #pragma omp parallel for schedule(static) if (rows(x) > cpu::kFusedMaxRows)
     for (int64_t i = 0; i < rows(x); ++i)
-      for (int64_t c = col0; c + d <= cols(x); c += stride) rope_apply(&x(i, c), d, r[std::size_t(i)], interleave);
+      for (int64_t c = col0; c + width <= cols(x); c += stride) rope_apply(&x(i, c), width, r[std::size_t(i)], interleave);
   }
-  Mat<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Mat<T>& x,
-                       LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
+  Act<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Act<T>& x,
+                       LayerCache& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
                        const Trace& trace, int64_t layer, const Variants& v) const override {
-    return cpu::mla(ops, c, w, x, cache, start_pos, rope, form, trace, layer, v);
+    return cpu::mla(ops, c, w, x.host(), latent_cache<T>(cache, name()), start_pos, rope, form, trace, layer, v);
   }
-  Mat<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+  Act<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Act<T>& x, const Trace& trace,
              int64_t layer, int64_t start_pos, const Variants& v) const override {
-    return cpu::moe(ops, c, w, x, trace, layer, start_pos, v);
+    return cpu::moe(ops, c, w, x.host(), trace, layer, start_pos, v);
   }
-  Mat<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Mat<T>& x, const Variants& v) const override {
-    return cpu::mlp(ops, w, x, v);
+  Act<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Act<T>& x, const Variants& v) const override {
+    return cpu::mlp(ops, w, x.host(), v);
   }
 };
 

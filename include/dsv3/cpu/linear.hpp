@@ -132,7 +132,7 @@ DSV3_CLONES [[maybe_unused]] static void dot_rows_f32(const float* x, int64_t n,
 constexpr int64_t kFusedMaxRows = 4;
 
 template <class T>
-inline void linear_fused_many(const std::vector<LinearJob<T>>& jobs, const Variants& v, std::vector<Mat<T>>& ys) {
+inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants& v, std::vector<Mat<T>>& ys) {
   struct Job {
     const T* direct = nullptr;
     const uint16_t* bf16 = nullptr;  // BF16 weights at T = float: the one-pass kernel above
@@ -268,7 +268,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
 // rows one list of work. Otherwise (a prefill's experts): the threads take
 // whole jobs, the largest first, each job one GEMM per band_rows(W, false).
 template <class T>
-inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v = {}) {
+inline std::vector<Mat<T>> linear_many(const std::vector<MatJob<T>>& jobs, const Variants& v = {}) {
   std::vector<Mat<T>> ys(jobs.size());
   bool fused = true;
   for (const auto& j : jobs) {
@@ -289,7 +289,7 @@ inline std::vector<Mat<T>> linear_many(const std::vector<LinearJob<T>>& jobs, co
     std::vector<T> scratch;
 #pragma omp for schedule(dynamic, 1)
     for (std::size_t t = 0; t < order.size(); ++t) {
-      const LinearJob<T>& j = jobs[order[t]];
+      const MatJob<T>& j = jobs[order[t]];
       Mat<T>& y = ys[order[t]];
       if (rows(*j.x) <= kFusedMaxRows || (v.fp8_w8a8 && j.w->is_fp8())) {
         y = linear(*j.x, *j.w, v);  // runs on this thread: a nested parallel region is one thread

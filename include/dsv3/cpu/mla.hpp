@@ -35,32 +35,33 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   const int64_t dv = c.v_head_dim, r = c.kv_lora_rank;
 
   // The two projections of x (q_a or q, and kv_a) in one call.
-  std::vector<Mat<T>> xa = be.linear_many({{&x, w.q_a_proj ? &*w.q_a_proj : &*w.q_proj}, {&x, &w.kv_a_proj_with_mqa}}, v);
+  const HostOps<T> ops{be};  // the dispatcher's linears, norms, RoPE on host matrices
+  std::vector<Mat<T>> xa = ops.linear_many({{&x, w.q_a_proj ? &*w.q_a_proj : &*w.q_proj}, {&x, &w.kv_a_proj_with_mqa}}, v);
 
   // -- queries: [n, H, nope | rope]
   Mat<T> q;
   if (w.q_a_proj) {
     Mat<T>& q_a = xa[0];                                                 // [n, q_lora]
     trace.edit("q_a", layer, start_pos, n, cols(q_a), q_a.data());
-    Mat<T> c_q = be.rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
+    Mat<T> c_q = ops.rms_norm(q_a, *w.q_a_layernorm, c.rms_norm_eps, v);  // [n, q_lora]
     trace.edit("q_a_norm", layer, start_pos, n, cols(c_q), c_q.data());
-    q = be.linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
+    q = ops.linear(c_q, *w.q_b_proj, v);                                  // [n, H*dq]
   } else {
     q = std::move(xa[0]);                                                // [n, H*dq]
   }
   trace.emit_heads("q_nope", layer, start_pos, n, H, dq, /*col0=*/0, /*width=*/dn, q.data());
   trace.emit_heads("q_pe", layer, start_pos, n, H, dq, /*col0=*/dn, /*width=*/dr, q.data());
-  be.rope(q, /*col0=*/dn, /*width=*/dr, /*stride=*/dq, rope, c.rope_interleave);  // each head's rope part
+  ops.rope(q, /*col0=*/dn, /*width=*/dr, /*stride=*/dq, rope, c.rope_interleave);  // each head's rope part
   round_act(v, q);
   trace.emit_heads("q_pe_rope", layer, start_pos, n, H, dq, dn, dr, q.data());
 
   // -- latent kv for the new tokens, appended to the cache
   const Mat<T>& kv = xa[1];                                             // [n, r + dr]
-  Mat<T> c_kv = be.rms_norm(take_cols(kv, 0, r), w.kv_a_layernorm, c.rms_norm_eps, v);
+  Mat<T> c_kv = ops.rms_norm(take_cols(kv, 0, r), w.kv_a_layernorm, c.rms_norm_eps, v);
   trace.edit("c_kv", layer, start_pos, n, r, c_kv.data());
   Mat<T> k_pe = take_cols(kv, r, dr);
   trace.edit("k_pe", layer, start_pos, n, dr, k_pe.data());
-  be.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
+  ops.rope(k_pe, 0, dr, dr, rope, c.rope_interleave);
   round_act(v, k_pe);
   trace.edit("k_pe_rope", layer, start_pos, n, dr, k_pe.data());
   cache.append(c_kv.data(), k_pe.data(), n, r, dr);
@@ -155,7 +156,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   }
   round_act(v, o);
   trace.edit("attn_out", layer, start_pos, n, H * dv, o.data());
-  Mat<T> out = be.linear(o, w.o_proj, v);                                 // [n, D]
+  Mat<T> out = ops.linear(o, w.o_proj, v);                                 // [n, D]
   trace.edit("attn_o_proj", layer, start_pos, n, cols(out), out.data());
   return out;
 }

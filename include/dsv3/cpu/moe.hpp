@@ -37,10 +37,11 @@ inline void swiglu(Mat<T>& g, const Mat<T>& u, const Variants& v) {
 
 template <class T>
 inline Mat<T> mlp(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, const Variants& v = {}) {
-  Mat<T> g = be.linear(x, w.gate_proj, v);  // [n, I]
-  Mat<T> u = be.linear(x, w.up_proj, v);    // [n, I]
+  const HostOps<T> ops{be};
+  Mat<T> g = ops.linear(x, w.gate_proj, v);  // [n, I]
+  Mat<T> u = ops.linear(x, w.up_proj, v);    // [n, I]
   swiglu(g, u, v);
-  return be.linear(g, w.down_proj, v);      // [n, D]
+  return ops.linear(g, w.down_proj, v);      // [n, D]
 }
 
 // Several SwiGLU MLPs on their own inputs, in two rounds of independent
@@ -48,19 +49,19 @@ inline Mat<T> mlp(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, co
 template <class T>
 inline std::vector<Mat<T>> mlp_many(const Backend<T>& be, const std::vector<const MLPWeights*>& ws,
                                             const std::vector<const Mat<T>*>& xs, const Variants& v = {}) {
-  std::vector<LinearJob<T>> jobs;
+  std::vector<MatJob<T>> jobs;
   for (std::size_t e = 0; e < ws.size(); ++e) {
     jobs.push_back({xs[e], &ws[e]->gate_proj});
     jobs.push_back({xs[e], &ws[e]->up_proj});
   }
-  std::vector<Mat<T>> gu = be.linear_many(jobs, v);
+  std::vector<Mat<T>> gu = HostOps<T>{be}.linear_many(jobs, v);
   jobs.clear();
   std::size_t elems = 0;
   for (std::size_t e = 0; e < ws.size(); ++e) elems += gu[2 * e].size();
 #pragma omp parallel for schedule(dynamic, 1) if (elems > kSwigluParallelElems)
   for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
   for (std::size_t e = 0; e < ws.size(); ++e) jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
-  return be.linear_many(jobs, v);
+  return HostOps<T>{be}.linear_many(jobs, v);
 }
 
 // The router: reference::select_experts for every token, tokens over threads.

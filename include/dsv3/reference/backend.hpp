@@ -20,32 +20,32 @@ template <class T>
 class ReferenceBackend : public Backend<T> {
  public:
   std::string name() const override { return "reference"; }
-  bool supports(Op, DType) const override { return true; }
+  bool supports(const OpQuery&) const override { return true; }
 
-  Mat<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+  Act<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
     return reference::embed<T>(table, ids, v);
   }
-  Mat<T> linear(const Mat<T>& x, const Linear& w, const Variants& v) const override {
-    return reference::linear(x, w, v);
+  Act<T> linear(const Act<T>& x, const Linear& w, const Variants& v) const override {
+    return reference::linear(x.host(), w, v);
   }
-  Mat<T> rms_norm(const Mat<T>& x, const TensorView& w, double eps, const Variants& v) const override {
-    return reference::rms_norm(x, w, eps, v);
+  Act<T> rms_norm(const Act<T>& x, const TensorView& w, double eps, const Variants& v) const override {
+    return reference::rms_norm(x.host(), w, eps, v);
   }
-  void rope(Mat<T>& x, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
+  void rope(Act<T>& x, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
             bool interleave) const override {
-    reference::rope(x, col0, width, stride, r, interleave);
+    reference::rope(x.host_mut(), col0, width, stride, r, interleave);
   }
-  Mat<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Mat<T>& x,
-                       LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
+  Act<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Act<T>& x,
+                       LayerCache& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
                        const Trace& trace, int64_t layer, const Variants& v) const override {
-    return reference::mla(ops, c, w, x, cache, start_pos, rope, form, trace, layer, v);
+    return reference::mla(ops, c, w, x.host(), latent_cache<T>(cache, name()), start_pos, rope, form, trace, layer, v);
   }
-  Mat<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+  Act<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Act<T>& x, const Trace& trace,
              int64_t layer, int64_t start_pos, const Variants& v) const override {
-    return reference::moe(ops, c, w, x, trace, layer, start_pos, v);
+    return reference::moe(ops, c, w, x.host(), trace, layer, start_pos, v);
   }
-  Mat<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Mat<T>& x, const Variants& v) const override {
-    return reference::mlp(ops, w, x, v);
+  Act<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Act<T>& x, const Variants& v) const override {
+    return reference::mlp(ops, w, x.host(), v);
   }
 };
 

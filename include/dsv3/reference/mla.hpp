@@ -60,9 +60,10 @@ inline void matvec_t(const T* M, int64_t rows_in, int64_t len, const T* x, T* y)
 }
 
 template <class T>
-inline Mat<T> mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Mat<T>& x,
+inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights& w, const Mat<T>& x,
                   LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
                   const Trace& trace, int64_t layer, const Variants& v) {
+  const HostOps<T> ops{be};                                          // the dispatcher's linears, norms, RoPE
   const int64_t n = rows(x), n_h = c.num_attention_heads;
   const int64_t d_h = c.qk_nope_head_dim, d_hR = c.qk_rope_head_dim, d_q = d_h + d_hR;
   const int64_t d_v = c.v_head_dim, d_c = c.kv_lora_rank;

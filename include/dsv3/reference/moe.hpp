@@ -67,10 +67,10 @@ inline T router_round(const Variants& v, T a) {
 // Router logits u_tᵀ e_i for every token, [n, N_r]: fp32 (or, D6, bf16-rounded);
 // never rounded by the activation knobs.
 template <class T>
-inline Mat<T> router_logits(const Backend<T>& ops, const GateWeights& gw, const Mat<T>& x, const Variants& v) {
+inline Mat<T> router_logits(const Backend<T>& be, const GateWeights& gw, const Mat<T>& x, const Variants& v) {
   Linear gate;
   gate.weight = gw.weight;
-  Mat<T> logits = ops.linear(x, gate, Variants{});
+  Mat<T> logits = HostOps<T>{be}.linear(x, gate, Variants{});
   round_bf16_if(v.router_precision == "bf16", logits.begin(), logits.end());
   return logits;
 }
@@ -173,10 +173,10 @@ inline std::vector<T> router_bias(const GateWeights& gw, const Config& c) {
 
 // The router for every token of x (eqs. 13–16).
 template <class T>
-inline Routing route(const Backend<T>& ops, const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
+inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& gw, const Mat<T>& x, const Trace& trace,
                      int64_t layer, int64_t start_pos, const Variants& v) {
   const int64_t K = experts_per_token(c, v);
-  const Mat<T> logits = router_logits(ops, gw, x, v);                  // u_tᵀ e_i       [n, N_r]
+  const Mat<T> logits = router_logits(be, gw, x, v);                  // u_tᵀ e_i       [n, N_r]
   const std::vector<T> b = router_bias<T>(gw, c);
   std::vector<TokenRoute<T>> routes;
   for (int64_t t = 0; t < rows(x); ++t) routes.push_back(select_experts(&logits(t, 0), b.data(), c, K, v));
@@ -185,7 +185,8 @@ inline Routing route(const Backend<T>& ops, const Config& c, const GateWeights& 
 
 // FFN(u) = W_down (silu(W_gate u) ⊙ W_up u): dense MLP, routed and shared experts.
 template <class T>
-inline Mat<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Mat<T>& x, const Variants& v) {
+inline Mat<T> mlp(const Backend<T>& be, const MLPWeights& w, const Mat<T>& x, const Variants& v) {
+  const HostOps<T> ops{be};
   const Mat<T> gate = ops.linear(x, w.gate_proj, v);                   // [n, I]
   const Mat<T> up = ops.linear(x, w.up_proj, v);                       // [n, I]
   Mat<T> a = empty<T>(rows(gate), cols(gate));
@@ -204,22 +205,23 @@ inline void add_weighted(T* y, T g, const T* f, int64_t d, const Variants& v) {
 
 // The MoE layer for every token of x: [n, d] -> [n, d], without the residual.
 template <class T>
-inline Mat<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
+inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
                   int64_t layer, int64_t start_pos, const Variants& v) {
   const int64_t n = rows(x), d = cols(x);
-  const Routing r = route(ops, c, w.gate, x, trace, layer, start_pos, v);
+  const HostOps<T> ops{be};                                             // experts run through the dispatcher
+  const Routing r = route(be, c, w.gate, x, trace, layer, start_pos, v);
   Mat<T> y = zeros<T>(n, d);
   for (int64_t t = 0; t < n; ++t) {
     const Mat<T> u_t = take_row(x, t);                                 // [1, d]
     for (int64_t j = 0; j < r.k; ++j) {                                // ascending expert id (official MoE.forward order)
       const int32_t i = r.ids[std::size_t(t * r.k + j)];
-      const Mat<T> f = mlp(ops, w.experts[std::size_t(i)], u_t, v);    // FFN_i^(r)(u_t)
+      const Mat<T> f = ops.mlp(w.experts[std::size_t(i)], u_t, v);     // FFN_i^(r)(u_t)
       add_weighted(&y(t, 0), T(r.weights[std::size_t(t * r.k + j)]), f.data(), d, v);  // eq. (12) Σ g_i,t FFN_i^(r)(u_t)
     }
   }
   trace.edit("routed_out", layer, start_pos, n, d, y.data());
   if (!w.shared_experts) return y;
-  Mat<T> shared = mlp(ops, *w.shared_experts, x, v);             // eq. (12) Σ FFN_i^(s)(u_t): N_s experts as one wider FFN
+  Mat<T> shared = ops.mlp(*w.shared_experts, x, v);             // eq. (12) Σ FFN_i^(s)(u_t): N_s experts as one wider FFN
   trace.edit("shared_out", layer, start_pos, n, d, shared.data());
   y += shared;
   round_act(v, y);

@@ -128,12 +128,18 @@ struct BackendCheck {
   Tally& tally;
   Tol<T> tol;
 
+  // Inputs go to the backend where it computes (host view, or uploaded);
+  // every result comes back to the host to be compared.
+  Act<T> in(const Mat<T>& x) const { return be.on_host() ? Act<T>::view(x) : be.upload(x); }
+  static Act<T> view(const Mat<T>& x) { return Act<T>::view(x); }
+  bool takes(Op op, const Linear* w, const TensorView* t, const Variants& v) const { return be.supports({op, w, t, &v}); }
+
   // -- linear: per element, relative to Σ|x w| ------------------------------
   void linear_case(const std::string& fmt, const Linear& W, int64_t n, const Variants& v, const std::string& tag) {
     const std::string what = fmt + " " + W.name() + " n=" + std::to_string(n) + tag;
-    if (!be.supports(Op::linear, W.weight.dtype)) return tally.not_supported("linear", what);
+    if (!takes(Op::linear, &W, nullptr, v)) return tally.not_supported("linear", what);
     const Mat<T> x = random_rows<T>(n, W.in(), uint64_t(n * 131 + W.out()));
-    const Mat<T> y = be.linear(x, W, v), r = ref.linear(x, W, v);
+    const Mat<T> y = home(be.linear(in(x), W, v)), r = home(ref.linear(view(x), W, v));
     tally.record("linear", what, linear_err(x, W, y, r, v), tol.linear(v.bf16_activations));
   }
   double linear_err(const Mat<T>& x, const Linear& W, const Mat<T>& y, const Mat<T>& r, const Variants& v) {
@@ -157,16 +163,18 @@ struct BackendCheck {
     std::string what = fmt + " linear_many n=";
     for (int64_t n : ns) what += std::to_string(n) + ",";
     for (const Linear* w : ws)
-      if (!be.supports(Op::linear, w->weight.dtype)) return tally.not_supported("linear_many", what);
+      if (!takes(Op::linear, w, nullptr, {})) return tally.not_supported("linear_many", what);
     std::vector<Mat<T>> xs;
+    std::vector<Act<T>> acts;
     for (std::size_t j = 0; j < ws.size(); ++j) xs.push_back(random_rows<T>(ns[j], ws[j]->in(), 900 + j));
+    for (const Mat<T>& x : xs) acts.push_back(in(x));
     std::vector<LinearJob<T>> jobs;
-    for (std::size_t j = 0; j < ws.size(); ++j) jobs.push_back({&xs[j], ws[j]});
-    const std::vector<Mat<T>> ys = be.linear_many(jobs, {});
+    for (std::size_t j = 0; j < ws.size(); ++j) jobs.push_back({&acts[j], ws[j]});
+    std::vector<Act<T>> ys = be.linear_many(jobs, {});
     if (ys.size() != ws.size()) return tally.record("linear_many", what + " (wrong number of results)", INFINITY, 0);
     double worst = 0;
     for (std::size_t j = 0; j < ws.size(); ++j)
-      worst = std::max(worst, linear_err(xs[j], *ws[j], ys[j], ref.linear(xs[j], *ws[j], {}), {}));
+      worst = std::max(worst, linear_err(xs[j], *ws[j], home(std::move(ys[j])), home(ref.linear(view(xs[j]), *ws[j], {})), {}));
     tally.record("linear_many", what, worst, tol.linear(false));
   }
 
@@ -175,27 +183,31 @@ struct BackendCheck {
     const Config& c = m.config();
     const ModelWeights& w = m.weights();
     const std::vector<int32_t> ids = {0, 5, int32_t(c.vocab_size - 1), 5};
-    if (be.supports(Op::embed, w.embed_tokens.weight.dtype))
-      tally.record("embed", fmt, rel_err(be.embed(w.embed_tokens, ids, {}), ref.embed(w.embed_tokens, ids, {})), 0);
+    if (takes(Op::embed, &w.embed_tokens, nullptr, {}))
+      tally.record("embed", fmt, rel_err(home(be.embed(w.embed_tokens, ids, {})), home(ref.embed(w.embed_tokens, ids, {}))), 0);
     else
       tally.not_supported("embed", fmt);
     for (int64_t n : {1, 5, 70}) {
       const Mat<T> x = random_rows<T>(n, c.hidden_size, 77 + n, 3.0);
-      if (be.supports(Op::rms_norm, w.norm.dtype))
+      if (takes(Op::rms_norm, nullptr, &w.norm, {}))
         tally.record("rms_norm", fmt + " n=" + std::to_string(n),
-                     rel_err(be.rms_norm(x, w.norm, c.rms_norm_eps, {}), ref.rms_norm(x, w.norm, c.rms_norm_eps, {})), 0);
+                     rel_err(home(be.rms_norm(in(x), w.norm, c.rms_norm_eps, {})),
+                             home(ref.rms_norm(view(x), w.norm, c.rms_norm_eps, {}))), 0);
+      else
+        tally.not_supported("rms_norm", fmt);
       const int64_t H = c.num_attention_heads, dq = c.qk_head_dim();
       Mat<T> q = random_rows<T>(n, H * dq, 99 + n), q_ref = q;
       std::vector<RopeRow> rope;
       const auto f = rope_inv_freq(c);
       for (int64_t i = 0; i < n; ++i) rope.push_back(rope_row(f, 4000 + 37 * i));  // past original_max_position_embeddings
-      if (!be.supports(Op::rope)) {
+      if (!takes(Op::rope, nullptr, nullptr, {})) {
         tally.not_supported("rope", fmt);
         continue;
       }
-      be.rope(q, c.qk_nope_head_dim, c.qk_rope_head_dim, dq, rope, c.rope_interleave);
-      ref.rope(q_ref, c.qk_nope_head_dim, c.qk_rope_head_dim, dq, rope, c.rope_interleave);
-      tally.record("rope", fmt + " n=" + std::to_string(n), rel_err(q, q_ref), 0);
+      Act<T> qb = in(q), qr(std::move(q_ref));
+      be.rope(qb, c.qk_nope_head_dim, c.qk_rope_head_dim, dq, rope, c.rope_interleave);
+      ref.rope(qr, c.qk_nope_head_dim, c.qk_rope_head_dim, dq, rope, c.rope_interleave);
+      tally.record("rope", fmt + " n=" + std::to_string(n), rel_err(home(std::move(qb)), home(std::move(qr))), 0);
     }
   }
 
@@ -208,39 +220,48 @@ struct BackendCheck {
     const std::string what = fmt + " " + fname + " start=" + std::to_string(start) + " n=" + std::to_string(n) +
                              (bf16_cache ? " bf16-cache" : "") + (chunk ? " chunk=" + std::to_string(chunk) : "") +
                              (v.bf16_activations ? " bf16-act" : "");
-    if (!be.supports(Op::attention_mla, w.kv_b_proj.weight.dtype)) return tally.not_supported("attention_mla", what);
+    if (!takes(Op::attention_mla, &w.kv_b_proj, nullptr, v)) return tally.not_supported("attention_mla", what);
     const auto f = rope_inv_freq(c);
     std::vector<RopeRow> rope_all;
     for (int64_t p = 0; p < start + n; ++p) rope_all.push_back(rope_row(f, p));
     const Mat<T> x_all = random_rows<T>(start + n, c.hidden_size, 500 + start * 7 + n);
-    // the cached prefix, written by the reference, the same for both
-    LatentCache<T> prefix;
-    prefix.bf16 = bf16_cache;
-    if (start > 0)
-      ref.attention_mla(ref, c, w, take_rows(x_all, 0, start), prefix, 0,
-                        std::vector<RopeRow>(rope_all.begin(), rope_all.begin() + start), AttnForm::absorb, Trace(), layer, v);
-    LatentCache<T> cb = prefix, cr = prefix;
+    // the cached prefix: the reference writes it for a host backend (the same
+    // rows for both); a backend with caches of its own writes its own
+    auto cr = ref.new_cache(c, bf16_cache);
+    auto cb = be.new_cache(c, bf16_cache);
+    const std::vector<RopeRow> rope_pre(rope_all.begin(), rope_all.begin() + start);
+    if (start > 0) {
+      const Mat<T> x_pre = take_rows(x_all, 0, start);
+      ref.attention_mla(ref, c, w, view(x_pre), *cr, 0, rope_pre, AttnForm::absorb, Trace(), layer, v);
+      auto* host_cb = dynamic_cast<LatentCache<T>*>(cb.get());
+      if (host_cb) *host_cb = latent_cache<T>(*cr, "reference");
+      else be.attention_mla(be, c, w, in(x_pre), *cb, 0, rope_pre, AttnForm::absorb, Trace(), layer, v);
+    }
     const Mat<T> x = take_rows(x_all, start, start + n);
     const std::vector<RopeRow> rope(rope_all.begin() + start, rope_all.end());
-    const Mat<T> r = ref.attention_mla(ref, c, w, x, cr, start, rope, form, Trace(), layer, v);
+    const Mat<T> r = home(ref.attention_mla(ref, c, w, view(x), *cr, start, rope, form, Trace(), layer, v));
     Mat<T> y = empty<T>(n, c.hidden_size);
     const int64_t step = chunk > 0 ? chunk : n;
     for (int64_t s = 0; s < n; s += step) {  // the backend may run the new tokens in chunks
       const int64_t e = std::min(n, s + step);
-      const Mat<T> part = be.attention_mla(be, c, w, take_rows(x, s, e), cb, start + s,
-                                           std::vector<RopeRow>(rope.begin() + s, rope.begin() + e), form, Trace(), layer, v);
+      const Mat<T> xs = take_rows(x, s, e);
+      const Mat<T> part = home(be.attention_mla(be, c, w, in(xs), *cb, start + s,
+                                                std::vector<RopeRow>(rope.begin() + s, rope.begin() + e), form, Trace(), layer, v));
       std::copy(part.begin(), part.end(), y.begin() + s * c.hidden_size);
     }
     const double err = rel_err(y, r);
-    // the cache rows appended: [c_kv | k_pe] per new position
-    std::vector<T> sb, sr;
-    const int64_t width = c.kv_cache_width();
-    const T* kb = cb.read(sb);
-    const T* kr = cr.read(sr);
-    double cache_num = 0, cache_den = 0;
-    for (int64_t i = start * width; i < (start + n) * width; ++i) {
-      cache_num = std::max(cache_num, std::fabs(double(kb[i]) - double(kr[i])));
-      cache_den = std::max(cache_den, std::fabs(double(kr[i])));
+    // the cache rows appended, [c_kv | k_pe] per new position (host caches)
+    double cache_num = 0, cache_den = 1;
+    if (auto* host_cb = dynamic_cast<LatentCache<T>*>(cb.get())) {
+      std::vector<T> sb, sr;
+      const int64_t width = c.kv_cache_width();
+      const T* kb = host_cb->read(sb);
+      const T* kr = latent_cache<T>(*cr, "reference").read(sr);
+      cache_den = 0;
+      for (int64_t i = start * width; i < (start + n) * width; ++i) {
+        cache_num = std::max(cache_num, std::fabs(double(kb[i]) - double(kr[i])));
+        cache_den = std::max(cache_den, std::fabs(double(kr[i])));
+      }
     }
     // a bf16 cache rounds each new row once: like bf16 activations, a float
     // difference can flip one element's rounding by a bf16 ulp
@@ -252,12 +273,12 @@ struct BackendCheck {
                 const std::string& tag) {
     const Config& c = m.config();
     const std::string what = fmt + " n=" + std::to_string(rows(x)) + tag;
-    const DType dt = w.experts.empty() ? DType::F32 : w.experts[0].gate_proj.weight.dtype;
-    if (!be.supports(Op::moe, dt)) return tally.not_supported("moe", what);
+    if (!takes(Op::moe, w.experts.empty() ? nullptr : &w.experts[0].gate_proj, nullptr, v))
+      return tally.not_supported("moe", what);
     std::map<std::string, std::vector<double>> tb, tr;
     auto keep = [](const std::string& s) { return s == "topk_ids" || s == "topk_margin"; };
-    const Mat<T> y = be.moe(be, c, w, x, Trace([&](TraceRecord&& t) { tb[t.name] = t.data; }, keep), 1, 0, v);
-    const Mat<T> r = ref.moe(ref, c, w, x, Trace([&](TraceRecord&& t) { tr[t.name] = t.data; }, keep), 1, 0, v);
+    const Mat<T> y = home(be.moe(be, c, w, in(x), Trace([&](TraceRecord&& t) { tb[t.name] = t.data; }, keep), 1, 0, v));
+    const Mat<T> r = home(ref.moe(ref, c, w, view(x), Trace([&](TraceRecord&& t) { tr[t.name] = t.data; }, keep), 1, 0, v));
     const int64_t n = rows(x), K = int64_t(tr["topk_ids"].size()) / n;
     std::vector<bool> near_tie(static_cast<std::size_t>(n), false);
     int64_t ties = 0, id_mismatch = 0;
@@ -281,10 +302,9 @@ struct BackendCheck {
     const Mat<T> x = zeros<T>(3, m.config().hidden_size);
     std::vector<double> ids_b, ids_r;
     auto keep = [](const std::string& s) { return s == "topk_ids"; };
-    const DType dt = w.experts[0].gate_proj.weight.dtype;
-    if (!be.supports(Op::moe, dt)) return tally.not_supported("moe", fmt + " exact ties");
-    be.moe(be, m.config(), w, x, Trace([&](TraceRecord&& t) { ids_b = t.data; }, keep), 1, 0, {});
-    ref.moe(ref, m.config(), w, x, Trace([&](TraceRecord&& t) { ids_r = t.data; }, keep), 1, 0, {});
+    if (!takes(Op::moe, &w.experts[0].gate_proj, nullptr, {})) return tally.not_supported("moe", fmt + " exact ties");
+    be.moe(be, m.config(), w, in(x), Trace([&](TraceRecord&& t) { ids_b = t.data; }, keep), 1, 0, {});
+    ref.moe(ref, m.config(), w, view(x), Trace([&](TraceRecord&& t) { ids_r = t.data; }, keep), 1, 0, {});
     double diff = ids_b.size() == ids_r.size() ? 0 : 1;
     for (std::size_t i = 0; i < std::min(ids_b.size(), ids_r.size()); ++i) diff += ids_b[i] != ids_r[i];
     // and the tie-break is the documented one: experts 0..K-1 (groups 0, 1 first)
@@ -295,9 +315,10 @@ struct BackendCheck {
   void mlp_case(const std::string& fmt, const Model<T>& m, const MLPWeights& w, int64_t n, const std::string& which,
                 const Variants& v) {
     const std::string what = fmt + " " + which + " n=" + std::to_string(n) + (v.bf16_activations ? " bf16-act" : "");
-    if (!be.supports(Op::mlp, w.gate_proj.weight.dtype)) return tally.not_supported("mlp", what);
+    if (!takes(Op::mlp, &w.gate_proj, nullptr, v)) return tally.not_supported("mlp", what);
     const Mat<T> x = random_rows<T>(n, m.config().hidden_size, 300 + n);
-    tally.record("mlp", what, rel_err(be.mlp(be, w, x, v), ref.mlp(ref, w, x, v)), tol.composite(v.bf16_activations));
+    tally.record("mlp", what, rel_err(home(be.mlp(be, w, in(x), v)), home(ref.mlp(ref, w, view(x), v))),
+                 tol.composite(v.bf16_activations));
   }
 
   // Every case on one model (any config with at least one dense and one MoE
