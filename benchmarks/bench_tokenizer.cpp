@@ -3,7 +3,7 @@
 // Usage: bench_tokenizer TOKENIZER_DIR CORPUS.jsonl [MORE.jsonl...] [--reps N]
 // Prints one JSON object: load time, first pass (cold word cache) and the best
 // of N further passes (warm cache), in MB/s of UTF-8 input and tokens/s.
-#include <dsv3/tokenizer.hpp>
+#include <dsv3/text/tokenizer.hpp>
 
 #include <chrono>
 #include <cstdio>

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include <dsv3/io.hpp>
-#include <dsv3/trace_file.hpp>
+#include <dsv3/formats/io.hpp>
+#include <dsv3/tools/trace_file.hpp>
 
 namespace dsv3_cli {
 

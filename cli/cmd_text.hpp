@@ -10,8 +10,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-#include <dsv3/chat_template.hpp>
-#include <dsv3/tokenizer.hpp>
+#include <dsv3/text/chat_template.hpp>
+#include <dsv3/text/tokenizer.hpp>
 #include <nlohmann/json.hpp>
 
 #include <iostream>

@@ -21,17 +21,17 @@
 #include <string>
 #include <vector>
 
-#include <dsv3/io.hpp>
-#include <dsv3/make_model.hpp>
+#include <dsv3/formats/io.hpp>
+#include <dsv3/tools/make_model.hpp>
 #include <dsv3/model.hpp>
-#include <dsv3/sampler.hpp>
-#include <dsv3/speculative.hpp>
-#include <dsv3/tokenizer.hpp>
-#include <dsv3/trace_file.hpp>
+#include <dsv3/tools/sampler.hpp>
+#include <dsv3/tools/speculative.hpp>
+#include <dsv3/text/tokenizer.hpp>
+#include <dsv3/tools/trace_file.hpp>
 #include <dsv3/variants.hpp>
 
-#include <dsv3/chat_template.hpp>
-#include <dsv3/check.hpp>
+#include <dsv3/text/chat_template.hpp>
+#include <dsv3/tools/check.hpp>
 
 #include "cmd_compare.hpp"
 #include "cmd_text.hpp"

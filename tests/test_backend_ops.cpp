@@ -29,7 +29,7 @@
 
 #include <dsv3/cpu/backend.hpp>
 #include <dsv3/dispatch.hpp>
-#include <dsv3/make_model.hpp>
+#include <dsv3/tools/make_model.hpp>
 #include <dsv3/model.hpp>
 #include <dsv3/reference/backend.hpp>
 #include <dsv3/tools/backend_check.hpp>

@@ -8,9 +8,9 @@
 #include <string>
 
 #include <dsv3/config.hpp>
-#include <dsv3/dtype.hpp>
+#include <dsv3/formats/dtype.hpp>
 #include <dsv3/rope.hpp>
-#include <dsv3/safetensors.hpp>
+#include <dsv3/formats/safetensors.hpp>
 #include <dsv3/weights.hpp>
 
 #include "test_util.hpp"

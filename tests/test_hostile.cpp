@@ -17,13 +17,13 @@
 #include <string>
 #include <vector>
 
-#include <dsv3/chat_template.hpp>
-#include <dsv3/check.hpp>
+#include <dsv3/text/chat_template.hpp>
+#include <dsv3/tools/check.hpp>
 #include <dsv3/config.hpp>
-#include <dsv3/io.hpp>
-#include <dsv3/npy.hpp>
-#include <dsv3/safetensors.hpp>
-#include <dsv3/tokenizer.hpp>
+#include <dsv3/formats/io.hpp>
+#include <dsv3/formats/npy.hpp>
+#include <dsv3/formats/safetensors.hpp>
+#include <dsv3/text/tokenizer.hpp>
 
 #include "test_util.hpp"
 

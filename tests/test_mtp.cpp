@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <xtensor/xnpy.hpp>
 
-#include <dsv3/speculative.hpp>
+#include <dsv3/tools/speculative.hpp>
 
 #include "test_util.hpp"
 

@@ -8,7 +8,7 @@
 #include <random>
 
 #include <dsv3/cpu/backend.hpp>
-#include <dsv3/make_model.hpp>
+#include <dsv3/tools/make_model.hpp>
 #include <dsv3/reference/backend.hpp>
 #include <dsv3/rope.hpp>
 

@@ -6,10 +6,6 @@
 // Dequantization is compared bit for bit (every element, float and double, whole matrix and a
 // band of rows). The mlx-lm checkpoints are only bound here (names, shapes, per-module bits);
 // their logits.npy are for the model integration.
-//
-// MLX files store the packed words as "U32", which dtype.hpp does not know yet, so the reader
-// would reject them: `open_mlx` copies a file to a temp dir with each header "U32" rewritten to
-// the same-width "I32" (MlxWeight accepts any 4-byte integer dtype). Drop it once DType has U32.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -25,7 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <xtensor/xnpy.hpp>
 
-#include <dsv3/quant.hpp>
+#include <dsv3/formats/quant.hpp>
 
 #include "test_util.hpp"
 
@@ -44,20 +40,9 @@ std::vector<std::string> case_dirs(const std::string& sub) {
   return r;
 }
 
-// Copy with the header's "U32" dtypes spelled "I32" (same width) so SafetensorsFile accepts it.
-std::unique_ptr<dsv3::SafetensorsFile> open_mlx(const std::string& path, const test::TempDir& tmp,
-                                                const std::string& tag) {
-  std::string bytes = test::read_file(path);
-  REQUIRE(bytes.size() >= 8);
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(bytes[i])) << (8 * i);
-  REQUIRE(n <= bytes.size() - 8);
-  const std::string from = "\"U32\"", to = "\"I32\"";
-  for (std::size_t p = bytes.find(from, 8); p != std::string::npos && p < 8 + n; p = bytes.find(from, p + 1))
-    bytes.replace(p, from.size(), to);
-  const std::string out = tmp.path + "/" + tag + ".safetensors";
-  test::write_file(out, bytes);
-  return std::make_unique<dsv3::SafetensorsFile>(out);
+// The MLX files as written (their packed words are U32).
+std::unique_ptr<dsv3::SafetensorsFile> open_mlx(const std::string& path) {
+  return std::make_unique<dsv3::SafetensorsFile>(path);
 }
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
@@ -139,14 +124,14 @@ TEST_CASE("quant: AWQ dequantization is bit-exact vs AutoAWQ dequantize_gemm") {
 }
 
 TEST_CASE("quant: MLX dequantization is bit-exact vs mx.dequantize (4/5/8 bits, bf16/f16/f32)") {
-  test::TempDir tmp;
   int slices = 0, cases = 0;
   for (const std::string& dir : case_dirs("mlx")) {
     CAPTURE(dir);
     const auto qp = dsv3::quant_params(read_json(dir + "/config.json"));
     REQUIRE(qp.format == dsv3::QuantFormat::Mlx);
     const auto meta = read_json(dir + "/meta.json");
-    auto f = open_mlx(dir + "/model.safetensors", tmp, "c" + std::to_string(cases++));
+    auto f = open_mlx(dir + "/model.safetensors");
+    ++cases;
     for (const auto& t : meta["tensors"]) {
       const std::string p = t["prefix"];
       CAPTURE(p);
@@ -178,9 +163,8 @@ TEST_CASE("quant: MLX dequantization is bit-exact vs mx.dequantize (4/5/8 bits, 
 }
 
 TEST_CASE("quant: MLX unrounded decode (quantized_matmul's s*q+b) stays within one storage rounding") {
-  test::TempDir tmp;
   const std::string dir = kQuant + "mlx/b4-g64-bf16";
-  auto f = open_mlx(dir + "/model.safetensors", tmp, "u");
+  auto f = open_mlx(dir + "/model.safetensors");
   const std::string p = "model.layers.0.mlp.down_proj";
   auto w = dsv3::MlxWeight::bind(f->get(p + ".weight"), f->get(p + ".scales"), f->get(p + ".biases"), 4, 64);
   w.round_to_storage = false;
@@ -204,7 +188,6 @@ TEST_CASE("quant: MLX unrounded decode (quantized_matmul's s*q+b) stays within o
 }
 
 TEST_CASE("quant: mlx-lm DeepSeek-V3 checkpoints bind module by module") {
-  test::TempDir tmp;
   int cases = 0;
   for (const std::string& dir : case_dirs("mlx-lm")) {
     CAPTURE(dir);
@@ -212,7 +195,8 @@ TEST_CASE("quant: mlx-lm DeepSeek-V3 checkpoints bind module by module") {
     const auto qp = dsv3::quant_params(config);
     REQUIRE(qp.format == dsv3::QuantFormat::Mlx);
     const auto meta = read_json(dir + "/meta.json");
-    auto f = open_mlx(dir + "/model.safetensors", tmp, "lm" + std::to_string(cases++));
+    auto f = open_mlx(dir + "/model.safetensors");
+    ++cases;
     const int64_t H = config["hidden_size"], nh = config["num_attention_heads"];
     const int64_t kvr = config["kv_lora_rank"], nope = config["qk_nope_head_dim"], vd = config["v_head_dim"];
     const int64_t E = config["n_routed_experts"], mi = config["moe_intermediate_size"], V = config["vocab_size"];

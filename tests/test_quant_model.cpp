@@ -30,8 +30,7 @@ TEST_CASE("mlx-lm quantized checkpoints (4, 5 mixed, 8 bit; new and old kv_b lay
     const std::string golden = std::string(c) == "lm-4bit-kvb" ? "/logits_no_requant.npy" : "/logits.npy";
     const auto g = xt::load_npy<float>(root + c + golden);
     for (const char* fill : {"-inf", "0"}) {
-      Variants v;
-      v.group_mask_fill = fill;
+      const Variants v = Variants::from_json({{"group_mask_fill", fill}});
       Model<float> m(root + c, v);
       test::use_backend(m);
       auto cache = m.new_cache();

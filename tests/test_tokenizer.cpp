@@ -3,8 +3,8 @@
 // tests/golden/make_tokenizer_goldens.py with HF tokenizers / transformers<5.
 #include <doctest/doctest.h>
 
-#include <dsv3/chat_template.hpp>
-#include <dsv3/tokenizer.hpp>
+#include <dsv3/text/chat_template.hpp>
+#include <dsv3/text/tokenizer.hpp>
 
 #include <chrono>
 #include <fstream>

@@ -50,7 +50,7 @@ double max_diff(const Mat<float>& a, const Mat<float>& b) {
 TEST_CASE("knob group_mask_fill=0 (mlx-lm) changes routing when biased scores are negative") {
   Variants v;
   const Run off = run("neg-bias-f32", v);
-  v.group_mask_fill = "0";
+  v.group_mask_fill = MaskFill::zero;
   const Run mlx = run("neg-bias-f32", v);
   CHECK(off.topk != mlx.topk);
   CHECK(max_diff(off.logits, mlx.logits) > 1e-2);
@@ -63,7 +63,7 @@ TEST_CASE("knob group_mask_fill=0 (mlx-lm) changes routing when biased scores ar
 
 TEST_CASE("knob router_precision=bf16 (official Gate) perturbs the combine weights") {
   Variants v;
-  v.router_precision = "bf16";
+  v.router_precision = RouterPrecision::bf16;
   const Run a = run("a-f32", Variants{}), b = run("a-f32", v);
   const double d = max_diff(a.logits, b.logits);
   CHECK(d > 1e-5);  // bf16 logits/scores/weights: relative 2^-9 each
@@ -80,7 +80,7 @@ TEST_CASE("knob bf16_activations and rmsnorm_rounding=hf") {
   CHECK(d > 1e-3);  // many bf16 roundings
   CHECK(d < 1.0);
   Variants h = v;
-  h.rmsnorm_rounding = "hf";
+  h.rmsnorm_rounding = RmsNormRounding::hf;
   const Run c = run("a-bf16", h);
   CHECK(max_diff(b.logits, c.logits) > 0.0);  // the second rounding shows
 }
@@ -112,7 +112,7 @@ TEST_CASE("knob fp8_dequant_bf16 (official weight_dequant, mlx-lm sanitize) roun
 
 TEST_CASE("knob yarn=official: YaRN off when max_seq_len <= original_max_position_embeddings") {
   Variants v;
-  v.yarn = "official";
+  v.yarn = YarnRule::official;
   v.max_seq_len = 32;  // == original (32): the official code would not apply YaRN nor mscale
   const Run a = run("a-f32", Variants{}), b = run("a-f32", v);
   CHECK(max_diff(a.logits, b.logits) > 1e-3);
@@ -135,7 +135,7 @@ TEST_CASE("variants JSON: unknown knobs and bad values are named") {
   CHECK_THROWS_WITH_AS(Variants::from_json({{"group_mask_fill", "zero"}}),
                        doctest::Contains("'group_mask_fill' = \"zero\" is not one of -inf, 0"), Error);
   const Variants v = Variants::from_json({{"router_precision", "bf16"}, {"experts_per_tok", 6}});
-  CHECK(v.router_precision == "bf16");
+  CHECK(v.router_precision == RouterPrecision::bf16);
   CHECK(Variants::from_json(v.to_json()).to_json() == v.to_json());
 }
 

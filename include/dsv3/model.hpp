@@ -20,7 +20,7 @@
 #include "config.hpp"
 #include "dispatch.hpp"
 #include "rope.hpp"
-#include "safetensors.hpp"
+#include "formats/safetensors.hpp"
 #include "trace.hpp"
 #include "variants.hpp"
 #include "weights.hpp"
@@ -109,7 +109,7 @@ class Model {
     opt.all_logits = opt_in.all_logits;
     if constexpr (std::is_same_v<Opt, ForwardOptionsT<T>>) opt.hidden = opt_in.hidden;
     const Config& c = config_;
-    const int64_t n = int64_t(ids.size()), D = c.hidden_size, start = cache.length;
+    const int64_t n = int64_t(ids.size()), start = cache.length;
     if (n == 0) fail("forward: no token ids given");
     if (start + n > c.max_position_embeddings)
       fail("forward: sequence of ", start + n, " tokens exceeds max_position_embeddings = ",
@@ -157,7 +157,7 @@ class Model {
       fail("MTP: the checkpoint has no MTP layer (missing '", ModelWeights::mtp_marker(c),
            "'; config num_nextn_predict_layers = ", c.num_nextn_predict_layers, ")");
     const MTPWeights& m = w_.mtp[0];
-    const int64_t n = rows(h), D = c.hidden_size, start = cache.length;
+    const int64_t n = rows(h), start = cache.length;
     if (int64_t(next_ids.size()) != n) fail("MTP: ", n, " hidden rows but ", next_ids.size(), " next tokens");
     if (start + n > c.max_position_embeddings)
       fail("MTP: position ", start + n - 1, " exceeds max_position_embeddings = ", c.max_position_embeddings);

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "config.hpp"
-#include "dtype.hpp"
-#include "quant.hpp"
-#include "safetensors.hpp"
+#include "formats/dtype.hpp"
+#include "formats/quant.hpp"
+#include "formats/safetensors.hpp"
 
 namespace dsv3 {
 

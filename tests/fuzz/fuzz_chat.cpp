@@ -4,7 +4,7 @@
 // Without bit 1 the rest is "<template>\0<messages JSON>".
 #include <cstring>
 
-#include <dsv3/chat_template.hpp>
+#include <dsv3/text/chat_template.hpp>
 
 #include "fuzz_util.hpp"
 

@@ -4,7 +4,7 @@
 // tensors "a" (F32 [2]) and "b" (BF16 [3]) is always present next to it.
 #include <cstring>
 
-#include <dsv3/safetensors.hpp>
+#include <dsv3/formats/safetensors.hpp>
 
 #include "fuzz_util.hpp"
 

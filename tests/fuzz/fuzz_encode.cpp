@@ -4,7 +4,7 @@
 // V3 added tokens strip no whitespace), also through the StreamDecoder.
 #include <cstdlib>
 
-#include <dsv3/tokenizer.hpp>
+#include <dsv3/text/tokenizer.hpp>
 
 #include "fuzz_util.hpp"
 

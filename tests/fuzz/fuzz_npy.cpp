@@ -2,7 +2,7 @@
 // exactly numel * itemsize bytes and convert without reading past them.
 #include <cstdlib>
 
-#include <dsv3/npy.hpp>
+#include <dsv3/formats/npy.hpp>
 
 #include "fuzz_util.hpp"
 

@@ -1,7 +1,7 @@
 // Fuzzes the safetensors reader: the input is a whole .safetensors file
 // (8-byte header length, JSON header, data). An accepted file must have every
 // tensor's bytes inside the mapping.
-#include <dsv3/safetensors.hpp>
+#include <dsv3/formats/safetensors.hpp>
 
 #include "fuzz_util.hpp"
 

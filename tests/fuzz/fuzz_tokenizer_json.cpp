@@ -1,6 +1,6 @@
 // Fuzzes tokenizer.json loading (Tokenizer::from_json_text). A tokenizer that
 // loads must then encode and decode a few texts without crashing.
-#include <dsv3/tokenizer.hpp>
+#include <dsv3/text/tokenizer.hpp>
 
 #include "fuzz_util.hpp"
 

@@ -61,7 +61,7 @@ struct TokenRoute {
 // Engine emulation: the official Gate runs in bf16 (D6) when asked.
 template <class T>
 inline T router_round(const Variants& v, T a) {
-  return v.router_precision == "bf16" ? T(round_bf16(float(a))) : a;
+  return v.router_precision == RouterPrecision::bf16 ? T(round_bf16(float(a))) : a;
 }
 
 // Router logits u_tᵀ e_i for every token, [n, N_r]: fp32 (or, D6, bf16-rounded);
@@ -71,7 +71,7 @@ inline Mat<T> router_logits(const Backend<T>& be, const GateWeights& gw, const M
   Linear gate;
   gate.weight = gw.weight;
   Mat<T> logits = HostOps<T>{be}.linear(x, gate, Variants{});
-  round_bf16_if(v.router_precision == "bf16", logits.begin(), logits.end());
+  round_bf16_if(v.router_precision == RouterPrecision::bf16, logits.begin(), logits.end());
   return logits;
 }
 
@@ -101,11 +101,12 @@ inline TokenRoute<T> select_experts(const T* logits, const T* b, const Config& c
     r.group_scores[std::size_t(g)] = sum;
   }
   std::vector<int64_t> kept = topk_indices(r.group_scores.data(), M, c.topk_group);
-  const T fill = v.group_mask_fill == "0" ? T(0) : T(-INFINITY);     // D7: −inf (official) or 0 (mlx-lm)
+  const T fill = v.group_mask_fill == MaskFill::zero ? T(0) : T(-INFINITY);     // D7: −inf (official) or 0 (mlx-lm)
   std::vector<T> candidates(std::size_t(N_r), fill);
   for (int64_t g : kept)
     for (int64_t i = g * per; i < (g + 1) * per; ++i) candidates[std::size_t(i)] = r.biased[std::size_t(i)];
-  std::vector<int64_t> top = topk_indices(candidates.data(), N_r, std::min(N_r, K + 1));  // eq. (16) Topk(·, K_r), +1 for the margin
+  // eqs. (14), (16): Topk(·, K_r) over s + b (eq. 14 is the same rule on s alone); one more for the margin
+  std::vector<int64_t> top = topk_indices(candidates.data(), N_r, std::min(N_r, K + 1));
   if (int64_t(top.size()) > K) r.margin = double(candidates[std::size_t(top[std::size_t(K - 1)])] - candidates[std::size_t(top[std::size_t(K)])]);
   top.resize(std::size_t(K));
   std::sort(top.begin(), top.end());

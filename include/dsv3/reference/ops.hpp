@@ -125,7 +125,7 @@ inline void rms_norm_row(const T* x, const T* w, int64_t d, double eps, const Va
   double ss = 0;
   for (int64_t j = 0; j < d; ++j) ss += double(x[j]) * double(x[j]);
   const T inv = T(1.0 / std::sqrt(ss / double(d) + eps));    // 1 / rms(x)
-  const bool hf = v.bf16_activations && v.rmsnorm_rounding == "hf";
+  const bool hf = v.bf16_activations && v.rmsnorm_rounding == RmsNormRounding::hf;
   for (int64_t j = 0; j < d; ++j) {
     if (hf) y[j] = T(round_bf16(float(w[j] * T(round_bf16(float(x[j] * inv))))));
     else    y[j] = w[j] * (x[j] * inv);

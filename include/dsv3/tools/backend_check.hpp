@@ -337,8 +337,8 @@ struct BackendCheck {
     const Linear& q_in = dense->self_attn.q_a_proj ? *dense->self_attn.q_a_proj : *dense->self_attn.q_proj;
     Variants bf16;
     bf16.bf16_activations = true;
-    bf16.router_precision = "bf16";
-    bf16.rmsnorm_rounding = "hf";
+    bf16.router_precision = RouterPrecision::bf16;
+    bf16.rmsnorm_rounding = RmsNormRounding::hf;
     // linear: 1–4 rows (fused decode kernel), 5+ (prefill bands), 130 (several row blocks)
     for (const Linear* W : {&q_in, &dense->self_attn.kv_b_proj, &expert(3).down_proj, &w.lm_head})
       for (int64_t n : {1, 2, 3, 4, 5, 64, 130}) linear_case(fmt, *W, n, {}, "");
@@ -374,7 +374,7 @@ struct BackendCheck {
     for (int64_t n : {1, 3, 4, 40}) moe_case(fmt, m, E, random_rows<T>(n, D, 40 + n), {}, "");
     moe_case(fmt, m, E, random_rows<T>(6, D, 46), bf16, " bf16-act+router");
     Variants mask0;
-    mask0.group_mask_fill = "0";
+    mask0.group_mask_fill = MaskFill::zero;
     moe_case(fmt, m, E, random_rows<T>(8, D, 48), mask0, " mask-fill-0");
     moe_tie_case(fmt, m, E);
     for (int64_t n : {1, 4, 9}) mlp_case(fmt, m, *dense->mlp, n, "dense", {});

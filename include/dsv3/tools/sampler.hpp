@@ -1,0 +1,80 @@
+// dsv3/tools/sampler.hpp — next-token choice from a row of logits.
+//
+// temperature 0: argmax (ties: lowest id). Otherwise softmax(logits / T),
+// keep the top_k most likely (0 = all), then the smallest prefix whose
+// probability reaches top_p, renormalise and draw by inverse CDF. The random
+// stream is splitmix64 from the seed, so a run is reproducible on any machine.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "../error.hpp"
+
+namespace dsv3 {
+
+struct SamplerOptions {
+  double temperature = 0.0;
+  double top_p = 1.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplerOptions& o) : o_(o), state_(o.seed) {
+    if (!(o.temperature >= 0) || !std::isfinite(o.temperature))
+      fail("sampler: temperature = ", o.temperature, " must be >= 0");
+    if (!(o.top_p > 0 && o.top_p <= 1)) fail("sampler: top_p = ", o.top_p, " must be in (0, 1]");
+    if (o.top_k < 0) fail("sampler: top_k = ", o.top_k, " must be >= 0");
+  }
+
+  template <class T>
+  int32_t sample(const T* logits, int64_t V) {
+    if (o_.temperature == 0.0) {
+      int64_t best = 0;
+      for (int64_t i = 1; i < V; ++i)
+        if (logits[i] > logits[best]) best = i;
+      return int32_t(best);
+    }
+    std::vector<int64_t> idx(static_cast<std::size_t>(V));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
+    int64_t keep = o_.top_k > 0 ? std::min(o_.top_k, V) : V;
+    std::vector<double> p(static_cast<std::size_t>(keep));
+    const double mx = double(logits[idx[0]]);
+    double sum = 0;
+    for (int64_t i = 0; i < keep; ++i) sum += p[std::size_t(i)] = std::exp((double(logits[idx[std::size_t(i)]]) - mx) / o_.temperature);
+    double cum = 0;
+    int64_t cut = keep;
+    for (int64_t i = 0; i < keep; ++i) {
+      cum += p[std::size_t(i)] / sum;
+      if (cum >= o_.top_p) { cut = i + 1; break; }
+    }
+    double s2 = 0;
+    for (int64_t i = 0; i < cut; ++i) s2 += p[std::size_t(i)];
+    const double u = uniform() * s2;
+    double acc = 0;
+    for (int64_t i = 0; i < cut; ++i) {
+      acc += p[std::size_t(i)];
+      if (u < acc) return int32_t(idx[std::size_t(i)]);
+    }
+    return int32_t(idx[std::size_t(cut - 1)]);
+  }
+
+ private:
+  double uniform() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return double(z >> 11) * (1.0 / 9007199254740992.0);
+  }
+  SamplerOptions o_;
+  uint64_t state_;
+};
+
+}  // namespace dsv3
