@@ -1,5 +1,5 @@
 // cli/cmd_text.hpp - text subcommands of the dsv3 CLI: tokenize, detokenize,
-// render-chat. Errors are thrown as std::runtime_error; the main prints them
+// render-chat. Errors are thrown as dsv3::Error; the main prints them
 // as "dsv3: error: ..." and exits with 1.
 //
 //   dsv3 tokenize   --tokenizer DIR [--bos]          stdin: JSON Lines of strings  -> arrays of ids
@@ -27,7 +27,7 @@ inline nlohmann::json parse_stdin_line(const std::string& cmd, size_t lineno, co
   try {
     return nlohmann::json::parse(line);
   } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(cmd + ": stdin line " + std::to_string(lineno) + ": not valid JSON: " + e.what());
+    throw dsv3::Error(cmd + ": stdin line " + std::to_string(lineno) + ": not valid JSON: " + e.what());
   }
 }
 
@@ -40,13 +40,13 @@ inline void run_tokenize(const std::string& dir, bool bos, std::istream& in, std
     if (line.empty()) continue;
     nlohmann::json j = parse_stdin_line("tokenize", lineno, line);
     if (!j.is_string())
-      throw std::runtime_error("tokenize: stdin line " + std::to_string(lineno) + ": expected a JSON string, got " +
+      throw dsv3::Error("tokenize: stdin line " + std::to_string(lineno) + ": expected a JSON string, got " +
                                j.type_name());
     std::vector<int32_t> ids;
     try {
       ids = tok.encode(j.get_ref<const std::string&>(), bos);
     } catch (const std::runtime_error& e) {
-      throw std::runtime_error("tokenize: stdin line " + std::to_string(lineno) + ": " + e.what());
+      throw dsv3::Error("tokenize: stdin line " + std::to_string(lineno) + ": " + e.what());
     }
     out << nlohmann::json(ids).dump() << '\n';
   }
@@ -62,18 +62,18 @@ inline void run_detokenize(const std::string& dir, bool skip_special, std::istre
     if (line.empty()) continue;
     nlohmann::json j = parse_stdin_line("detokenize", lineno, line);
     const std::string where = "detokenize: stdin line " + std::to_string(lineno);
-    if (!j.is_array()) throw std::runtime_error(where + ": expected a JSON array of token ids, got " + j.type_name());
+    if (!j.is_array()) throw dsv3::Error(where + ": expected a JSON array of token ids, got " + j.type_name());
     std::vector<int32_t> ids;
     for (const auto& e : j) {
       if (!e.is_number_integer() || e.get<int64_t>() < INT32_MIN || e.get<int64_t>() > INT32_MAX)
-        throw std::runtime_error(where + ": token ids must be integers, got " + e.dump());
+        throw dsv3::Error(where + ": token ids must be integers, got " + e.dump());
       ids.push_back(int32_t(e.get<int64_t>()));
     }
     std::string text;
     try {
       text = tok.decode(ids, skip_special);
     } catch (const std::runtime_error& e) {
-      throw std::runtime_error(where + ": " + e.what());
+      throw dsv3::Error(where + ": " + e.what());
     }
     out << nlohmann::json(text).dump() << '\n';
   }
@@ -89,17 +89,17 @@ inline void run_render_chat(const std::string& dir, const std::string& template_
   } else {
     tmpl = tok.chat_template();
     if (tmpl.empty())
-      throw std::runtime_error("render-chat: " + dir + "/tokenizer_config.json has no chat_template; pass --template FILE");
+      throw dsv3::Error("render-chat: " + dir + "/tokenizer_config.json has no chat_template; pass --template FILE");
   }
   std::string input((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(input);
   } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(std::string("render-chat: stdin: not valid JSON: ") + e.what());
+    throw dsv3::Error(std::string("render-chat: stdin: not valid JSON: ") + e.what());
   }
   if (!j.is_object() || !j.contains("messages"))
-    throw std::runtime_error("render-chat: stdin must be a JSON object with a \"messages\" array");
+    throw dsv3::Error("render-chat: stdin must be a JSON object with a \"messages\" array");
   nlohmann::json extra = nlohmann::json::object();
   if (!tok.bos_token().empty()) extra["bos_token"] = tok.bos_token();
   if (!tok.eos_token().empty()) extra["eos_token"] = tok.eos_token();
