@@ -60,42 +60,16 @@ inline void run_inspect(const std::string& dir) {
     if (!ok) ++missing;
   };
   const QuantParams qp = quant_params(c.raw);
-  // How a module is stored: FP8 blocks, AWQ, MLX (plain, stacked experts,
-  // split kv_b), or a plain float tensor.
+  // Linear modules (and the embedding and head, which MLX quantizes) as the
+  // checkpoint stores them (weights.hpp stored_module: the one decision bind
+  // also uses); norms, router and bias as plain tensors.
   auto module = [&](const TensorSpec& s) {
-    const std::string& m = s.name;
-    const bool is_linear = s.kind == TensorSpec::Linear;
-    const std::string base = is_linear ? m : m.substr(0, m.size() - 7);  // strip ".weight"
-    auto mlx_of = [&](const std::string& b) {
-      const MlxModuleQuant mq = mlx_module_quant(qp, b, true);
-      return mlx_label(mq.bits, mq.group_size);
-    };
-    if (ck.has(base + ".qweight")) {
-      const std::string f = awq_label(qp.group_size);
-      for (const char* part : {".qweight", ".qzeros", ".scales"}) row(base + part, {}, f);
-    } else if (qp.format == QuantFormat::Mlx && s.expert >= 0 &&
-               ck.has(base.substr(0, base.find(".mlp.experts.")) + ".mlp.switch_mlp.gate_proj.weight")) {
-      if (s.expert == 0) {
-        const std::string b = base.substr(0, base.find(".mlp.experts.")) + ".mlp.switch_mlp" + base.substr(base.rfind('.'));
-        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_of(b) + " stacked");
-      }
-    } else if (qp.format == QuantFormat::Mlx && !ck.has(base + ".weight") &&
-               ck.has(base.substr(0, base.size() - 9) + "embed_q.weight")) {
-      for (const char* split : {"embed_q", "unembed_out"}) {
-        const std::string b = base.substr(0, base.size() - 9) + split;
-        for (const char* part : {".weight", ".scales", ".biases"}) row(b + part, {}, mlx_of(b) + " per head");
-      }
-    } else if (qp.format == QuantFormat::Mlx && ck.has(base + ".scales")) {
-      for (const char* part : {".weight", ".scales", ".biases"}) row(base + part, {}, mlx_of(base));
-    } else if (is_linear && ck.has(m + ".weight") && ck.get(m + ".weight").dtype == DType::F8_E4M3) {
-      const int64_t br = c.quantization_config ? c.quantization_config->block_rows : 128;  // weight_block_size
-      const int64_t bc = c.quantization_config ? c.quantization_config->block_cols : 128;
-      row(m + ".weight", s.shape, "FP8 e4m3 " + std::to_string(br) + "x" + std::to_string(bc));
-      row(m + ".weight_scale_inv", {(s.shape[0] + br - 1) / br, (s.shape[1] + bc - 1) / bc}, "FP8 block scales");
-    } else {
-      const std::string t = is_linear ? m + ".weight" : m;
-      row(t, s.shape, ck.has(t) ? dtype_name(ck.get(t).dtype) : "-");
-    }
+    const bool is_module = s.kind == TensorSpec::Linear || s.kind == TensorSpec::Embed || s.kind == TensorSpec::Head;
+    if (!is_module) return row(s.name, s.shape, ck.has(s.name) ? dtype_name(ck.get(s.name).dtype) : "-");
+    const std::string prefix = s.kind == TensorSpec::Linear ? s.name : s.name.substr(0, s.name.rfind(".weight"));
+    const StoredModule sm = stored_module(ck, c, qp, {prefix, s.shape[0], s.shape[1], s.expert});
+    for (const auto& part : sm.parts)
+      if (!expected.count(part.name)) row(part.name, part.shape, sm.label);  // a stack: listed once
   };
   const bool has_mtp = c.num_nextn_predict_layers > 0 && ck.has(ModelWeights::mtp_marker(c));
   for (const TensorSpec& s : expected_tensors(c, has_mtp)) module(s);

@@ -112,7 +112,7 @@ struct EdgeBlockBroken : CpuBackend<float> {
   std::string name() const override { return "broken"; }
   Act<float> linear(const Act<float>& xa, const Linear& w, const Variants& v) const override {
     Act<float> ya = CpuBackend<float>::linear(xa, w, v);
-    if (!w.is_fp8() || w.in() % w.block_cols == 0) return ya;
+    if (!w.is_fp8() || w.in() % w.fp8()->block_cols == 0) return ya;
     const Mat<float>& x = xa.host();
     Mat<float>& y = ya.host_mut();
     // subtract the edge block's contribution once: as if its scale were 0
@@ -120,7 +120,7 @@ struct EdgeBlockBroken : CpuBackend<float> {
     for (int64_t o = 0; o < w.out(); ++o) {
       w.decode_rows(o, o + 1, row.data());
       for (int64_t i = 0; i < rows(x); ++i)
-        for (int64_t k = w.in() / w.block_cols * w.block_cols; k < w.in(); ++k) y(i, o) -= x(i, k) * row[std::size_t(k)];
+        for (int64_t k = w.in() / w.fp8()->block_cols * w.fp8()->block_cols; k < w.in(); ++k) y(i, o) -= x(i, k) * row[std::size_t(k)];
     }
     return ya;
   }

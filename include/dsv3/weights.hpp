@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <variant>
 #include <string>
 #include <vector>
 
@@ -91,29 +92,43 @@ inline std::vector<T> decode_vector(const TensorView& t) {
 }
 
 struct Linear {
-  TensorView weight;                     // [out, in]; for AWQ/MLX: the packed tensor
-  std::optional<TensorView> scale_inv;   // FP8 only: [ceil(out/br), ceil(in/bc)] F32
-  int64_t block_rows = 128, block_cols = 128;
-  // Integer-quantized formats (quant.hpp): AWQ int4 (AutoAWQ GEMM packing) or
-  // MLX affine 4/5/8-bit; decoded group by group when used.
-  std::shared_ptr<const AwqWeight> awq;
-  std::shared_ptr<const MlxWeight> mlx;
+  // How the [out, in] matrix is stored: one alternative per format.
+  struct Dense {};                             // `weight` is [out, in] F32 / BF16 / F16 / F64
+  struct Fp8Blocks {                           // `weight` is [out, in] F8_E4M3:
+    TensorView scale_inv;                      //   W = fp8(Wq) · scale_inv[i / br, j / bc], [ceil(out/br), ceil(in/bc)]
+    int64_t block_rows = 128, block_cols = 128;  // quantization_config.weight_block_size
+  };
+  struct Awq { std::shared_ptr<const AwqWeight> q; };   // AutoAWQ GEMM packing (formats/quant.hpp)
+  struct Mlx { std::shared_ptr<const MlxWeight> q; };   // MLX affine: a module, or one expert of a stack
   // mlx-lm's newer conversions split kv_b_proj into per-head embed_q
   // [H, kv_lora, nope] (= W_UKᵀ) and unembed_out [H, v, kv_lora] (= W_UV):
   // rows are reassembled in kv_b_proj order.
-  std::shared_ptr<const MlxWeight> embed_q, unembed_out;
+  struct MlxSplitKvb { std::shared_ptr<const MlxWeight> embed_q, unembed_out; };
+
+  TensorView weight;     // the stored matrix, or the format's main packed tensor (name, dtype)
+  std::variant<Dense, Fp8Blocks, Awq, Mlx, MlxSplitKvb> storage;
   int64_t rows_ = -1, cols_ = -1;        // logical [out, in] when `weight` is packed
 
   int64_t out() const { return rows_ >= 0 ? rows_ : weight.shape[0]; }
   int64_t in() const { return cols_ >= 0 ? cols_ : weight.shape[1]; }
-  bool is_fp8() const { return weight.dtype == DType::F8_E4M3 && !awq && !mlx && !embed_q; }
-  bool is_dense() const { return !scale_inv && !awq && !mlx && !embed_q; }
   const std::string& name() const { return weight.name; }
+  bool is_dense() const { return std::holds_alternative<Dense>(storage); }
+  const Fp8Blocks* fp8() const { return std::get_if<Fp8Blocks>(&storage); }
+  bool is_fp8() const { return fp8() != nullptr; }
+  const AwqWeight* awq() const {
+    const Awq* a = std::get_if<Awq>(&storage);
+    return a ? a->q.get() : nullptr;
+  }
+  const MlxWeight* mlx() const {
+    const Mlx* m = std::get_if<Mlx>(&storage);
+    return m ? m->q.get() : nullptr;
+  }
   std::string format() const {
-    if (awq) return awq_label(awq->group_size);
-    if (mlx) return mlx_label(mlx->bits, mlx->group_size);
-    if (embed_q) return mlx_label(embed_q->bits, embed_q->group_size) + " (embed_q/unembed_out)";
-    if (scale_inv) return "FP8 e4m3 " + std::to_string(block_rows) + "x" + std::to_string(block_cols);
+    if (const AwqWeight* a = awq()) return awq_label(a->group_size);
+    if (const MlxWeight* m = mlx()) return mlx_label(m->bits, m->group_size);
+    if (const auto* s = std::get_if<MlxSplitKvb>(&storage))
+      return mlx_label(s->embed_q->bits, s->embed_q->group_size) + " (embed_q/unembed_out)";
+    if (const Fp8Blocks* f = fp8()) return "FP8 e4m3 " + std::to_string(f->block_rows) + "x" + std::to_string(f->block_cols);
     return dtype_name(weight.dtype);
   }
 
@@ -123,22 +138,23 @@ struct Linear {
   // same block's scale.
   template <class T>
   void decode_rows(int64_t r0, int64_t r1, T* dst) const {
-    if (awq) return awq->decode_rows(r0, r1, dst);
-    if (mlx) return mlx->decode_rows(r0, r1, dst);
-    if (embed_q) return decode_kvb_rows(r0, r1, dst);
+    if (const AwqWeight* a = awq()) return a->decode_rows(r0, r1, dst);
+    if (const MlxWeight* m = mlx()) return m->decode_rows(r0, r1, dst);
+    if (const auto* s = std::get_if<MlxSplitKvb>(&storage)) return decode_kvb_rows(*s, r0, r1, dst);
     const int64_t n_in = in();
     const std::size_t es = dtype_size(weight.dtype);
+    const Fp8Blocks* f = fp8();
     for (int64_t r = r0; r < r1; ++r) {
       T* row = dst + (r - r0) * n_in;
       const uint8_t* src = weight.data + std::size_t(r * n_in) * es;
-      if (!scale_inv) {
+      if (!f) {
         decode_elements(src, weight.dtype, n_in, row);
         continue;
       }
-      const int64_t sc = scale_inv->shape[1], br = r / block_rows;
+      const int64_t sc = f->scale_inv.shape[1], br = r / f->block_rows;
       for (int64_t cb = 0; cb < sc; ++cb) {
-        const int64_t c0 = cb * block_cols, c1 = std::min(n_in, c0 + block_cols);
-        const T s = T(scale_inv->at(br * sc + cb));
+        const int64_t c0 = cb * f->block_cols, c1 = std::min(n_in, c0 + f->block_cols);
+        const T s = T(f->scale_inv.at(br * sc + cb));
         if constexpr (std::is_same_v<T, float>)
           if (weight.dtype == DType::F8_E4M3) {  // decode and scale in one vectorised pass
             fp8_scaled_to_f32(src + c0, c1 - c0, s, row + c0);
@@ -154,16 +170,16 @@ struct Linear {
   // kv_b_proj row h*(dn+dv) + j is column j of embed_q[h] (j < dn), else row
   // j - dn of unembed_out[h].
   template <class T>
-  void decode_kvb_rows(int64_t r0, int64_t r1, T* dst) const {
-    const int64_t r = in(), dn = embed_q->out() == r ? embed_q->in() : 0, dv = unembed_out->out();
+  void decode_kvb_rows(const MlxSplitKvb& s, int64_t r0, int64_t r1, T* dst) const {
+    const int64_t r = in(), dn = s.embed_q->out() == r ? s.embed_q->in() : 0, dv = s.unembed_out->out();
     const int64_t per = dn + dv;
     std::vector<T> eq(static_cast<std::size_t>(r * dn)), uo(static_cast<std::size_t>(dv * r));
     int64_t cur = -1;
     for (int64_t row = r0; row < r1; ++row) {
       const int64_t h = row / per, j = row % per;
       if (h != cur) {
-        embed_q->slice(h).decode_rows(0, r, eq.data());      // [r, dn]
-        unembed_out->slice(h).decode_rows(0, dv, uo.data());  // [dv, r]
+        s.embed_q->slice(h).decode_rows(0, r, eq.data());      // [r, dn]
+        s.unembed_out->slice(h).decode_rows(0, dv, uo.data());  // [dv, r]
         cur = h;
       }
       T* out = dst + (row - r0) * r;
@@ -341,6 +357,10 @@ inline ParameterCounts parameter_counts(const Config& c) {
 // ---------------------------------------------------------------------------
 namespace detail {
 
+inline bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64;
+}
+
 inline const TensorView& need(const Checkpoint& ck, const std::string& name,
                               const std::vector<int64_t>& shape, bool float_only = true) {
   if (!ck.has(name))
@@ -349,89 +369,190 @@ inline const TensorView& need(const Checkpoint& ck, const std::string& name,
   if (t.shape != shape)
     fail(t.file, ": tensor '", name, "' has shape ", shape_str(t.shape), ", expected ",
          shape_str(shape));
-  if (float_only && !(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16 ||
-                      t.dtype == DType::F64))
+  if (float_only && !is_float_dtype(t.dtype))
     fail(t.file, ": tensor '", name, "' has dtype ", dtype_name(t.dtype),
          ", expected F32, BF16 or F16");
   return t;
 }
 
-// A quantized (AWQ / MLX) module at `prefix`, when the checkpoint stores it so.
-inline bool bind_quantized(const Checkpoint& ck, const QuantParams& qp, const std::string& prefix, int64_t out,
-                           int64_t in, Linear& l) {
-  if (qp.format == QuantFormat::Awq && ck.has(prefix + ".qweight")) {
-    for (const char* part : {".qzeros", ".scales"})
-      if (!ck.has(prefix + part)) fail(ck.dir(), ": missing tensor '", prefix, part, "' (AWQ module '", prefix, "')");
-    l.awq = std::make_shared<AwqWeight>(AwqWeight::bind(ck.get(prefix + ".qweight"), ck.get(prefix + ".qzeros"),
-                                                        ck.get(prefix + ".scales"), qp.bits, qp.group_size, out, in));
-    l.weight = ck.get(prefix + ".qweight");
-  } else if (qp.format == QuantFormat::Mlx) {
-    const MlxModuleQuant mq = mlx_module_quant(qp, prefix, ck.has(prefix + ".scales"));
-    if (!mq.quantized) return false;
-    for (const char* part : {".weight", ".scales", ".biases"})
-      if (!ck.has(prefix + part)) fail(ck.dir(), ": missing tensor '", prefix, part, "' (MLX quantized module '", prefix, "')");
-    auto w = MlxWeight::bind(ck.get(prefix + ".weight"), ck.get(prefix + ".scales"), ck.get(prefix + ".biases"),
-                             mq.bits, mq.group_size, -1, out, in);
-    w.round_to_storage = false;  // mlx's quantized_matmul uses s·q + b unrounded
-    l.mlx = std::make_shared<MlxWeight>(w);
-    l.weight = ck.get(prefix + ".weight");
-  } else {
-    return false;
-  }
-  l.rows_ = out;
-  l.cols_ = in;
-  return true;
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+// Storage formats. How a checkpoint stores one linear module of the tensor
+// table is decided in one place, `stored_module`: `need_linear` binds what it
+// finds, `dsv3 inspect` lists its parts, and make-model writes the same parts
+// under the same names (mlx_stack_prefix, kv_b_split).
+enum class Format { dense, fp8_blocks, awq, mlx, mlx_stacked, mlx_split_kvb };
+
+// One linear module of the table: its HF prefix (without ".weight"), its
+// logical [out, in], and its routed expert index (-1: not an expert).
+struct ModuleRef {
+  std::string prefix;
+  int64_t out = 0, in = 0;
+  int64_t expert = -1;
+};
+
+// mlx-lm stacks a layer's routed experts: "model.layers.L.mlp.experts.E.up_proj"
+// is slice E of "model.layers.L.mlp.switch_mlp.up_proj" [N_r, out, in].
+inline std::string mlx_stack_prefix(const std::string& expert_prefix) {
+  const std::size_t at = expert_prefix.find(".mlp.experts.");
+  return expert_prefix.substr(0, at) + ".mlp.switch_mlp" + expert_prefix.substr(expert_prefix.rfind('.'));
+}
+// mlx-lm's newer conversions store "…self_attn.kv_b_proj" as two per-head
+// modules, "…self_attn.embed_q" and "…self_attn.unembed_out"; "" for any
+// other module.
+inline std::string kv_b_split(const std::string& prefix, const std::string& part) {
+  const std::string kvb = ".kv_b_proj";
+  if (prefix.size() < kvb.size() || prefix.compare(prefix.size() - kvb.size(), kvb.size(), kvb) != 0) return "";
+  return prefix.substr(0, prefix.size() - kvb.size() + 1) + part;
 }
 
-inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const std::string& prefix,
-                          int64_t out, int64_t in) {
-  Linear ql;
-  if (cfg.quantization_config && cfg.quantization_config->quant_method != "fp8" &&
-      bind_quantized(ck, quant_params(cfg.raw), prefix, out, in, ql))
-    return ql;
-  const std::string wn = prefix + ".weight";
-  if (!ck.has(wn))
-    fail(ck.dir(), ": missing tensor '", wn, "' (expected shape ", shape_str({out, in}), ")");
-  const TensorView& w = ck.get(wn);
-  if (w.shape != std::vector<int64_t>{out, in})
-    fail(w.file, ": tensor '", wn, "' has shape ", shape_str(w.shape), ", expected ",
-         shape_str({out, in}));
-  Linear l;
-  l.weight = w;
-  if (w.dtype == DType::F8_E4M3) {
-    if (cfg.quantization_config) {
-      l.block_rows = cfg.quantization_config->block_rows;
-      l.block_cols = cfg.quantization_config->block_cols;
+struct StoredModule {
+  struct Part {
+    std::string name;
+    std::vector<int64_t> shape;  // expected; {} for packed parts (checked when bound)
+  };
+  Format format = Format::dense;
+  std::string label;             // how inspect names the format
+  std::vector<Part> parts;       // every tensor of the module
+};
+
+inline StoredModule stored_module(const Checkpoint& ck, const Config& c, const QuantParams& qp, const ModuleRef& m) {
+  const std::string& p = m.prefix;
+  auto packed = [](const std::string& base, std::initializer_list<const char*> suffixes) {
+    std::vector<StoredModule::Part> v;
+    for (const char* s : suffixes) v.push_back({base + s, {}});
+    return v;
+  };
+  auto mlx_of = [&](const std::string& base, bool has_scales) {
+    const MlxModuleQuant mq = mlx_module_quant(qp, base, has_scales);
+    return mlx_label(mq.bits, mq.group_size);
+  };
+  if (qp.format == QuantFormat::Awq && ck.has(p + ".qweight"))
+    return {Format::awq, awq_label(qp.group_size), packed(p, {".qweight", ".qzeros", ".scales"})};
+  if (qp.format == QuantFormat::Mlx) {
+    const std::string stack = m.expert >= 0 ? mlx_stack_prefix(p) : "";
+    if (!stack.empty() && ck.has(stack + ".weight"))
+      return {Format::mlx_stacked, mlx_of(stack, true) + " stacked", packed(stack, {".weight", ".scales", ".biases"})};
+    const std::string eq = kv_b_split(p, "embed_q"), uo = kv_b_split(p, "unembed_out");
+    if (!eq.empty() && !ck.has(p + ".weight") && ck.has(eq + ".weight")) {
+      StoredModule sm{Format::mlx_split_kvb, mlx_of(eq, true) + " per head", packed(eq, {".weight", ".scales", ".biases"})};
+      for (auto& part : packed(uo, {".weight", ".scales", ".biases"})) sm.parts.push_back(part);
+      return sm;
     }
-    const std::string sn = prefix + ".weight_scale_inv";
-    const std::vector<int64_t> ss = {(out + l.block_rows - 1) / l.block_rows,
-                                     (in + l.block_cols - 1) / l.block_cols};
-    if (!ck.has(sn))
-      fail(ck.dir(), ": missing tensor '", sn, "' (FP8 weight '", wn, "' needs its ",
-           shape_str(ss), " F32 block scales)");
-    const TensorView& s = ck.get(sn);
-    if (s.shape != ss)
-      fail(s.file, ": tensor '", sn, "' has shape ", shape_str(s.shape), ", expected ",
-           shape_str(ss), " (", l.block_rows, "x", l.block_cols, " blocks of ", shape_str({out, in}), ")");
-    if (s.dtype != DType::F32 && s.dtype != DType::BF16)
-      fail(s.file, ": tensor '", sn, "' has dtype ", dtype_name(s.dtype), ", expected F32");
-    l.scale_inv = s;
-  } else if (!(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16 ||
-               w.dtype == DType::F64)) {
-    fail(w.file, ": tensor '", wn, "' has dtype ", dtype_name(w.dtype),
-         ", expected F32, BF16, F16 or F8_E4M3");
+    if (mlx_module_quant(qp, p, ck.has(p + ".scales")).quantized)
+      return {Format::mlx, mlx_of(p, ck.has(p + ".scales")), packed(p, {".weight", ".scales", ".biases"})};
   }
+  if (ck.has(p + ".weight") && ck.get(p + ".weight").dtype == DType::F8_E4M3) {
+    const int64_t br = c.quantization_config ? c.quantization_config->block_rows : 128;  // weight_block_size
+    const int64_t bc = c.quantization_config ? c.quantization_config->block_cols : 128;
+    return {Format::fp8_blocks, "FP8 e4m3 " + std::to_string(br) + "x" + std::to_string(bc),
+            {{p + ".weight", {m.out, m.in}}, {p + ".weight_scale_inv", {(m.out + br - 1) / br, (m.in + bc - 1) / bc}}}};
+  }
+  return {Format::dense, ck.has(p + ".weight") ? dtype_name(ck.get(p + ".weight").dtype) : "-", {{p + ".weight", {m.out, m.in}}}};
+}
+
+namespace detail {
+
+inline MlxWeight need_mlx(const Checkpoint& ck, const QuantParams& qp, const std::string& base, int64_t out, int64_t in) {
+  const MlxModuleQuant mq = mlx_module_quant(qp, base, ck.has(base + ".scales"));
+  if (!mq.quantized) fail(ck.dir(), ": '", base, "' must be MLX-quantized");
+  auto w = MlxWeight::bind(ck.get(base + ".weight"), ck.get(base + ".scales"), ck.get(base + ".biases"), mq.bits,
+                           mq.group_size, -1, out, in);
+  w.round_to_storage = false;  // mlx's quantized_matmul uses s·q + b unrounded
+  return w;
+}
+
+// Binds the module as the checkpoint stores it (stored_module), checking
+// every part's presence, shape and dtype, and naming the first that is wrong.
+inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const ModuleRef& m) {
+  const QuantParams qp = quant_params(cfg.raw);
+  const StoredModule sm = stored_module(ck, cfg, qp, m);
+  const std::string& p = m.prefix;
+  for (const auto& part : sm.parts)
+    if (!ck.has(part.name)) {
+      if (sm.format == Format::dense)
+        fail(ck.dir(), ": missing tensor '", part.name, "' (expected shape ", shape_str(part.shape), ")");
+      if (sm.format == Format::fp8_blocks)
+        fail(ck.dir(), ": missing tensor '", part.name, "' (FP8 weight '", p, ".weight' needs its ",
+             shape_str(part.shape), " F32 block scales)");
+      fail(ck.dir(), ": missing tensor '", part.name, "' (", sm.label, " module '", p, "')");
+    }
+  Linear l;
+  l.weight = ck.get(sm.parts[0].name);
+  switch (sm.format) {
+    case Format::awq:
+      l.storage = Linear::Awq{std::make_shared<AwqWeight>(AwqWeight::bind(
+          ck.get(p + ".qweight"), ck.get(p + ".qzeros"), ck.get(p + ".scales"), qp.bits, qp.group_size, m.out, m.in))};
+      break;
+    case Format::mlx:
+      l.storage = Linear::Mlx{std::make_shared<MlxWeight>(need_mlx(ck, qp, p, m.out, m.in))};
+      break;
+    case Format::mlx_stacked: {
+      const std::string stack = mlx_stack_prefix(p);
+      const MlxWeight st = need_mlx(ck, qp, stack, m.out, m.in);
+      if (st.num_slices() != cfg.n_routed_experts)
+        fail(ck.dir(), ": '", stack, ".weight' stacks ", st.num_slices(), " experts, expected n_routed_experts = ",
+             cfg.n_routed_experts);
+      l.storage = Linear::Mlx{std::make_shared<MlxWeight>(st.slice(m.expert))};
+      break;
+    }
+    case Format::mlx_split_kvb: {
+      const int64_t H = cfg.num_attention_heads;
+      auto eq = std::make_shared<MlxWeight>(need_mlx(ck, qp, kv_b_split(p, "embed_q"), cfg.kv_lora_rank, cfg.qk_nope_head_dim));
+      auto uo = std::make_shared<MlxWeight>(need_mlx(ck, qp, kv_b_split(p, "unembed_out"), cfg.v_head_dim, cfg.kv_lora_rank));
+      if (eq->num_slices() != H || uo->num_slices() != H)
+        fail(ck.dir(), ": '", kv_b_split(p, "embed_q"), "' / 'unembed_out' must have ", H, " heads");
+      l.storage = Linear::MlxSplitKvb{eq, uo};
+      break;
+    }
+    case Format::fp8_blocks: {
+      const TensorView& w = l.weight;
+      if (w.shape != sm.parts[0].shape)
+        fail(w.file, ": tensor '", w.name, "' has shape ", shape_str(w.shape), ", expected ", shape_str(sm.parts[0].shape));
+      Linear::Fp8Blocks f;
+      if (cfg.quantization_config) {
+        f.block_rows = cfg.quantization_config->block_rows;
+        f.block_cols = cfg.quantization_config->block_cols;
+      }
+      const TensorView& s = ck.get(sm.parts[1].name);
+      if (s.shape != sm.parts[1].shape)
+        fail(s.file, ": tensor '", s.name, "' has shape ", shape_str(s.shape), ", expected ", shape_str(sm.parts[1].shape),
+             " (", f.block_rows, "x", f.block_cols, " blocks of ", shape_str({m.out, m.in}), ")");
+      if (s.dtype != DType::F32 && s.dtype != DType::BF16)
+        fail(s.file, ": tensor '", s.name, "' has dtype ", dtype_name(s.dtype), ", expected F32");
+      f.scale_inv = s;
+      l.storage = f;
+      return l;
+    }
+    case Format::dense: {
+      const TensorView& w = l.weight;
+      if (w.shape != sm.parts[0].shape)
+        fail(w.file, ": tensor '", w.name, "' has shape ", shape_str(w.shape), ", expected ", shape_str(sm.parts[0].shape));
+      if (!is_float_dtype(w.dtype))
+        fail(w.file, ": tensor '", w.name, "' has dtype ", dtype_name(w.dtype), ", expected F32, BF16, F16 or F8_E4M3");
+      return l;
+    }
+  }
+  l.rows_ = m.out;  // packed formats: the logical shape
+  l.cols_ = m.in;
   return l;
 }
 
+inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const std::string& prefix, int64_t out, int64_t in,
+                          int64_t expert = -1) {
+  return need_linear(ck, cfg, ModuleRef{prefix, out, in, expert});
+}
+
 inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const std::string& prefix,
-                           int64_t hidden, int64_t inter) {
-  return {need_linear(ck, cfg, prefix + ".gate_proj", inter, hidden),
-          need_linear(ck, cfg, prefix + ".up_proj", inter, hidden),
-          need_linear(ck, cfg, prefix + ".down_proj", hidden, inter)};
+                           int64_t hidden, int64_t inter, int64_t expert = -1) {
+  return {need_linear(ck, cfg, prefix + ".gate_proj", inter, hidden, expert),
+          need_linear(ck, cfg, prefix + ".up_proj", inter, hidden, expert),
+          need_linear(ck, cfg, prefix + ".down_proj", hidden, inter, expert)};
 }
 
 }  // namespace detail
+
 
 namespace detail {
 
@@ -451,23 +572,7 @@ inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std:
   }
   a.kv_a_proj_with_mqa = need_linear(ck, c, p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
   a.kv_a_layernorm = need(ck, p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
-  if (ck.has(p + "self_attn.embed_q.weight")) {  // newer mlx-lm conversions
-    const QuantParams qp = quant_params(c.raw);
-    Linear eq, uo;
-    if (!bind_quantized(ck, qp, p + "self_attn.embed_q", c.kv_lora_rank, c.qk_nope_head_dim, eq) ||
-        !bind_quantized(ck, qp, p + "self_attn.unembed_out", c.v_head_dim, c.kv_lora_rank, uo))
-      fail(ck.dir(), ": '", p, "self_attn.embed_q' / 'unembed_out' must be MLX-quantized");
-    if (eq.mlx->num_slices() != H || uo.mlx->num_slices() != H)
-      fail(ck.dir(), ": '", p, "self_attn.embed_q' / 'unembed_out' must have ", H, " heads");
-    a.kv_b_proj.weight = ck.get(p + "self_attn.embed_q.weight");
-    a.kv_b_proj.embed_q = eq.mlx;
-    a.kv_b_proj.unembed_out = uo.mlx;
-    a.kv_b_proj.rows_ = H * (c.qk_nope_head_dim + c.v_head_dim);
-    a.kv_b_proj.cols_ = c.kv_lora_rank;
-  } else {
-    a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj",
-                              H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-  }
+  a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
   a.o_proj = need_linear(ck, c, p + "self_attn.o_proj", D, H * c.v_head_dim);
   if (!moe) {
     lw.mlp = need_mlp(ck, c, p + "mlp", D, c.intermediate_size);
@@ -478,30 +583,8 @@ inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std:
   // The bias is what makes the routing "noaux_tc"; HF always has one.
   m.gate.e_score_correction_bias = need(ck, p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts});
   m.experts.reserve(static_cast<std::size_t>(c.n_routed_experts));
-  if (ck.has(p + "mlp.switch_mlp.gate_proj.weight")) {
-    // mlx-lm stacks the experts: mlp.switch_mlp.{gate,up,down}_proj [E, out, in]
-    const QuantParams qp = quant_params(c.raw);
-    Linear st[3];
-    const char* names[3] = {"gate_proj", "up_proj", "down_proj"};
-    const int64_t outs[3] = {c.moe_intermediate_size, c.moe_intermediate_size, D};
-    const int64_t ins[3] = {D, D, c.moe_intermediate_size};
-    for (int k = 0; k < 3; ++k) {
-      if (!bind_quantized(ck, qp, p + "mlp.switch_mlp." + names[k], outs[k], ins[k], st[k]))
-        fail(ck.dir(), ": '", p, "mlp.switch_mlp.", names[k], "' must be MLX-quantized (unquantized stacked experts are not supported)");
-      if (st[k].mlx->num_slices() != c.n_routed_experts)
-        fail(ck.dir(), ": '", p, "mlp.switch_mlp.", names[k], ".weight' stacks ", st[k].mlx->num_slices(),
-             " experts, expected n_routed_experts = ", c.n_routed_experts);
-    }
-    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-      MLPWeights ex{st[0], st[1], st[2]};
-      for (Linear* l : {&ex.gate_proj, &ex.up_proj, &ex.down_proj})
-        l->mlx = std::make_shared<MlxWeight>(l->mlx->slice(e));
-      m.experts.push_back(std::move(ex));
-    }
-  } else {
-    for (int64_t e = 0; e < c.n_routed_experts; ++e)
-      m.experts.push_back(need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size));
-  }
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)  // one module each, or slices of mlx-lm's stacks
+    m.experts.push_back(need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size, e));
   if (c.n_shared_experts > 0) m.shared_experts = need_mlp(ck, c, p + "mlp.shared_experts", D, c.shared_intermediate());
   lw.moe = std::move(m);
   return lw;

@@ -152,7 +152,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
         info[j].bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
     // AWQ stores W transposed ([in, out]): decode bands of 64 output rows so
     // each input row's packed words are read once per band, not once per row.
-    const int64_t band = W.awq ? 64 : 16;
+    const int64_t band = W.awq() ? 64 : 16;
     if (!info[j].direct && !info[j].bf16) buf_elems = std::max(buf_elems, std::size_t(band * K));
     for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
     ys[j] = empty<T>(rows(*jobs[j].x), O);
@@ -211,7 +211,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
 template <class T>
 inline int64_t band_rows(const Linear& W, bool split) {
   const int64_t K = W.in(), O = W.out();
-  if (W.is_fp8()) return std::min(O, W.block_rows);
+  if (W.is_fp8()) return std::min(O, W.fp8()->block_rows);
   const int64_t cap = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(T))));
   return std::min(O, split ? std::min(cap, std::max<int64_t>(16, (O + 63) / 64 * 16)) : cap);
 }

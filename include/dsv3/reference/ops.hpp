@@ -62,7 +62,8 @@ inline void dequant_row(const Linear& W, int64_t o, const Variants& v, T* row) {
 // scales (kernel.py act_quant_kernel, fp8_gemm_kernel).
 template <class T>
 inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
-  const int64_t n = rows(x), K = W.in(), O = W.out(), bc = W.block_cols, nb = (K + bc - 1) / bc;
+  const Linear::Fp8Blocks& f = *W.fp8();
+  const int64_t n = rows(x), K = W.in(), O = W.out(), bc = f.block_cols, nb = (K + bc - 1) / bc;
   std::vector<float> xq(static_cast<std::size_t>(n * K)), sx(static_cast<std::size_t>(n * nb));
   for (int64_t i = 0; i < n; ++i)
     for (int64_t b = 0; b < nb; ++b) {
@@ -76,7 +77,7 @@ inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
     }
   Mat<T> y = empty<T>(n, O);
   std::vector<float> wq(static_cast<std::size_t>(K));
-  const int64_t sc = W.scale_inv->shape[1];
+  const int64_t sc = f.scale_inv.shape[1];
   for (int64_t o = 0; o < O; ++o) {
     decode_elements(W.weight.data + std::size_t(o * K), DType::F8_E4M3, K, wq.data());
     for (int64_t i = 0; i < n; ++i) {
@@ -85,7 +86,7 @@ inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
         double part = 0;  // fp8 × fp8 products and their block sum are exact in double
         for (int64_t k = b * bc; k < std::min(K, (b + 1) * bc); ++k)
           part += double(xq[std::size_t(i * K + k)]) * double(wq[std::size_t(k)]);
-        acc += float(part) * sx[std::size_t(i * nb + b)] * float(W.scale_inv->at((o / W.block_rows) * sc + b));
+        acc += float(part) * sx[std::size_t(i * nb + b)] * float(f.scale_inv.at((o / f.block_rows) * sc + b));
       }
       y(i, o) = T(acc);
     }

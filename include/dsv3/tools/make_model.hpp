@@ -29,6 +29,10 @@
 
 namespace dsv3 {
 
+// FP8 checkpoints are written with the published 128×128 blocks (and say so
+// in quantization_config.weight_block_size, which the loader reads).
+constexpr int64_t kFp8Block = 128;
+
 struct ModelSpec {
   nlohmann::json config;        // HF config.json content
   std::string dtype = "f32";    // f32 | bf16 | fp8
@@ -259,7 +263,7 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
     }
     if (mlx && !keep_bf16) return mlx_linear(prefix, {}, out, in);
     if (!fp8 || keep_bf16) return gaussian(prefix + ".weight", {out, in}, 0.0, sigma, dense_dt);
-    const int64_t br = 128, bc = 128, sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
+    const int64_t br = kFp8Block, bc = kFp8Block, sr = (out + br - 1) / br, sc = (in + bc - 1) / bc;
     const std::string wn = prefix + ".weight", sn = prefix + ".weight_scale_inv";
     ts.push_back({wn, DType::F8_E4M3, {out, in}, [=](uint8_t* o) {
       const auto& table = make_detail::fp8_normal_table();
@@ -285,19 +289,16 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   const double inv_sqrt_d = 1.0 / std::sqrt(double(c.hidden_size));
   const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim;
   for (const TensorSpec& t : expected_tensors(c, spec.mtp)) {
+    // the layouts of weights.hpp stored_module (Format::mlx_stacked, Format::mlx_split_kvb), under its names
     if (mlx && t.kind == TensorSpec::Linear && t.expert >= 0) {
       // mlx-lm stacks the routed experts: mlp.switch_mlp.{gate,up,down}_proj [E, out, in]
-      if (t.expert != 0) continue;
-      const std::string proj = t.name.substr(t.name.rfind('.') + 1);
-      const std::string p = t.name.substr(0, t.name.find(".mlp.experts.")) + ".mlp.switch_mlp." + proj;
-      mlx_linear(p, {c.n_routed_experts}, t.shape[0], t.shape[1]);
+      if (t.expert == 0) mlx_linear(mlx_stack_prefix(t.name), {c.n_routed_experts}, t.shape[0], t.shape[1]);
       continue;
     }
-    if (mlx && t.kind == TensorSpec::Linear && t.name.size() > 9 && t.name.substr(t.name.size() - 9) == "kv_b_proj") {
+    if (mlx && t.kind == TensorSpec::Linear && !kv_b_split(t.name, "embed_q").empty()) {
       // newer mlx-lm: embed_q [H, kv_lora, nope] (W_UKᵀ) and unembed_out [H, v, kv_lora] (W_UV)
-      const std::string p = t.name.substr(0, t.name.size() - 9);
-      mlx_linear(p + "embed_q", {H}, c.kv_lora_rank, dn);
-      mlx_linear(p + "unembed_out", {H}, c.v_head_dim, c.kv_lora_rank);
+      mlx_linear(kv_b_split(t.name, "embed_q"), {H}, c.kv_lora_rank, dn);
+      mlx_linear(kv_b_split(t.name, "unembed_out"), {H}, c.v_head_dim, c.kv_lora_rank);
       continue;
     }
     if (mlx && (t.kind == TensorSpec::Embed || t.kind == TensorSpec::Head)) {  // quantized too
@@ -321,7 +322,7 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   cfg.erase("quantization");
   if (fp8)
     cfg["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
-                                  {"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+                                  {"quant_method", "fp8"}, {"weight_block_size", {kFp8Block, kFp8Block}}};
   if (awq)  // AutoAWQ's config keys (docs/formats.md)
     cfg["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}, {"group_size", group},
                                   {"zero_point", true}, {"version", "gemm"},
