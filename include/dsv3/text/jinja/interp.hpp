@@ -235,7 +235,11 @@ class Interp {
       const Value* seq = (a.k == Value::K::Str || a.k == Value::K::List) ? &a : (b.k == Value::K::Str || b.k == Value::K::List) ? &b : nullptr;
       const Value* cnt = seq == &a ? &b : &a;
       if (seq && (cnt->k == Value::K::Int || cnt->k == Value::K::Bool)) {
-        int64_t c = std::max<int64_t>(0, cnt->as_int()); if (c > 0 && (seq->k == Value::K::Str ? seq->s.size() : seq->list->size()) > size_t(kMaxRepeat) / size_t(c)) fail(p, "sequence repetition result is too long (limit " + std::to_string(kMaxRepeat) + ")");
+        const size_t len = seq->k == Value::K::Str ? seq->s.size() : seq->list->size();
+        int64_t c = std::max<int64_t>(0, cnt->as_int());
+        if (c > 0 && len > size_t(kMaxRepeat) / size_t(c))
+          fail(p, "sequence repetition result is too long (limit " + std::to_string(kMaxRepeat) + ")");
+        if (len == 0) c = 0;  // an empty sequence repeated any number of times is empty (no loop of c steps)
         if (seq->k == Value::K::Str) { std::string s; for (int64_t k = 0; k < c; ++k) s += seq->s; return Value::str(s); }
         List l;
         for (int64_t k = 0; k < c; ++k) l.insert(l.end(), seq->list->begin(), seq->list->end());
