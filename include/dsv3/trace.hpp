@@ -49,12 +49,7 @@ class Trace {
   template <class V>
   void edit(const char* name, int64_t layer, int64_t start_pos, int64_t rows, int64_t cols, V* data) const {
     if (editor_) {
-      TraceRecord r;
-      r.name = name;
-      r.layer = layer;
-      r.start_pos = start_pos;
-      r.shape = {rows, cols};
-      r.data.assign(data, data + rows * cols);
+      TraceRecord r = record(name, layer, start_pos, rows, cols, static_cast<const V*>(data));
       editor_(r);
       if (r.data.size() != std::size_t(rows * cols))
         fail("trace editor changed the size of '", name, "' (layer ", layer, "): ", r.data.size(), " values, expected ",
@@ -69,13 +64,7 @@ class Trace {
             const V* data) const {
     if (!sink_) return;
     if (filter_ && !filter_(name)) return;
-    TraceRecord r;
-    r.name = name;
-    r.layer = layer;
-    r.start_pos = start_pos;
-    r.shape = {rows, cols};
-    r.data.assign(data, data + rows * cols);
-    sink_(std::move(r));
+    sink_(record(name, layer, start_pos, rows, cols, data));
   }
 
   // Emits columns [col0, col0 + width) of every head block of `stride`
@@ -92,6 +81,18 @@ class Trace {
   }
 
  private:
+  template <class V>
+  static TraceRecord record(const char* name, int64_t layer, int64_t start_pos, int64_t rows, int64_t cols,
+                            const V* data) {
+    TraceRecord r;
+    r.name = name;
+    r.layer = layer;
+    r.start_pos = start_pos;
+    r.shape = {rows, cols};
+    r.data.assign(data, data + rows * cols);
+    return r;
+  }
+
   Sink sink_;
   std::function<bool(const std::string&)> filter_;
   Editor editor_;

@@ -308,8 +308,7 @@ inline std::vector<Mat<T>> linear_many(const std::vector<MatJob<T>>& jobs, const
 template <class T>
 inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps, const Variants& v = {}) {
   const int64_t n = rows(x), d = cols(x);
-  if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
-  const std::vector<T> w = decode_vector<T>(weight);
+  const std::vector<T> w = reference::rms_norm_weight<T>(weight, d);
   Mat<T> y = empty<T>(n, d);
 #pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
   for (int64_t i = 0; i < n; ++i) reference::rms_norm_row(&x(i, 0), w.data(), d, eps, v, &y(i, 0));

@@ -133,11 +133,17 @@ inline void rms_norm_row(const T* x, const T* w, int64_t d, double eps, const Va
   }
 }
 
+// The norm's weight as T, checked against the row width d.
+template <class T>
+inline std::vector<T> rms_norm_weight(const TensorView& weight, int64_t d) {
+  if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
+  return decode_vector<T>(weight);
+}
+
 template <class T>
 inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps, const Variants& v = {}) {
   const int64_t n = rows(x), d = cols(x);
-  if (weight.numel() != d) fail("rms_norm '", weight.name, "': weight has ", weight.numel(), " elements, expected ", d);
-  const std::vector<T> w = decode_vector<T>(weight);
+  const std::vector<T> w = rms_norm_weight<T>(weight, d);
   Mat<T> y = empty<T>(n, d);
   for (int64_t i = 0; i < n; ++i) rms_norm_row(&x(i, 0), w.data(), d, eps, v, &y(i, 0));
   round_act(v, y);
