@@ -601,15 +601,26 @@ def main():
     write_results(a.out_dir, a.tag, R, md)
 
 
+def repo_relative(x):
+    """Paths inside the repository, recorded relative to it (results name no machine's paths)."""
+    if isinstance(x, dict):
+        return {k: repo_relative(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [repo_relative(v) for v in x]
+    if isinstance(x, str) and x.startswith(ROOT + os.sep):
+        return os.path.relpath(x, ROOT)
+    return x
+
+
 def write_results(out_dir, name, R, md):
     """results/<name>-<date>.json and .md; the report also goes to stdout."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{name}-{datetime.date.today().isoformat()}")
     with open(stem + ".json", "w") as f:
-        json.dump(R, f, indent=1)
+        json.dump(repo_relative(R), f, indent=1)
         f.write("\n")
     with open(stem + ".md", "w") as f:
-        f.write(md)
+        f.write(md.replace(ROOT + os.sep, ""))
     print(md)
     log(f"wrote {stem}.md and {stem}.json")
 

@@ -90,11 +90,8 @@ def main():
             + (f"; vs base: prefill {rounds[-1]['prefill_vs_base']:.3f}x, decode {rounds[-1]['decode_vs_base']:.3f}x"
                if a.dsv3_base else ""))
     med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
-    def shown(path):  # binaries inside the repository by their relative path
-        rel = os.path.relpath(os.path.abspath(path), ROOT) if path else path
-        return rel if path and not rel.startswith("..") else path
     R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), model=a.model, threads=a.threads,
-             dsv3=shown(a.dsv3), dsv3_base=shown(a.dsv3_base),
+             dsv3=os.path.abspath(a.dsv3), dsv3_base=a.dsv3_base and os.path.abspath(a.dsv3_base),
              dsv3_prefill_warmup=a.warmup, best_of=a.best_of,
              prompt_len=a.prompt_len, new_tokens=a.new_tokens, decode_prompt_len=a.decode_prompt_len,
              rounds=rounds, median=med)

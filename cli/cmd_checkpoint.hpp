@@ -40,22 +40,25 @@ inline void run_inspect(const std::string& dir) {
     return;
   }
   Checkpoint ck(dir);
-  std::printf("%-64s %-8s %-18s %12s  %-22s %s\n", "tensor", "dtype", "shape", "bytes", "format", "status");
+  std::printf("%-64s %-8s %-18s %12s  %-22s %-26s %s\n", "tensor", "dtype", "shape", "bytes", "format", "status",
+              "report");
   uint64_t bytes = 0, missing = 0;
   std::set<std::string> expected;
   // One stored tensor; `want` empty: a packed part whose shape binding checks.
-  auto row = [&](const std::string& name, const std::vector<int64_t>& want, const std::string& format) {
+  auto row = [&](const std::string& name, const std::vector<int64_t>& want, const std::string& format,
+                 const std::string& symbol) {
     expected.insert(name);
     if (!ck.has(name)) {
-      std::printf("%-64s %-8s %-18s %12s  %-22s MISSING\n", name.c_str(), "-", shape_str(want).c_str(), "-",
-                  format.c_str());
+      std::printf("%-64s %-8s %-18s %12s  %-22s %-26s %s\n", name.c_str(), "-", shape_str(want).c_str(), "-",
+                  format.c_str(), "MISSING", symbol.c_str());
       ++missing;
       return;
     }
     const TensorView& t = ck.get(name);
     const bool ok = want.empty() || t.shape == want;
-    std::printf("%-64s %-8s %-18s %12zu  %-22s %s\n", name.c_str(), dtype_name(t.dtype), shape_str(t.shape).c_str(),
-                t.nbytes(), format.c_str(), ok ? "ok" : ("WRONG SHAPE, expected " + shape_str(want)).c_str());
+    std::printf("%-64s %-8s %-18s %12zu  %-22s %-26s %s\n", name.c_str(), dtype_name(t.dtype), shape_str(t.shape).c_str(),
+                t.nbytes(), format.c_str(), ok ? "ok" : ("WRONG SHAPE, expected " + shape_str(want)).c_str(),
+                symbol.c_str());
     bytes += t.nbytes();
     if (!ok) ++missing;
   };
@@ -65,11 +68,11 @@ inline void run_inspect(const std::string& dir) {
   // also uses); norms, router and bias as plain tensors.
   auto module = [&](const TensorSpec& s) {
     const bool is_module = s.kind == TensorSpec::Linear || s.kind == TensorSpec::Embed || s.kind == TensorSpec::Head;
-    if (!is_module) return row(s.name, s.shape, ck.has(s.name) ? dtype_name(ck.get(s.name).dtype) : "-");
+    if (!is_module) return row(s.name, s.shape, ck.has(s.name) ? dtype_name(ck.get(s.name).dtype) : "-", s.symbol);
     const std::string prefix = s.kind == TensorSpec::Linear ? s.name : s.name.substr(0, s.name.rfind(".weight"));
     const StoredModule sm = stored_module(ck, c, qp, {prefix, s.shape[0], s.shape[1], s.expert});
     for (const auto& part : sm.parts)
-      if (!expected.count(part.name)) row(part.name, part.shape, sm.label);  // a stack: listed once
+      if (!expected.count(part.name)) row(part.name, part.shape, sm.label, s.symbol);  // a stack: listed once
   };
   const bool has_mtp = c.num_nextn_predict_layers > 0 && ck.has(ModelWeights::mtp_marker(c));
   for (const TensorSpec& s : expected_tensors(c, has_mtp)) module(s);

@@ -265,6 +265,7 @@ struct TensorSpec {
   int64_t expert = -1;  // routed expert index, or -1
   std::string copy_of;  // make-model: same values as this tensor (MTP's embedding/head)
   bool keep_bf16 = false;  // stays BF16 in FP8 checkpoints (MTP eh_proj)
+  std::string symbol;      // the report's name for it (docs/paper-map.md)
 
   TensorSpec(std::string n, std::vector<int64_t> s, Kind k, int64_t l = -1, int64_t e = -1,
              std::string copy = "", bool bf16 = false)
@@ -275,54 +276,72 @@ struct TensorSpec {
 inline std::vector<TensorSpec> expected_tensors(const Config& c, bool with_mtp = false) {
   std::vector<TensorSpec> v;
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
+  auto sym = [&](const char* s) { v.back().symbol = s; };
   v.push_back({"model.embed_tokens.weight", {c.vocab_size, D}, TensorSpec::Embed});
+  sym("Emb");
   auto layer = [&](int64_t L, const std::string& p, bool moe) {
-    auto lin = [&](const std::string& n, int64_t o, int64_t i, int64_t e = -1) {
+    auto lin = [&](const std::string& n, int64_t o, int64_t i, const char* s, int64_t e = -1) {
       v.push_back({p + n, {o, i}, TensorSpec::Linear, L, e});
+      sym(s);
     };
-    auto mlp = [&](const std::string& n, int64_t I, int64_t e = -1) {
-      lin(n + ".gate_proj", I, D, e);
-      lin(n + ".up_proj", I, D, e);
-      lin(n + ".down_proj", D, I, e);
+    auto mlp = [&](const std::string& n, int64_t I, const char* which, int64_t e = -1) {
+      for (const char* proj : {".gate_proj", ".up_proj", ".down_proj"}) {
+        const bool down = proj[1] == 'd';
+        lin(n + proj, down ? D : I, down ? I : D, which, e);
+      }
     };
     v.push_back({p + "input_layernorm.weight", {D}, TensorSpec::Norm, L});
+    sym("RMSNorm before MLA");
     if (c.q_lora_rank) {
-      lin("self_attn.q_a_proj", *c.q_lora_rank, D);
+      lin("self_attn.q_a_proj", *c.q_lora_rank, D, "W^DQ, eq. (6)");
       v.push_back({p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank}, TensorSpec::Norm, L});
-      lin("self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
+      sym("RMSNorm of c^Q");
+      lin("self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank, "W^UQ; W^QR, eqs. (7), (8)");
     } else {
-      lin("self_attn.q_proj", H * c.qk_head_dim(), D);
+      lin("self_attn.q_proj", H * c.qk_head_dim(), D, "W^Q (no query compression)");
     }
-    lin("self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
+    lin("self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D, "W^DKV; W^KR, eqs. (1), (3)");
     v.push_back({p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, TensorSpec::Norm, L});
-    lin("self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-    lin("self_attn.o_proj", D, H * c.v_head_dim);
+    sym("RMSNorm of c^KV");
+    lin("self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank, "W^UK; W^UV, eqs. (2), (5)");
+    lin("self_attn.o_proj", D, H * c.v_head_dim, "W^O, eq. (11)");
     v.push_back({p + "post_attention_layernorm.weight", {D}, TensorSpec::Norm, L});
+    sym("RMSNorm before the FFN");
     if (!moe) {
-      mlp("mlp", c.intermediate_size);
+      mlp("mlp", c.intermediate_size, "dense FFN (SwiGLU)");
     } else {
       v.push_back({p + "mlp.gate.weight", {c.n_routed_experts, D}, TensorSpec::Router, L});
+      sym("e_i, eq. (15)");
       v.push_back({p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, TensorSpec::RouterBias, L});
+      sym("b_i, eq. (16)");
       for (int64_t e = 0; e < c.n_routed_experts; ++e)
-        mlp("mlp.experts." + std::to_string(e), c.moe_intermediate_size, e);
-      if (c.n_shared_experts > 0) mlp("mlp.shared_experts", c.shared_intermediate());
+        mlp("mlp.experts." + std::to_string(e), c.moe_intermediate_size, "FFN_i^(r), eq. (12)", e);
+      if (c.n_shared_experts > 0) mlp("mlp.shared_experts", c.shared_intermediate(), "FFN^(s), eq. (12)");
     }
   };
   for (int64_t L = 0; L < c.num_hidden_layers; ++L)
     layer(L, "model.layers." + std::to_string(L) + ".", c.is_moe_layer(L));
   v.push_back({"model.norm.weight", {D}, TensorSpec::Norm});
+  sym("final RMSNorm");
   v.push_back({"lm_head.weight", {c.vocab_size, D}, TensorSpec::Head});
+  sym("output head");
   if (with_mtp) {
     for (int64_t j = 0; j < c.num_nextn_predict_layers; ++j) {
       const int64_t L = c.num_hidden_layers + j;
       const std::string p = "model.layers." + std::to_string(L) + ".";
       v.push_back({p + "embed_tokens.weight", {c.vocab_size, D}, TensorSpec::Embed, L, -1, "model.embed_tokens.weight"});
+      sym("Emb (MTP's copy), eq. (21)");
       v.push_back({p + "enorm.weight", {D}, TensorSpec::Norm, L});
+      sym("RMSNorm of Emb(t_i+k), eq. (21)");
       v.push_back({p + "hnorm.weight", {D}, TensorSpec::Norm, L});
+      sym("RMSNorm of h_i, eq. (21)");
       v.push_back({p + "eh_proj", {D, 2 * D}, TensorSpec::Linear, L, -1, "", true});
+      sym("M_k, eq. (21)");
       layer(L, p, true);
       v.push_back({p + "shared_head.norm.weight", {D}, TensorSpec::Norm, L});
+      sym("OutHead's RMSNorm, eq. (23)");
       v.push_back({p + "shared_head.head.weight", {c.vocab_size, D}, TensorSpec::Head, L, -1, "lm_head.weight"});
+      sym("OutHead, eq. (23)");
     }
   }
   return v;
