@@ -484,8 +484,7 @@ inline MlxWeight need_mlx(const Checkpoint& ck, const QuantParams& qp, const std
 
 // Binds the module as the checkpoint stores it (stored_module), checking
 // every part's presence, shape and dtype, and naming the first that is wrong.
-inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const ModuleRef& m) {
-  const QuantParams qp = quant_params(cfg.raw);
+inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const QuantParams& qp, const ModuleRef& m) {
   const StoredModule sm = stored_module(ck, cfg, qp, m);
   const std::string& p = m.prefix;
   for (const auto& part : sm.parts)
@@ -558,16 +557,16 @@ inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const ModuleR
   return l;
 }
 
-inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const std::string& prefix, int64_t out, int64_t in,
-                          int64_t expert = -1) {
-  return need_linear(ck, cfg, ModuleRef{prefix, out, in, expert});
+// One module alone (its config's quantization read here).
+inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const std::string& prefix, int64_t out, int64_t in) {
+  return need_linear(ck, cfg, quant_params(cfg.raw), ModuleRef{prefix, out, in});
 }
 
-inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const std::string& prefix,
+inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const QuantParams& qp, const std::string& prefix,
                            int64_t hidden, int64_t inter, int64_t expert = -1) {
-  return {need_linear(ck, cfg, prefix + ".gate_proj", inter, hidden, expert),
-          need_linear(ck, cfg, prefix + ".up_proj", inter, hidden, expert),
-          need_linear(ck, cfg, prefix + ".down_proj", hidden, inter, expert)};
+  return {need_linear(ck, cfg, qp, {prefix + ".gate_proj", inter, hidden, expert}),
+          need_linear(ck, cfg, qp, {prefix + ".up_proj", inter, hidden, expert}),
+          need_linear(ck, cfg, qp, {prefix + ".down_proj", hidden, inter, expert})};
 }
 
 }  // namespace detail
@@ -576,25 +575,29 @@ inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const std::s
 namespace detail {
 
 // One decoder block at `prefix` ("model.layers.L."); MoE when `moe`.
-inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std::string& p, bool moe) {
+inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const QuantParams& qp, const std::string& p,
+                               bool moe) {
+  auto need_linear = [&](const std::string& prefix, int64_t out, int64_t in) {
+    return detail::need_linear(ck, c, qp, {prefix, out, in});
+  };
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   LayerWeights lw;
   lw.input_layernorm = need(ck, p + "input_layernorm.weight", {D});
   lw.post_attention_layernorm = need(ck, p + "post_attention_layernorm.weight", {D});
   AttentionWeights& a = lw.self_attn;
   if (c.q_lora_rank) {
-    a.q_a_proj = need_linear(ck, c, p + "self_attn.q_a_proj", *c.q_lora_rank, D);
+    a.q_a_proj = need_linear(p + "self_attn.q_a_proj", *c.q_lora_rank, D);
     a.q_a_layernorm = need(ck, p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank});
-    a.q_b_proj = need_linear(ck, c, p + "self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
+    a.q_b_proj = need_linear(p + "self_attn.q_b_proj", H * c.qk_head_dim(), *c.q_lora_rank);
   } else {
-    a.q_proj = need_linear(ck, c, p + "self_attn.q_proj", H * c.qk_head_dim(), D);
+    a.q_proj = need_linear(p + "self_attn.q_proj", H * c.qk_head_dim(), D);
   }
-  a.kv_a_proj_with_mqa = need_linear(ck, c, p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
+  a.kv_a_proj_with_mqa = need_linear(p + "self_attn.kv_a_proj_with_mqa", c.kv_cache_width(), D);
   a.kv_a_layernorm = need(ck, p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank});
-  a.kv_b_proj = need_linear(ck, c, p + "self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-  a.o_proj = need_linear(ck, c, p + "self_attn.o_proj", D, H * c.v_head_dim);
+  a.kv_b_proj = need_linear(p + "self_attn.kv_b_proj", H * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+  a.o_proj = need_linear(p + "self_attn.o_proj", D, H * c.v_head_dim);
   if (!moe) {
-    lw.mlp = need_mlp(ck, c, p + "mlp", D, c.intermediate_size);
+    lw.mlp = need_mlp(ck, c, qp, p + "mlp", D, c.intermediate_size);
     return lw;
   }
   MoEWeights m;
@@ -603,8 +606,8 @@ inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const std:
   m.gate.e_score_correction_bias = need(ck, p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts});
   m.experts.reserve(static_cast<std::size_t>(c.n_routed_experts));
   for (int64_t e = 0; e < c.n_routed_experts; ++e)  // one module each, or slices of mlx-lm's stacks
-    m.experts.push_back(need_mlp(ck, c, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size, e));
-  if (c.n_shared_experts > 0) m.shared_experts = need_mlp(ck, c, p + "mlp.shared_experts", D, c.shared_intermediate());
+    m.experts.push_back(need_mlp(ck, c, qp, p + "mlp.experts." + std::to_string(e), D, c.moe_intermediate_size, e));
+  if (c.n_shared_experts > 0) m.shared_experts = need_mlp(ck, c, qp, p + "mlp.shared_experts", D, c.shared_intermediate());
   lw.moe = std::move(m);
   return lw;
 }
@@ -615,24 +618,28 @@ inline ModelWeights ModelWeights::bind(const Checkpoint& ck, const Config& c) {
   using detail::need;
   const int64_t D = c.hidden_size;
   ModelWeights m;
-  m.embed_tokens = detail::need_linear(ck, c, "model.embed_tokens", c.vocab_size, D);
+  const QuantParams qp = quant_params(c.raw);  // read once for every module
+  auto need_linear = [&](const std::string& prefix, int64_t out, int64_t in) {
+    return detail::need_linear(ck, c, qp, {prefix, out, in});
+  };
+  m.embed_tokens = need_linear("model.embed_tokens", c.vocab_size, D);
   m.norm = need(ck, "model.norm.weight", {D});
   m.lm_head = c.tie_word_embeddings && !ck.has("lm_head.weight") && !ck.has("lm_head.qweight")
                   ? m.embed_tokens
-                  : detail::need_linear(ck, c, "lm_head", c.vocab_size, D);
+                  : need_linear("lm_head", c.vocab_size, D);
   for (int64_t L = 0; L < c.num_hidden_layers; ++L)
-    m.layers.push_back(detail::need_layer(ck, c, "model.layers." + std::to_string(L) + ".", c.is_moe_layer(L)));
+    m.layers.push_back(detail::need_layer(ck, c, qp, "model.layers." + std::to_string(L) + ".", c.is_moe_layer(L)));
   // MTP layers: bound when the checkpoint has them (HF/OFF/MLX conversions drop them).
   for (int64_t j = 0; j < c.num_nextn_predict_layers && ck.has(mtp_marker(c, j)); ++j) {
     const std::string p = "model.layers." + std::to_string(c.num_hidden_layers + j) + ".";
     MTPWeights t;
-    t.embed_tokens = detail::need_linear(ck, c, p + "embed_tokens", c.vocab_size, D);
+    t.embed_tokens = need_linear(p + "embed_tokens", c.vocab_size, D);
     t.enorm = need(ck, p + "enorm.weight", {D});
     t.hnorm = need(ck, p + "hnorm.weight", {D});
-    t.eh_proj = detail::need_linear(ck, c, p + "eh_proj", D, 2 * D);
-    t.block = detail::need_layer(ck, c, p, true);
+    t.eh_proj = need_linear(p + "eh_proj", D, 2 * D);
+    t.block = detail::need_layer(ck, c, qp, p, true);
     t.shared_head_norm = need(ck, p + "shared_head.norm.weight", {D});
-    t.shared_head_head = detail::need_linear(ck, c, p + "shared_head.head", c.vocab_size, D);
+    t.shared_head_head = need_linear(p + "shared_head.head", c.vocab_size, D);
     m.mtp.push_back(std::move(t));
   }
   return m;
