@@ -85,24 +85,21 @@ Tally run_suite(const NamedBackend<T>& nb, bool quick) {
 
 }  // namespace
 
-TEST_SUITE("backend_ops") {
-TEST_CASE("every backend matches the reference op by op (f32)") {
-  for (const auto& nb : backends_under_test<float>()) {
-    const Tally t = run_suite(nb, false);
+namespace {
+template <class T>
+void every_backend_matches(bool quick) {
+  for (const auto& nb : backends_under_test<T>()) {
+    const Tally t = run_suite(nb, quick);
     MESSAGE(t.report());
     CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
     CHECK_MESSAGE(t.passed > 0, t.backend, ": no case ran");
   }
 }
+}  // namespace
 
-TEST_CASE("every backend matches the reference op by op (f64)") {
-  for (const auto& nb : backends_under_test<double>()) {
-    const Tally t = run_suite(nb, true);
-    MESSAGE(t.report());
-    CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
-    CHECK_MESSAGE(t.passed > 0, t.backend, ": no case ran");
-  }
-}
+TEST_SUITE("backend_ops") {
+TEST_CASE("every backend matches the reference op by op (f32)") { every_backend_matches<float>(false); }
+TEST_CASE("every backend matches the reference op by op (f64)") { every_backend_matches<double>(true); }
 
 // The suite can fail: a CPU backend with one deliberately broken kernel (the
 // last FP8 column block's scale ignored, i.e. the edge block mis-scaled) is

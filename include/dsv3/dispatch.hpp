@@ -28,7 +28,6 @@ class Dispatch : public Backend<T> {
   std::string name() const override { return primary_ ? primary_->name() + "+cpu" : "cpu"; }
   bool supports(const OpQuery&) const override { return true; }
   bool on_host() const override { return pick({Op::glue}).on_host(); }
-  const Backend<T>* primary() const { return primary_.get(); }
 
   void prepare(const ModelWeights& w, const Config& c) const override {
     if (primary_) primary_->prepare(w, c);
@@ -116,9 +115,9 @@ class Dispatch : public Backend<T> {
   }
   // x where backend b computes: as it is when b holds it (or b computes on the
   // host and x is there), else downloaded and/or uploaded.
-  static Act<T> to(const Act<T>& x, const Backend<T>& b) {
+  Act<T> to(const Act<T>& x, const Backend<T>& b) const {
     if (b.on_host() ? x.on_host() : x.owner() == &b) return x;
-    Mat<T> h = x.on_host() ? x.host() : x.owner()->download(x);
+    Mat<T> h = download(x);
     return b.on_host() ? Act<T>(std::move(h)) : b.upload(h);
   }
   std::shared_ptr<const Backend<T>> primary_;

@@ -575,11 +575,19 @@ inline MLPWeights need_mlp(const Checkpoint& ck, const Config& cfg, const QuantP
 namespace detail {
 
 // One decoder block at `prefix` ("model.layers.L."); MoE when `moe`.
+// need_linear for one checkpoint, config and quantization (read once per bind).
+struct ModuleBinder {
+  const Checkpoint& ck;
+  const Config& c;
+  const QuantParams& qp;
+  Linear operator()(const std::string& prefix, int64_t out, int64_t in) const {
+    return need_linear(ck, c, qp, {prefix, out, in});
+  }
+};
+
 inline LayerWeights need_layer(const Checkpoint& ck, const Config& c, const QuantParams& qp, const std::string& p,
                                bool moe) {
-  auto need_linear = [&](const std::string& prefix, int64_t out, int64_t in) {
-    return detail::need_linear(ck, c, qp, {prefix, out, in});
-  };
+  const ModuleBinder need_linear{ck, c, qp};
   const int64_t D = c.hidden_size, H = c.num_attention_heads;
   LayerWeights lw;
   lw.input_layernorm = need(ck, p + "input_layernorm.weight", {D});
@@ -619,9 +627,7 @@ inline ModelWeights ModelWeights::bind(const Checkpoint& ck, const Config& c) {
   const int64_t D = c.hidden_size;
   ModelWeights m;
   const QuantParams qp = quant_params(c.raw);  // read once for every module
-  auto need_linear = [&](const std::string& prefix, int64_t out, int64_t in) {
-    return detail::need_linear(ck, c, qp, {prefix, out, in});
-  };
+  const detail::ModuleBinder need_linear{ck, c, qp};
   m.embed_tokens = need_linear("model.embed_tokens", c.vocab_size, D);
   m.norm = need(ck, "model.norm.weight", {D});
   m.lm_head = c.tie_word_embeddings && !ck.has("lm_head.weight") && !ck.has("lm_head.qweight")
