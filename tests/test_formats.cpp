@@ -46,6 +46,16 @@ TEST_CASE("bf16 and f16 conversions") {
   CHECK(f32_to_bf16(1.0f + 3.0f / 256) == 0x3f82);            // tie -> even (up)
   for (uint32_t h = 0; h < 0x7c00; h += 7) CHECK(f32_to_f16(f16_to_f32(uint16_t(h))) == h);
   CHECK(f16_to_f32(0x3c00) == 1.0f);
+  // every code against IEEE 754's definition: (−1)^s · 2^(e−15) · (1 + m/1024), m·2^−24 for e = 0
+  int64_t bad = 0;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const int e = int(h >> 10) & 31, m = int(h & 1023);
+    const double mag = e == 0 ? std::ldexp(double(m), -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(1024.0 + m, e - 25);
+    const double want = (h & 0x8000) ? -mag : mag;
+    const float got = f16_to_f32(uint16_t(h));
+    bad += std::isnan(want) ? !std::isnan(got) : (double(got) != want || std::signbit(got) != std::signbit(want));
+  }
+  CHECK(bad == 0);
 }
 
 TEST_CASE("YaRN inverse frequencies match docs/semantics.md Appendix A") {

@@ -81,18 +81,17 @@ inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
 
 // IEEE half precision.
 inline float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  const int exp = (h >> 10) & 0x1f;
-  const uint32_t man = h & 0x3ff;
-  float mag;
-  if (exp == 0) mag = std::ldexp(float(man), -24);                     // subnormal
-  else if (exp == 31) mag = man ? NAN : INFINITY;
-  else mag = std::ldexp(float(man | 0x400), exp - 25);
-  uint32_t u;
-  std::memcpy(&u, &mag, 4);
+  const uint32_t sign = uint32_t(h & 0x8000) << 16, em = h & 0x7fffu;
+  uint32_t u = (em << 13) + (112u << 23);                                 // normal: exponent bias 15 -> 127
+  if (em >= 0x7c00u) u = (em & 0x3ffu) ? 0x7fc00000u : 0x7f800000u;      // NaN (quiet) / inf
+  else if (em < 0x400u) {                                                 // subnormal: man * 2^-24, exact
+    const float f = float(em) * 0x1p-24f;
+    std::memcpy(&u, &f, 4);
+  }
   u |= sign;
-  std::memcpy(&mag, &u, 4);
-  return mag;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
 }
 
 inline uint16_t f32_to_f16(float f) {
