@@ -28,6 +28,7 @@
 #include <vector>
 
 #include <dsv3/cpu/backend.hpp>
+#include <dsv3/cpu/quant.hpp>
 #include <dsv3/dispatch.hpp>
 #include <dsv3/tools/make_model.hpp>
 #include <dsv3/model.hpp>
@@ -53,7 +54,11 @@ std::vector<NamedBackend<T>> backends_under_test() {
   return {{"cpu", std::make_shared<CpuBackend<T>>()}};
 }
 
-const char* kFormats[] = {"f32", "bf16", "fp8", "awq", "mlx4", "mlx5", "mlx8"};
+// mlx4-g64: MLX 4-bit at group 64, which does not divide the tiny model's
+// widths 160, 96 and 32: those modules stay BF16 as mlx-lm leaves them (the
+// embedding, routed experts as an unquantized stack, embed_q beside a
+// quantized unembed_out).
+const char* kFormats[] = {"f32", "bf16", "fp8", "awq", "mlx4", "mlx5", "mlx8", "mlx4-g64"};
 
 // One tiny model per format, written once for the whole suite.
 const std::string& model_dir(const std::string& fmt) {
@@ -63,7 +68,8 @@ const std::string& model_dir(const std::string& fmt) {
   if (it != made.end()) return it->second;
   ModelSpec s;
   s.config = preset_config("tiny");
-  s.dtype = fmt;
+  s.dtype = fmt.substr(0, fmt.find('-'));
+  if (fmt.find("-g") != std::string::npos) s.group_size = std::stoll(fmt.substr(fmt.find("-g") + 2));
   s.seed = 11;
   s.bias_mean = -0.2;  // some negative biased scores: the −inf group mask matters
   const std::string dir = root.path + "/" + fmt;
@@ -145,6 +151,191 @@ TEST_CASE("the suite catches a broken kernel and reports unsupported cases") {
   s2.mlp_case("fp8", m, *m.weights().layers[0].mlp, 2, "dense", {});
   CHECK(declined.unsupported == 2);
   CHECK(declined.passed == 0);
+}
+
+// The quantized formats' kernels (cpu/quant.hpp, cpu/quant_avx512.hpp) at
+// shapes the model presets do not reach: FP8 edge blocks that end in a
+// partial 32-code run, BF16 block scales; AWQ bands of fewer than 16 words,
+// one group over the whole input (group_size −1), f16 scales large enough that
+// (q − z)·s rounds and small enough to be f16-subnormal; MLX 4/5/8-bit at
+// group 32/64/128 (the AVX-512 kernel takes groups of 64 and more, the plain
+// loops the rest), 5-bit rows with and without a whole run of 16 units,
+// F16/BF16/F32 scales, a slice of stacked experts; F16 dense rows with a tail.
+// Each at 1–4 rows (fused decode) and 5, 64 rows (prefill bands), with the
+// AVX-512 kernels and with the plain loops, against the reference.
+namespace {
+// The bytes of one synthetic tensor, viewed as a checkpoint would. Every
+// other tensor starts at an odd address, as safetensors files give no
+// alignment (mlx's own writer leaves BF16 scales at odd offsets): the kernels
+// must read them without assuming any (UBSan checks it in CI).
+struct Blob {
+  std::vector<uint8_t> store;
+  uint8_t* bytes;
+  std::size_t offset;
+  TensorView view;
+  Blob(const std::string& name, DType dt, std::vector<int64_t> shape, std::size_t odd) : offset(odd) {
+    view.name = name;
+    view.dtype = dt;
+    view.shape = std::move(shape);
+    store.resize(view.nbytes() + 1);
+    bytes = store.data() + offset;
+  }
+  std::size_t size() const { return view.nbytes(); }
+  void done() { view.data = bytes; }
+};
+
+struct SyntheticLinears {
+  std::vector<std::unique_ptr<Blob>> blobs;
+  std::vector<std::pair<std::string, Linear>> linears;
+  std::mt19937_64 g{2025};
+
+  Blob& blob(const std::string& name, DType dt, std::vector<int64_t> shape) {
+    blobs.push_back(std::make_unique<Blob>(name, dt, std::move(shape), blobs.size() % 2));
+    return *blobs.back();
+  }
+  Blob& random_words(const std::string& name, DType dt, std::vector<int64_t> shape) {
+    Blob& b = blob(name, dt, std::move(shape));
+    for (std::size_t i = 0; i < b.size(); ++i) b.bytes[i] = uint8_t(g());
+    b.done();
+    return b;
+  }
+  // scales (or biases) drawn as log-uniform magnitudes in [lo, hi], sign +
+  Blob& scales(const std::string& name, DType dt, std::vector<int64_t> shape, double lo, double hi, bool sign = false) {
+    Blob& b = blob(name, dt, std::move(shape));
+    std::uniform_real_distribution<double> u(std::log(lo), std::log(hi));
+    for (int64_t i = 0; i < b.view.numel(); ++i) {
+      const float v = float(std::exp(u(g))) * (sign && (g() & 1) ? -1.0f : 1.0f);
+      if (dt == DType::F32) std::memcpy(&b.bytes[std::size_t(4 * i)], &v, 4);
+      const uint16_t h = dt == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+      if (dt != DType::F32) std::memcpy(&b.bytes[std::size_t(2 * i)], &h, 2);
+    }
+    b.done();
+    return b;
+  }
+
+  void fp8(int64_t out, int64_t in, DType sdt) {
+    const std::string n = "fp8." + std::to_string(out) + "x" + std::to_string(in) + "." + dtype_name(sdt);
+    Blob& w = random_words(n, DType::F8_E4M3, {out, in});
+    for (std::size_t i = 0; i < w.size(); ++i)
+      if ((w.bytes[i] & 0x7f) == 0x7f) w.bytes[i] = 0x3c;  // no NaN codes (a case of its own below)
+    Linear l;
+    l.weight = w.view;
+    l.storage = Linear::Fp8Blocks{scales(n + ".s", sdt, {(out + 127) / 128, (in + 127) / 128}, 1e-4, 1e-2).view, 128, 128};
+    linears.emplace_back(n, l);
+  }
+  void awq(int64_t out, int64_t in, int64_t group, double slo, double shi) {
+    const std::string n = "awq." + std::to_string(out) + "x" + std::to_string(in) + ".g" + std::to_string(group);
+    const int64_t G = group < 0 ? in : group;
+    auto q = std::make_shared<AwqWeight>(AwqWeight::bind(random_words(n + ".qweight", DType::I32, {in, out / 8}).view,
+                                                         random_words(n + ".qzeros", DType::I32, {in / G, out / 8}).view,
+                                                         scales(n + ".scales", DType::F16, {in / G, out}, slo, shi).view,
+                                                         4, group, out, in));
+    Linear l;
+    l.weight = q->qweight;
+    l.storage = Linear::Awq{q};
+    l.rows_ = out;
+    l.cols_ = in;
+    linears.emplace_back(n + (shi > 100 ? " large-scales" : slo < 1e-4 ? " subnormal-scales" : ""), l);
+  }
+  void mlx(int64_t bits, int64_t group, int64_t out, int64_t in, DType sdt, int64_t experts = 0) {
+    const std::string n = "mlx" + std::to_string(bits) + ".g" + std::to_string(group) + "." + std::to_string(out) + "x" +
+                          std::to_string(in) + "." + dtype_name(sdt) + (experts ? ".stacked" : "");
+    std::vector<int64_t> ws = {out, in * bits / 32}, ss = {out, in / group};
+    if (experts) ws.insert(ws.begin(), experts), ss.insert(ss.begin(), experts);
+    MlxWeight m = MlxWeight::bind(random_words(n + ".weight", DType::U32, ws).view, scales(n + ".scales", sdt, ss, 1e-3, 1e-1).view,
+                                  scales(n + ".biases", sdt, ss, 1e-2, 1.0, true).view, bits, group);
+    m.round_to_storage = false;  // as the model binds it: mlx's quantized_matmul
+    auto q = std::make_shared<MlxWeight>(experts ? m.slice(experts - 1) : m);
+    Linear l;
+    l.weight = q->weight;
+    l.storage = Linear::Mlx{q};
+    l.rows_ = out;
+    l.cols_ = in;
+    linears.emplace_back(n, l);
+  }
+  void f16(int64_t out, int64_t in) {
+    const std::string n = "f16." + std::to_string(out) + "x" + std::to_string(in);
+    Linear l;
+    l.weight = scales(n, DType::F16, {out, in}, 1e-3, 1.0, true).view;
+    linears.emplace_back(n, l);
+  }
+
+  SyntheticLinears() {
+    fp8(200, 300, DType::F32);   // blocks 128 + 72 rows, 128 + 128 + 44 columns (44 = 32 + 12 one at a time)
+    fp8(64, 1100, DType::BF16);
+    awq(200, 256, 128, 1e-3, 1e-1);  // 25 words: a band of 16 and one of 9
+    awq(64, 192, 64, 50, 3000);      // (q − z)·s rounds in f16
+    awq(128, 128, -1, 1e-7, 1e-5);   // one group; f16-subnormal scales
+    for (int64_t bits : {4, 5, 8}) {
+      mlx(bits, 64, 37, 1536, DType::BF16);  // 5-bit: 48 units = 3 runs of 16
+      mlx(bits, 32, 21, 320, DType::F16);    // plain loops (group < 64); 5-bit: 10 units, all tail
+      mlx(bits, 128, 19, 384, DType::F32);
+      mlx(bits, 64, 16, 512, DType::BF16, 3);
+    }
+    f16(70, 100);
+  }
+};
+}  // namespace
+
+TEST_CASE("the quantized-format kernels match the reference at awkward shapes, with AVX-512 and without") {
+  SyntheticLinears s;
+  CpuBackend<float> cpu;
+  const bool had = cpu::avx512_kernels();
+  for (bool use : {true, false}) {
+    if (use && !had) continue;  // this CPU has no AVX-512 kernels: the plain loops below are what runs
+    cpu::avx512_kernels() = use;
+    Tally t;
+    t.backend = use ? "cpu avx512" : "cpu plain";
+    BackendCheck<float> check{cpu, {}, t, {}};
+    for (const auto& [name, W] : s.linears)
+      for (int64_t n : {1, 2, 3, 4, 5, 64}) check.linear_case(name, W, n, {}, "");
+    MESSAGE(t.report());
+    CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
+    CHECK(t.passed == int64_t(s.linears.size()) * 6);
+  }
+  cpu::avx512_kernels() = had;
+  const std::string which = had ? "yes (both paths ran)" : "no (plain loops only)";
+  MESSAGE("AVX-512 kernels on this CPU: ", which);
+}
+
+TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") {
+  SyntheticLinears s;
+  Linear W = s.linears[0].second;  // fp8 200x300
+  Blob& nanw = s.blob("fp8.nan", DType::F8_E4M3, W.weight.shape);
+  std::copy_n(W.weight.data, W.weight.nbytes(), nanw.bytes);
+  nanw.bytes[5 * 300 + 250] = 0x7f;  // row 5, in the edge block
+  nanw.done();
+  W.weight = nanw.view;
+  const bool had = cpu::avx512_kernels();
+  for (bool use : {true, false}) {
+    cpu::avx512_kernels() = use && had;
+    const Mat<float> x = random_rows<float>(2, 300, 7);
+    const Mat<float> y = cpu::linear(x, W), r = reference::linear(x, W);
+    CHECK(std::isnan(y(0, 5)));
+    CHECK(std::isnan(r(0, 5)));
+    CHECK(std::isfinite(y(1, 4)));
+  }
+  cpu::avx512_kernels() = had;
+}
+
+// round_f16 (the AWQ kernels' branch-free f16 rounding) equals the reference
+// conversion for every product (q − z)·s of the format, and across the range.
+TEST_CASE("round_f16 is f16_to_f32(f32_to_f16(x)) for every AWQ product") {
+  int64_t bad = 0;
+  for (uint32_t h = 0; h < 0x7c00; ++h) {
+    const float s = f16_to_f32(uint16_t(h));
+    for (int d = -15; d <= 15; ++d) {
+      const float v = float(d) * s;
+      bad += cpu::qk::as_u32(cpu::qk::round_f16(v)) != cpu::qk::as_u32(f16_to_f32(f32_to_f16(v)));
+    }
+  }
+  std::mt19937 g(3);
+  for (int i = 0; i < 1000000; ++i) {
+    const float v = cpu::qk::as_f32(g());
+    if (std::isnan(v)) continue;
+    bad += cpu::qk::as_u32(cpu::qk::round_f16(v)) != cpu::qk::as_u32(f16_to_f32(f32_to_f16(v)));
+  }
+  CHECK(bad == 0);
 }
 
 // Dispatch: a primary backend that takes only F32 linears gets exactly those,

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../reference/ops.hpp"
+#include "quant.hpp"
 #include "../tensor.hpp"
 #include "../variants.hpp"
 #include "../weights.hpp"
@@ -60,6 +61,16 @@ inline void matmul_wt(const T* x, int64_t n, int64_t K, const T* W, int64_t r, T
   gemm(false, true, n, r, K, T(1), x, K, W, K, T(0), y, ldy);
 }
 
+
+// Rows [r0, r1) of W decoded to T: quant.hpp's vectorised decoders at
+// T = float, else the reference's Linear::decode_rows.
+template <class T>
+inline void decode_band(const Linear& W, int64_t r0, int64_t r1, T* dst) {
+  if constexpr (std::is_same_v<T, float>)
+    decode_rows_fast(W, r0, r1, dst);
+  else
+    W.decode_rows(r0, r1, dst);
+}
 
 // F32 weights used at T = float are read where the mapping has them (no copy).
 template <class T>
@@ -136,30 +147,49 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
   struct Job {
     const T* direct = nullptr;
     const uint16_t* bf16 = nullptr;  // BF16 weights at T = float: the one-pass kernel above
+    bool fused = false;              // FP8 / AWQ / MLX at T = float: quant.hpp's kernel
     bool round_w = false;
+    FusedInput in;                   // the activations as that kernel reads them
+    int64_t part0 = 0, part1 = 0;    // AWQ: its units' partial outputs, in group order
   };
-  struct Unit { std::size_t job; int64_t r0, r1; };
+  // A unit: output rows [r0, r1) of a job; for AWQ (stored [in, out]) input
+  // rows [r0, r1), one group, whose partial y goes to parts[part].
+  struct Unit { std::size_t job; int64_t r0, r1, part = -1; };
   std::vector<Job> info(jobs.size());
   std::vector<Unit> units;
+  std::vector<std::vector<float>> parts;
   std::size_t buf_elems = 0;
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     const Linear& W = *jobs[j].w;
     const int64_t K = W.in(), O = W.out();
     info[j].round_w = v.fp8_dequant_bf16 && W.is_fp8();
     info[j].direct = in_place<T>(W);
-    if constexpr (std::is_same_v<T, float>)
+    if constexpr (std::is_same_v<T, float>) {
       if (W.weight.dtype == DType::BF16 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % 2 == 0)
         info[j].bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
-    // AWQ stores W transposed ([in, out]): decode bands of 64 output rows so
-    // each input row's packed words are read once per band, not once per row.
-    const int64_t band = W.awq() ? 64 : 16;
-    if (!info[j].direct && !info[j].bf16) buf_elems = std::max(buf_elems, std::size_t(band * K));
-    for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
+      info[j].fused = !info[j].round_w && has_fused_kernel<T>(W);
+      if (info[j].fused) fused_prepare(W, jobs[j].x->data(), rows(*jobs[j].x), info[j].in);
+    }
+    if (info[j].fused && W.awq()) {  // a unit per group of input rows, each with its partial y
+      info[j].part0 = int64_t(parts.size());
+      for (int64_t k0 = 0; k0 < K; k0 += W.awq()->group_size) {
+        units.push_back({j, k0, std::min(K, k0 + W.awq()->group_size), int64_t(parts.size())});
+        parts.emplace_back(std::size_t(rows(*jobs[j].x) * O));
+      }
+      info[j].part1 = int64_t(parts.size());
+    } else {
+      // AWQ without the fused kernel (T = double) decodes bands of 128 output
+      // columns: each input row's packed words are read once per band.
+      const int64_t band = W.awq() ? 128 : 16;
+      if (!info[j].direct && !info[j].bf16 && !info[j].fused) buf_elems = std::max(buf_elems, std::size_t(band * K));
+      for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
+    }
     ys[j] = empty<T>(rows(*jobs[j].x), O);
   }
 #pragma omp parallel
   {
     std::vector<T> buf(buf_elems);
+    std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 4)
     for (std::size_t u = 0; u < units.size(); ++u) {
       const Unit& un = units[u];
@@ -168,13 +198,27 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       const Mat<T>& x = *jobs[un.job].x;
       Mat<T>& y = ys[un.job];
       const int64_t n = rows(x), K = W.in(), O = W.out();
+      if (J.fused) {
+        if constexpr (std::is_same_v<T, float>) {
+          if (un.part >= 0)
+            awq_group_partial(*W.awq(), x.data(), n, K, un.r0, un.r1, scratch, parts[std::size_t(un.part)].data());
+          else
+            fused_rows(W, x.data(), n, J.in, un.r0, un.r1, scratch, y.data(), O);
+        }
+        continue;
+      }
       if (J.bf16) {
         if constexpr (std::is_same_v<T, float>)
-          for (int64_t o = un.r0; o < un.r1; ++o) dot_rows_bf16(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
+          for (int64_t o = un.r0; o < un.r1; ++o) {
+            if (avx512_kernels())
+              avx512::half_dot_row<false>(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
+            else
+              dot_rows_bf16(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
+          }
         continue;
       }
       if (!J.direct) {
-        W.decode_rows(un.r0, un.r1, buf.data());
+        decode_band(W, un.r0, un.r1, buf.data());
         if (J.round_w) round_bf16_if(true, buf.begin(), buf.begin() + (un.r1 - un.r0) * K);
       }
       for (int64_t o = un.r0; o < un.r1; ++o) {
@@ -196,6 +240,16 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       }
     }
   }
+  // AWQ: y = the sum of its groups' partial outputs, in group order
+  for (std::size_t j = 0; j < jobs.size(); ++j)
+    if (info[j].part1 > info[j].part0) {
+      T* y = ys[j].data();
+      std::copy(parts[std::size_t(info[j].part0)].begin(), parts[std::size_t(info[j].part0)].end(), y);
+      for (int64_t p = info[j].part0 + 1; p < info[j].part1; ++p) {
+        const std::vector<float>& pp = parts[std::size_t(p)];
+        for (std::size_t e = 0; e < pp.size(); ++e) y[e] += pp[e];
+      }
+    }
   for (auto& y : ys) round_act(v, y);
 }
 
@@ -212,7 +266,7 @@ template <class T>
 inline int64_t band_rows(const Linear& W, bool split) {
   const int64_t K = W.in(), O = W.out();
   if (W.is_fp8()) return std::min(O, W.fp8()->block_rows);
-  const int64_t cap = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(T))));
+  const int64_t cap = std::max<int64_t>(16, (int64_t(4) << 20) / (K * int64_t(sizeof(T))) / 16 * 16);
   return std::min(O, split ? std::min(cap, std::max<int64_t>(16, (O + 63) / 64 * 16)) : cap);
 }
 
@@ -221,13 +275,31 @@ template <class T>
 inline void matmul_bands(const Mat<T>& x, const Linear& W, const Variants& v, int64_t r0, int64_t r1, int64_t band,
                          std::vector<T>& scratch, Mat<T>& y) {
   const int64_t n = rows(x), K = W.in(), O = W.out();
+  if constexpr (std::is_same_v<T, float>)
+    if (const AwqWeight* a = W.awq(); a && r0 % 8 == 0 && r1 % 8 == 0) {
+      // AWQ ([in, out] storage): 128 columns at a time, decoded k-major (the
+      // file's order) and multiplied x @ Wt; the GEMM's columns come out in
+      // nibble order and are put back.
+      scratch.resize(static_cast<std::size_t>(K * 128 + n * 128));
+      float* wt = scratch.data();
+      float* yt = wt + K * 128;
+      for (int64_t c0 = r0; c0 < r1; c0 += 128) {
+        const int64_t nw = std::min<int64_t>(16, (r1 - c0) / 8);
+        awq_decode_kmajor(*a, c0 / 8, nw, wt);
+        gemm(false, false, n, 128, K, 1.0f, x.data(), K, wt, 128, 0.0f, yt, 128);
+        for (int64_t i = 0; i < n; ++i)
+          for (int j = 0; j < 8; ++j)
+            for (int64_t l = 0; l < nw; ++l) y(i, c0 + 8 * l + kAwqOrder[j]) = yt[i * 128 + 16 * j + l];
+      }
+      return;
+    }
   const T* direct = in_place<T>(W);
   if (!direct) scratch.resize(static_cast<std::size_t>(band * K));
   for (int64_t b0 = r0; b0 < r1; b0 += band) {
     const int64_t b1 = std::min(r1, b0 + band);
     const T* w = direct ? direct + b0 * K : scratch.data();
     if (!direct) {
-      W.decode_rows(b0, b1, scratch.data());
+      decode_band(W, b0, b1, scratch.data());
       if (v.fp8_dequant_bf16 && W.is_fp8()) round_bf16_if(true, scratch.begin(), scratch.begin() + (b1 - b0) * K);
     }
     matmul_wt(x.data(), n, K, w, b1 - b0, y.data() + b0, O);

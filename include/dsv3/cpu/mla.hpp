@@ -26,6 +26,24 @@ namespace dsv3::cpu {
 // the thread count).
 constexpr int64_t kAttnRowBlock = 64;
 
+// y[i·ldy + o] = Σ_k x[i·K + k]·W[o, k] for every row o of W and n ≤ 4 rows
+// of x, on the calling thread: the fused kernel of W's format, or (plain
+// float storage) a row at a time.
+inline void rows_dot(const Linear& W, const float* x, int64_t n, float* y, int64_t ldy, FusedInput& in,
+                     std::vector<float>& scratch) {
+  const int64_t K = W.in();
+  if (has_fused_kernel<float>(W)) {
+    fused_prepare(W, x, n, in);
+    fused_rows(W, x, n, in, 0, W.out(), scratch, y, ldy);
+    return;
+  }
+  scratch.resize(std::size_t(K));
+  for (int64_t o = 0; o < W.out(); ++o) {
+    decode_band(W, o, o + 1, scratch.data());
+    dot_rows_f32(x, n, K, scratch.data(), y + o, ldy);
+  }
+}
+
 template <class T>
 inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights& w, const Mat<T>& x,
                           LatentCache<T>& cache, int64_t start_pos, const std::vector<RopeRow>& rope,
@@ -81,6 +99,31 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   const bool round_w = v.fp8_dequant_bf16 && w.kv_b_proj.is_fp8();
   const T* kv_b = in_place<T>(w.kv_b_proj);
   const bool absorb = form == AttnForm::absorb;
+  // mlx-lm's split layout stores W_UK per head as embed_q[h] [r, dn] and W_UV
+  // as unembed_out[h] [dv, r]: both products of the absorbed decode are then
+  // rows dotted with a vector (q_lat = embed_q[h]·q_nope, o_h =
+  // unembed_out[h]·o_lat), which the fused kernels compute from the stored
+  // bytes; nothing is decoded to a matrix.
+  const auto* split = std::get_if<Linear::MlxSplitKvb>(&w.kv_b_proj.storage);
+  const bool fused_heads = std::is_same_v<T, float> && absorb && split && n <= kFusedMaxRows && !round_w;
+  std::vector<Linear> uk, uv;  // per head: embed_q[h], unembed_out[h] as Linears
+  if (fused_heads) {
+    auto head = [](const Linear::KvbHalf& half, int64_t h) {
+      Linear l;
+      if (half.q) {
+        l.weight = half.q->weight;
+        l.storage = Linear::Mlx{std::make_shared<MlxWeight>(half.q->slice(h))};
+        l.rows_ = half.out();
+        l.cols_ = half.in();
+      } else {
+        l.weight = half.dense;
+        l.weight.shape = {half.out(), half.in()};
+        l.weight.data = half.dense.data + std::size_t(h * half.out() * half.in()) * dtype_size(half.dense.dtype);
+      }
+      return l;
+    };
+    for (int64_t h = 0; h < H; ++h) uk.push_back(head(split->embed_q, h)), uv.push_back(head(split->unembed_out, h));
+  }
   // Query rows are taken kAttnRowBlock at a time; a block attends only to the
   // positions its last row can see, so the causal upper triangle is skipped.
   const int64_t B = std::min(n, kAttnRowBlock);
@@ -91,7 +134,10 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   // in the same order whatever the thread count.
 #pragma omp parallel
   {
-    std::vector<T> wkv(kv_b ? 0 : static_cast<std::size_t>((dn + dv) * r));
+    std::vector<T> wkv(kv_b || fused_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
+    std::vector<T> qn(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
+    FusedInput fin;
+    std::vector<float> fscratch;
     std::vector<T> scores(static_cast<std::size_t>(B * t));
     std::vector<T> qcat(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
     std::vector<T> olat(absorb ? static_cast<std::size_t>(B * r) : 0);
@@ -99,12 +145,12 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     std::vector<T> vh(absorb ? 0 : static_cast<std::size_t>(t * dv));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) {
-      if (!kv_b) {
-        w.kv_b_proj.decode_rows(h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
+      if (!kv_b && !fused_heads) {
+        decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
         if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
       }
       const T* W_UK = kv_b ? kv_b + h * (dn + dv) * r : wkv.data();  // [dn, r]
-      const T* W_UV = W_UK + dn * r;                                // [dv, r]
+      const T* W_UV = W_UK ? W_UK + dn * r : nullptr;               // [dv, r]
       const T* K = KV;                                              // keys, dk wide
       if (!absorb) {
         // naive: k_nope[t, dn] = C @ W_UK^T beside k_pe; v[t, dv] = C @ W_UV^T
@@ -124,7 +170,14 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
         int64_t ldq = H * dq;
         if (absorb) {
           // q_lat[nb, r] = q_nope @ W_UK, beside q_pe: one dot with a cache row
-          gemm(false, false, nb, r, dn, T(1), qh, H * dq, W_UK, r, T(0), qcat.data(), dl);
+          if (fused_heads) {
+            if constexpr (std::is_same_v<T, float>) {
+              for (int64_t i = 0; i < nb; ++i) std::copy_n(qh + i * H * dq, dn, qn.data() + i * dn);
+              rows_dot(uk[std::size_t(h)], qn.data(), nb, qcat.data(), dl, fin, fscratch);
+            }
+          } else {
+            gemm(false, false, nb, r, dn, T(1), qh, H * dq, W_UK, r, T(0), qcat.data(), dl);
+          }
           for (int64_t i = 0; i < nb; ++i) {
             rnd(qcat.data() + i * dl, r);
             std::copy_n(qh + i * H * dq + dn, dr, qcat.data() + i * dl + r);
@@ -147,7 +200,11 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           // o_lat[nb, r] = P @ C;  o_h = o_lat @ W_UV^T
           gemm(false, false, nb, r, tv, T(1), scores.data(), tv, KV, dl, T(0), olat.data(), r);
           rnd(olat.data(), nb * r);
-          gemm(false, true, nb, dv, r, T(1), olat.data(), r, W_UV, r, T(0), oh, H * dv);
+          if (fused_heads) {
+            if constexpr (std::is_same_v<T, float>) rows_dot(uv[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
+          } else {
+            gemm(false, true, nb, dv, r, T(1), olat.data(), r, W_UV, r, T(0), oh, H * dv);
+          }
         } else {
           gemm(false, false, nb, dv, tv, T(1), scores.data(), tv, vh.data(), dv, T(0), oh, H * dv);
         }

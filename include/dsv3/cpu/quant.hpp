@@ -1,0 +1,562 @@
+// dsv3/cpu/quant.hpp — the CPU backend's kernels for the quantized storage
+// formats: FP8 e4m3 with 128×128 block scales, AWQ int4 (AutoAWQ GEMM
+// packing) and MLX affine 4/5/8-bit.
+//
+// Two kinds of kernel, both reading each stored byte once:
+//  * fused dequantise-and-dot for decode (at most 4 input rows): one weight
+//    row (FP8, MLX) or a band of 128 output columns (AWQ, stored [in, out])
+//    against every input row, the integer codes widened in registers and the
+//    scales applied once per block or group;
+//  * band decoders for prefill, which turn a band of rows into floats for
+//    BLAS (formats/quant.hpp's decoders are the specification: one element at
+//    a time, exact; these produce the same values, vectorised).
+//
+// Where the arithmetic is rearranged, and the bound that keeps it within the
+// reference's tolerance (tools/backend_check.hpp checks every kernel):
+//  * FP8: Σ_k x_k·(q_k·s) is computed per 128-column block as s·Σ_k x_k·q_k.
+//    Each product x·q is exact in f32 up to one rounding either way, so the
+//    two differ like two summation orders (≤ 2^-24·Σ|x w| per block).
+//  * MLX: Σ_k x_k·(s·q_k + b) per group is s·Σ x_k·q_k + b·Σ x_k, which is
+//    mx.quantized_matmul's own arithmetic (docs/formats.md). The two terms
+//    are each at most |w|max-sized per element, so the rounding is bounded by
+//    about 2^-24·Σ_k |x_k|·(|s q_k| + |b|) ≤ 3·2^-24·Σ|x|·max|w| per group.
+//  * AWQ: every dequantised weight is rounded to f16 exactly as the reference
+//    does (AutoAWQ's dequantize_gemm, vLLM's kernels), with a branch-free
+//    rounding (round_f16) that vectorises; only the summation order differs.
+//
+// All loops are plain C++ compiled for AVX-512, AVX2 and baseline x86-64
+// (target_clones); per-row work and its order depend on the matrix only, so
+// results are bit-identical for every thread count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../weights.hpp"
+#include "quant_avx512.hpp"
+
+namespace dsv3::cpu {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DSV3_QCLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DSV3_QCLONES
+#endif
+
+namespace qk {
+
+inline float as_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+// A packed word where the mapping has it: safetensors gives no alignment, so
+// every scalar read of a stored word goes through memcpy.
+inline uint32_t word(const uint32_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
+inline uint32_t as_u32(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+// f32 → nearest f16 value (round to nearest even), returned as f32, without
+// branches: the normal range rounds the mantissa at bit 13; below 2^-14 the
+// f16 subnormals are multiples of 2^-24, which (a + 0.5f) − 0.5f rounds to;
+// at or above 65520 it is ±inf. Equal to f16_to_f32(f32_to_f16(v)) for every
+// finite v and inf (tests/test_backend_ops.cpp checks every AWQ product).
+inline float round_f16(float v) {
+  const uint32_t u = as_u32(v), a = u & 0x7fffffffu;
+  uint32_t r = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;
+  r = r > 0x477fe000u ? 0x7f800000u : r;
+  const uint32_t sub = as_u32((as_f32(a) + 0.5f) - 0.5f);
+  r = a < 0x38800000u ? sub : r;
+  r = a > 0x7f800000u ? a : r;  // NaN stays NaN
+  return as_f32(r | (u & 0x80000000u));
+}
+
+inline float load_scale(const uint8_t* p, DType t, int64_t i) {
+  uint16_t h;
+  switch (t) {
+    case DType::F16: std::memcpy(&h, p + 2 * i, 2); return f16_to_f32(h);
+    case DType::BF16: std::memcpy(&h, p + 2 * i, 2); return bf16_to_f32(h);
+    default: { float f; std::memcpy(&f, p + 4 * i, 4); return f; }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// MLX: a row of `in` values of `bits` bits is a little-endian bit stream of
+// 32-bit words. A unit is the fewest whole words holding whole values: one
+// word of 8 (4-bit) or 4 (8-bit) values, five words of 32 values (5-bit).
+template <int BITS>
+struct MlxUnit {
+  static constexpr int words = BITS == 5 ? 5 : 1;
+  static constexpr int values = 32 * words / BITS;
+  static constexpr uint32_t mask = (1u << BITS) - 1u;
+  // value j of the unit starting at u (j < values); a value may straddle two words
+  static uint32_t at(const uint32_t* u, int j) {
+    const int bit = j * BITS, m = bit >> 5, sh = bit & 31;
+    if constexpr (words == 1) return (word(u) >> sh) & mask;
+    const int m2 = m + 1 < words ? m + 1 : m;  // the last word never straddles
+    return uint32_t(((uint64_t(word(u + m2)) << 32) | word(u + m)) >> sh) & mask;
+  }
+};
+
+}  // namespace qk
+
+// ===========================================================================
+// FP8 e4m3, 128×128 block scales. out[i·stride] = Σ_k x[i,k]·W[o,k] for one
+// weight row w (K codes) whose column blocks have scales s[K / bc].
+DSV3_QCLONES [[maybe_unused]] static void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w,
+                                                     const float* s, int64_t bc, float* out, int64_t stride) {
+  constexpr int L = 64;  // independent partial sums: the adds never wait on each other
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    float acc[L] = {0};
+    for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+      const int64_t c1 = std::min(K, c0 + bc);
+      float t[L] = {0};
+      int64_t k = c0;
+      for (; k + L <= c1; k += L) {
+        if (i == 0) __builtin_prefetch(w + k + 4096);
+        for (int j = 0; j < L; ++j) t[j] += xi[k + j] * fp8_e4m3_to_f32_bits(w[k + j]);
+      }
+      for (; k < c1; ++k) t[(k - c0) % L] += xi[k] * fp8_e4m3_to_f32_bits(w[k]);
+      for (int j = 0; j < L; ++j) acc[j] += s[cb] * t[j];
+    }
+    for (int h = L / 2; h >= 1; h /= 2)
+      for (int j = 0; j < h; ++j) acc[j] += acc[j + h];
+    out[i * stride] = acc[0];
+  }
+}
+
+// ===========================================================================
+// MLX affine. One weight row of K values (packed words w), its group scales
+// and biases widened to f32 (sg, bg: K / G each). x is given permuted, per
+// row of K values, so that a run of 16 units is 16 lanes: xp[(c·V + j)·16 + l]
+// = x[(c·16 + l)·V + j] for chunk c (see mlx_permute); a tail of fewer than 16
+// units keeps x's own order. xs[i·ng + g] = Σ_{k in group g} x[i,k].
+// out = Σ_g s_g·(Σ_{k in g} x_k·q_k) + Σ_g bg[g]·xs[g].
+template <int BITS>
+inline void mlx_permute(const float* x, int64_t K, float* xp) {
+  using U = qk::MlxUnit<BITS>;
+  constexpr int V = U::values;
+  const int64_t units = K / V, full = units / 16 * 16;
+  for (int64_t c = 0; c < full / 16; ++c)
+    for (int j = 0; j < V; ++j)
+      for (int l = 0; l < 16; ++l) xp[(c * V + j) * 16 + l] = x[(c * 16 + l) * V + j];
+  std::copy(x + full * V, x + K, xp + full * V);
+}
+
+template <int BITS>
+inline void mlx_dot_row_t(const float* xp, const float* xs, int64_t n, int64_t K, int64_t G, const uint32_t* w,
+                          const float* su, const float* bg, float* out, int64_t stride) {
+  using U = qk::MlxUnit<BITS>;
+  constexpr int V = U::values, W = U::words;
+  const int64_t units = K / V, chunks = units / 16, ng = K / G;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = xp + i * K;
+    float acc[16] = {0};
+    for (int64_t c = 0; c < chunks; ++c) {
+      const uint32_t* wc = w + c * 16 * W;
+      const float* xc = xi + c * 16 * V;
+      float t[16] = {0};
+      for (int j = 0; j < V; ++j)
+        for (int l = 0; l < 16; ++l) t[l] += xc[j * 16 + l] * float(U::at(wc + l * W, j));
+      for (int l = 0; l < 16; ++l) acc[l] += su[c * 16 + l] * t[l];
+    }
+    float tail = 0;
+    for (int64_t u = chunks * 16; u < units; ++u) {  // fewer than 16 units left: one at a time
+      float t = 0;
+      for (int j = 0; j < V; ++j) t += xi[u * V + j] * float(U::at(w + u * W, j));
+      tail += su[u] * t;
+    }
+    for (int h = 8; h >= 1; h /= 2)
+      for (int l = 0; l < h; ++l) acc[l] += acc[l + h];
+    float bias = 0;
+    for (int64_t g = 0; g < ng; ++g) bias += bg[g] * xs[i * ng + g];
+    out[i * stride] = (acc[0] + tail) + bias;
+  }
+}
+
+DSV3_QCLONES [[maybe_unused]] static void mlx_dot_row4(const float* xp, const float* xs, int64_t n, int64_t K,
+                                                      int64_t G, const uint32_t* w, const float* su, const float* bg,
+                                                      float* out, int64_t stride) {
+  mlx_dot_row_t<4>(xp, xs, n, K, G, w, su, bg, out, stride);
+}
+DSV3_QCLONES [[maybe_unused]] static void mlx_dot_row5(const float* xp, const float* xs, int64_t n, int64_t K,
+                                                      int64_t G, const uint32_t* w, const float* su, const float* bg,
+                                                      float* out, int64_t stride) {
+  mlx_dot_row_t<5>(xp, xs, n, K, G, w, su, bg, out, stride);
+}
+DSV3_QCLONES [[maybe_unused]] static void mlx_dot_row8(const float* xp, const float* xs, int64_t n, int64_t K,
+                                                      int64_t G, const uint32_t* w, const float* su, const float* bg,
+                                                      float* out, int64_t stride) {
+  mlx_dot_row_t<8>(xp, xs, n, K, G, w, su, bg, out, stride);
+}
+
+// A row of MLX values decoded to f32 (s·q + b, unrounded: round_to_storage =
+// false, the form the model binds), for prefill bands and MLA's W_UK / W_UV.
+template <int BITS>
+inline void mlx_decode_row_t(int64_t K, int64_t G, const uint32_t* w, const float* sg, const float* bg, float* dst) {
+  using U = qk::MlxUnit<BITS>;
+  constexpr int V = U::values, W = U::words;
+  const int64_t units = K / V, upg = G / V;  // units per group
+  for (int64_t u = 0; u < units; ++u) {
+    const float s = sg[u / upg], b = bg[u / upg];
+    for (int j = 0; j < V; ++j) dst[u * V + j] = s * float(U::at(w + u * W, j)) + b;
+  }
+}
+DSV3_QCLONES [[maybe_unused]] static void mlx_decode_row4(int64_t K, int64_t G, const uint32_t* w, const float* sg,
+                                                         const float* bg, float* dst) {
+  mlx_decode_row_t<4>(K, G, w, sg, bg, dst);
+}
+DSV3_QCLONES [[maybe_unused]] static void mlx_decode_row5(int64_t K, int64_t G, const uint32_t* w, const float* sg,
+                                                         const float* bg, float* dst) {
+  mlx_decode_row_t<5>(K, G, w, sg, bg, dst);
+}
+DSV3_QCLONES [[maybe_unused]] static void mlx_decode_row8(int64_t K, int64_t G, const uint32_t* w, const float* sg,
+                                                         const float* bg, float* dst) {
+  mlx_decode_row_t<8>(K, G, w, sg, bg, dst);
+}
+
+// ===========================================================================
+// AWQ int4, GEMM packing: qweight [in, out/8], output column 8·w + kAwqOrder[j]
+// in nibble j of word w (kAwqOrder is AutoAWQ's order_map; formats/quant.hpp
+// has its inverse). A band is 16 words = 128 output columns; per input row k
+// the band's 16 words are one 64-byte line. acc (per x row) holds [8][16]
+// partial sums in nibble order; zq/sq the band's zero points and scales for
+// the current group, in the same order.
+inline constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+
+DSV3_QCLONES [[maybe_unused]] static void awq_dot_group(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
+                                                       const uint32_t* qw, int64_t words, int64_t nw,
+                                                       const float* zq, const float* sq, float* acc) {
+  for (int64_t k = k0; k < k1; ++k) {
+    uint32_t row[16] = {0};  // the band's words (nw ≤ 16; a last partial band reads only its own)
+    std::memcpy(row, qw + k * words, std::size_t(nw) * 4);
+    float v[8][16];
+    for (int j = 0; j < 8; ++j)
+      for (int l = 0; l < 16; ++l)
+        v[j][l] = qk::round_f16((float((row[l] >> (4 * j)) & 0xFu) - zq[j * 16 + l]) * sq[j * 16 + l]);
+    for (int64_t i = 0; i < n; ++i) {
+      const float xv = x[i * K + k];
+      float* a = acc + i * 128;
+      for (int j = 0; j < 8; ++j)
+        for (int l = 0; l < 16; ++l) a[j * 16 + l] += xv * v[j][l];
+    }
+  }
+}
+
+// ===========================================================================
+// Per-matrix dispatch used by linear.hpp and mla.hpp.
+
+// Can `fused_rows` take this matrix at T?
+template <class T>
+inline bool has_fused_kernel(const Linear& W) {
+  if constexpr (!std::is_same_v<T, float>) return false;
+  if (W.is_dense()) return W.weight.dtype == DType::F16 && reinterpret_cast<uintptr_t>(W.weight.data) % 2 == 0;
+  if (const auto* f = W.fp8()) return W.weight.dtype == DType::F8_E4M3 && f->block_cols > 0;
+  if (const MlxWeight* m = W.mlx()) {
+    const int V = m->bits == 5 ? 32 : 32 / int(m->bits);
+    return m->group_size % V == 0 && !m->round_to_storage;  // (mx.dequantize's roundings: the reference's loop)
+  }
+  return W.awq() != nullptr;
+}
+
+// State shared by every band of one matrix in one call: the activations in
+// the layout each kernel reads (MLX: permuted, with group sums).
+struct FusedInput {
+  std::vector<float> xp, xs;
+};
+
+// The AVX-512 MLX kernel reads x in its own order (groups of 64 and more).
+inline bool mlx_avx512(const MlxWeight& m) { return avx512_kernels() && m.group_size % 64 == 0; }
+
+template <int BITS>
+inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, bool avx, FusedInput& in) {
+  const bool permute = !avx || BITS == 4;  // the plain loops' lanes, or the AVX-512 4-bit nibble order
+  in.xp.resize(permute ? std::size_t(n * K) : 0);
+  in.xs.assign(std::size_t(n * (K / G)), 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    if (permute && avx) avx512::mlx4_permute(x + i * K, K, in.xp.data() + i * K);
+    if (permute && !avx) mlx_permute<BITS>(x + i * K, K, in.xp.data() + i * K);
+    for (int64_t g = 0; g < K / G; ++g) {  // 16 partial sums a group, combined in a fixed order
+      float part[16] = {0};
+      const float* xg = x + i * K + g * G;
+      for (int64_t k = 0; k + 16 <= G; k += 16)  // (MLX groups are multiples of 32)
+        for (int l = 0; l < 16; ++l) part[l] += xg[k + l];
+      for (int h = 8; h >= 1; h /= 2)
+        for (int l = 0; l < h; ++l) part[l] += part[l + h];
+      in.xs[std::size_t(i * (K / G) + g)] = part[0];
+    }
+  }
+}
+
+inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput& in) {
+  if (const MlxWeight* m = W.mlx()) {
+    const int64_t K = W.in(), G = m->group_size;
+    const bool avx = mlx_avx512(*m);
+    if (m->bits == 4) mlx_prepare<4>(x, n, K, G, avx, in);
+    if (m->bits == 5) mlx_prepare<5>(x, n, K, G, avx, in);
+    if (m->bits == 8) mlx_prepare<8>(x, n, K, G, avx, in);
+  }
+}
+
+// Scales and biases of one MLX row (slice-aware) widened to f32, per group;
+// with su, the scales repeated per unit too (the fused kernel's lanes).
+inline void mlx_row_scales(const MlxWeight& m, int64_t r, float* sg, float* bg, float* su = nullptr) {
+  const int64_t ng = m.in() / m.group_size, base = m.expert >= 0 ? m.expert * m.out() : 0;
+  const int64_t upg = m.group_size / (m.bits == 5 ? 32 : 32 / m.bits);
+  for (int64_t g = 0; g < ng; ++g) {
+    sg[g] = qk::load_scale(m.scales.data, m.scales.dtype, (base + r) * ng + g);
+    bg[g] = qk::load_scale(m.biases.data, m.biases.dtype, (base + r) * ng + g);
+    if (su) std::fill(su + g * upg, su + (g + 1) * upg, sg[g]);
+  }
+}
+inline const uint32_t* mlx_row_words(const MlxWeight& m, int64_t r) {
+  const int64_t base = m.expert >= 0 ? m.expert * m.out() : 0;
+  return reinterpret_cast<const uint32_t*>(m.weight.data) + (base + r) * m.packed();
+}
+
+// The AVX-512 MLX kernel for `bits` and R rows a call (4, or 1), scales of type S.
+template <class S>
+inline auto mlx_rows_kernel(int64_t bits, int R) {
+  if (R == 4)
+    return bits == 4 ? avx512::mlx_dot_rows<4, 4, S> : bits == 5 ? avx512::mlx_dot_rows<5, 4, S> : avx512::mlx_dot_rows<8, 4, S>;
+  return bits == 4 ? avx512::mlx_dot_rows<4, 1, S> : bits == 5 ? avx512::mlx_dot_rows<5, 1, S> : avx512::mlx_dot_rows<8, 1, S>;
+}
+
+// y[i, o] for o in [r0, r1) and every row i of x (n ≤ 4 rows, ldy = out):
+// the fused kernel of W's format (AWQ: awq_group_partial below).
+inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedInput& in, int64_t r0, int64_t r1,
+                       std::vector<float>& scratch, float* y, int64_t ldy) {
+  const int64_t K = W.in();
+  if (const auto* f = W.fp8()) {
+    const int64_t sc = f->scale_inv.shape[1];
+    scratch.resize(std::size_t(sc));
+    int64_t cur = -1;
+    for (int64_t o = r0; o < r1; ++o) {
+      if (o / f->block_rows != cur) {
+        cur = o / f->block_rows;
+        for (int64_t cb = 0; cb < sc; ++cb) scratch[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
+      }
+      if (avx512_kernels())
+        avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
+                            fp8_e4m3_to_f32_bits);
+      else
+        fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy);
+    }
+    return;
+  }
+  if (W.is_dense()) {  // F16 (AWQ's embedding and lm_head)
+    const auto* w = reinterpret_cast<const uint16_t*>(W.weight.data);
+    scratch.resize(std::size_t(K));
+    for (int64_t o = r0; o < r1; ++o) {
+      if (avx512_kernels()) {
+        avx512::half_dot_row<true>(x, n, K, w + o * K, y + o, ldy);
+        continue;
+      }
+      decode_elements(W.weight.data + o * K * 2, DType::F16, K, scratch.data());
+      for (int64_t i = 0; i < n; ++i) {
+        float acc = 0;
+        for (int64_t k = 0; k < K; ++k) acc += x[i * K + k] * scratch[std::size_t(k)];
+        y[i * ldy + o] = acc;
+      }
+    }
+    return;
+  }
+  if (const MlxWeight* m = W.mlx()) {
+    if (mlx_avx512(*m)) {  // 4 rows a call (and 1 at a time for the rest); x permuted for 4-bit
+      const int64_t ng = K / m->group_size, base = m->expert >= 0 ? m->expert * m->out() : 0;
+      const std::size_t ses = dtype_size(m->scales.dtype);
+      const bool bf16 = m->scales.dtype == DType::BF16;  // read as stored; others widened per 4 rows
+      scratch.resize(std::size_t(8 * ng));
+      float *sf = scratch.data(), *bf = sf + 4 * ng;
+      const float* xin = m->bits == 4 ? in.xp.data() : x;
+      for (int64_t o = r0; o < r1;) {
+        const int R = r1 - o >= 4 ? 4 : 1;
+        const uint8_t* sp = m->scales.data + std::size_t((base + o) * ng) * ses;
+        const uint8_t* bp = m->biases.data + std::size_t((base + o) * ng) * ses;
+        const uint32_t* wr = mlx_row_words(*m, o);
+        if (bf16)
+          mlx_rows_kernel<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, m->group_size, wr, m->packed(),
+                                                reinterpret_cast<const uint16_t*>(sp),
+                                                reinterpret_cast<const uint16_t*>(bp), y + o, ldy);
+        else {
+          decode_elements(sp, m->scales.dtype, R * ng, sf);
+          decode_elements(bp, m->biases.dtype, R * ng, bf);
+          mlx_rows_kernel<float>(m->bits, R)(xin, in.xs.data(), n, K, m->group_size, wr, m->packed(), sf, bf, y + o, ldy);
+        }
+        o += R;
+      }
+      return;
+    }
+    const int64_t ng = K / m->group_size, units = K / (m->bits == 5 ? 32 : 32 / m->bits);
+    scratch.resize(std::size_t(2 * ng + units));
+    float *sg = scratch.data(), *bg = sg + ng, *su = bg + ng;
+    auto* kern = m->bits == 4 ? mlx_dot_row4 : m->bits == 5 ? mlx_dot_row5 : mlx_dot_row8;
+    for (int64_t o = r0; o < r1; ++o) {
+      mlx_row_scales(*m, o, sg, bg, su);
+      kern(in.xp.data(), in.xs.data(), n, K, m->group_size, mlx_row_words(*m, o), su, bg, y + o, ldy);
+    }
+    return;
+  }
+  fail("fused_rows: '", W.name(), "' has no fused kernel");
+}
+
+// AWQ decode works along the input instead (its storage is [in, out]): a
+// unit is one group of input rows [k0, k1) — a contiguous block of the file —
+// against every output column, giving a partial y that the caller sums over
+// the groups in their order (so the result does not depend on the threads).
+// part[i·out + c] = Σ_{k in [k0, k1)} x[i,k]·f16((q_kc − z_c)·s_c), for n ≤ 4
+// rows; the group's zero points and scales are widened once.
+inline void awq_group_partial(const AwqWeight& a, const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
+                              std::vector<float>& scratch, float* part) {
+  const int64_t words = a.qweight.shape[1], G = a.group_size, O = a.out(), g = k0 / G;
+  const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
+  const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data);
+  scratch.resize(std::size_t(256 + n * 128 + 2048));
+  float* zq = scratch.data();
+  float* sq = zq + 128;
+  float* acc = sq + 128;
+  float* lut = acc + n * 128;
+  for (int64_t w0 = 0; w0 < words; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
+    const int64_t nw = std::min<int64_t>(16, words - w0), c0 = 8 * w0;
+    std::fill(zq, acc + n * 128, 0.0f);
+    for (int j = 0; j < 8; ++j)
+      for (int l = 0; l < nw; ++l) {
+        zq[j * 16 + l] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
+        sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + c0 + 8 * l + kAwqOrder[j]);
+      }
+    if (avx512_kernels())
+      avx512::awq_group_lut(x, n, K, k0, k1, qw + w0, words, nw, zq, sq, lut, acc);
+    else
+      awq_dot_group(x, n, K, k0, k1, qw + w0, words, nw, zq, sq, acc);
+    for (int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < 8; ++j)
+        for (int l = 0; l < nw; ++l) part[i * O + c0 + 8 * l + kAwqOrder[j]] = acc[i * 128 + j * 16 + l];
+  }
+}
+
+// AWQ prefill: the band of nw ≤ 16 words from word w0 (columns 8·w0 ..) for
+// every input row, k-major in nibble order: dst[k·128 + 16·j + l] =
+// W[8·(w0 + l) + kAwqOrder[j], k] (lanes l ≥ nw are 0), ready for a GEMM
+// x @ dst whose output columns the caller puts back in order. Storage is
+// [in, out], so this walks the file in order; no transpose.
+inline void awq_decode_kmajor(const AwqWeight& a, int64_t w0, int64_t nw, float* dst) {
+  const int64_t words = a.qweight.shape[1], G = a.group_size, O = a.out(), K = a.in();
+  const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
+  const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data);
+  float zq[128] = {0}, sq[128] = {0};
+  for (int64_t g = 0; g * G < K; ++g) {
+    for (int j = 0; j < 8; ++j)
+      for (int64_t l = 0; l < nw; ++l) {
+        zq[j * 16 + l] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
+        sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + 8 * (w0 + l) + kAwqOrder[j]);
+      }
+    for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k) {
+      const uint32_t* row = qw + k * words + w0;
+      float* d = dst + k * 128;
+      if (avx512_kernels()) {
+        avx512::awq_decode_krow(row, nw, zq, sq, d);
+        continue;
+      }
+      for (int j = 0; j < 8; ++j)
+        for (int l = 0; l < 16; ++l)
+          d[16 * j + l] = l < nw ? qk::round_f16((float((qk::word(row + l) >> (4 * j)) & 0xFu) - zq[j * 16 + l]) * sq[j * 16 + l]) : 0.0f;
+    }
+  }
+}
+
+// ===========================================================================
+// Prefill bands: rows [r0, r1) of W as f32 into dst [(r1 − r0), in], the
+// values the reference's decode_rows gives (AWQ, FP8 exactly; MLX up to the
+// contraction of s·q + b into one fused multiply-add). Formats without a
+// kernel here use Linear::decode_rows.
+DSV3_QCLONES [[maybe_unused]] static void awq_decode_cols(const uint32_t* qw, int64_t words, int64_t k0, int64_t k1,
+                                                         int64_t w0, int64_t nw, const float* zq, const float* sq,
+                                                         float* dstT) {
+  // dstT[(k − k0)·(8·nw) + 8·l + kAwqOrder[j]]: input rows × the band's columns
+  for (int64_t k = k0; k < k1; ++k) {
+    const uint32_t* row = qw + k * words + w0;
+    float* d = dstT + (k - k0) * 8 * nw;
+    for (int64_t l = 0; l < nw; ++l)
+      for (int j = 0; j < 8; ++j)
+        d[8 * l + kAwqOrder[j]] = qk::round_f16((float((qk::word(row + l) >> (4 * j)) & 0xFu) - zq[8 * l + j]) * sq[8 * l + j]);
+  }
+}
+
+// Rows [r0, r1) of one MLX matrix (or slice) as f32.
+inline void mlx_decode_rows(const MlxWeight& m, int64_t r0, int64_t r1, float* dst) {
+  const int64_t K = m.in(), ng = K / m.group_size, V = m.bits == 5 ? 32 : 32 / m.bits;
+  if (m.group_size % V != 0 || m.round_to_storage) return m.decode_rows(r0, r1, dst);  // mx.dequantize's roundings: the reference's loop
+  std::vector<float> sb(std::size_t(2 * ng));
+  auto* dec = mlx_avx512(m) ? (m.bits == 4   ? avx512::mlx_decode_row<4>
+                               : m.bits == 5 ? avx512::mlx_decode_row<5>
+                                             : avx512::mlx_decode_row<8>)
+                            : m.bits == 4 ? mlx_decode_row4
+                            : m.bits == 5 ? mlx_decode_row5
+                                          : mlx_decode_row8;
+  for (int64_t o = r0; o < r1; ++o) {
+    mlx_row_scales(m, o, sb.data(), sb.data() + ng);
+    dec(K, m.group_size, mlx_row_words(m, o), sb.data(), sb.data() + ng, dst + (o - r0) * K);
+  }
+}
+
+// Rows [r0, r1) of W as f32 (the contract of Linear::decode_rows).
+inline void decode_rows_fast(const Linear& W, int64_t r0, int64_t r1, float* dst) {
+  const int64_t K = W.in();
+  if (const auto* f = W.fp8(); f && W.weight.dtype == DType::F8_E4M3 && avx512_kernels()) {
+    const int64_t sc = f->scale_inv.shape[1];
+    std::vector<float> sb(static_cast<std::size_t>(sc));
+    int64_t cur = -1;
+    for (int64_t o = r0; o < r1; ++o) {
+      if (o / f->block_rows != cur) {
+        cur = o / f->block_rows;
+        for (int64_t cb = 0; cb < sc; ++cb) sb[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
+      }
+      avx512::fp8_decode_row(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
+    }
+    return;
+  }
+  if (const MlxWeight* m = W.mlx()) return mlx_decode_rows(*m, r0, r1, dst);
+  if (const auto* s = std::get_if<Linear::MlxSplitKvb>(&W.storage)) {
+    // kv_b_proj row h·(dn+dv) + j: column j of embed_q[h] (j < dn), else row j − dn of unembed_out[h]
+    const int64_t dn = s->embed_q.in(), dv = s->unembed_out.out(), per = dn + dv;
+    auto head_rows = [](const Linear::KvbHalf& half, int64_t h, int64_t a, int64_t b, float* out) {
+      if (half.q) return mlx_decode_rows(half.q->slice(h), a, b, out);
+      half.decode_head(h, a, b, out);
+    };
+    std::vector<float> eq(std::size_t(K * dn));
+    for (int64_t h = r0 / per; h * per < r1; ++h) {
+      const int64_t a = std::max(r0, h * per), b = std::min(r1, (h + 1) * per);
+      if (a < h * per + dn) {
+        head_rows(s->embed_q, h, 0, K, eq.data());  // [K, dn]
+        for (int64_t row = a; row < std::min(b, h * per + dn); ++row)
+          for (int64_t c = 0; c < K; ++c) dst[(row - r0) * K + c] = eq[std::size_t(c * dn + row - h * per)];
+      }
+      const int64_t v0 = std::max(a, h * per + dn);
+      if (v0 < b) head_rows(s->unembed_out, h, v0 - h * per - dn, b - h * per - dn, dst + (v0 - r0) * K);
+    }
+    return;
+  }
+  if (const AwqWeight* a = W.awq(); a && r0 % 8 == 0 && r1 % 8 == 0) {
+    const int64_t words = a->qweight.shape[1], G = a->group_size, O = a->out(), w0 = r0 / 8, nw = (r1 - r0) / 8;
+    const auto* qw = reinterpret_cast<const uint32_t*>(a->qweight.data);
+    const auto* qz = reinterpret_cast<const uint32_t*>(a->qzeros.data);
+    std::vector<float> zs(std::size_t(16 * nw)), t(std::size_t(G * 8 * nw));
+    for (int64_t g = 0; g * G < K; ++g) {
+      for (int64_t l = 0; l < nw; ++l)
+        for (int j = 0; j < 8; ++j) {
+          zs[std::size_t(8 * l + j)] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
+          zs[std::size_t(8 * nw + 8 * l + j)] =
+              qk::load_scale(a->scales.data, a->scales.dtype, g * O + r0 + 8 * l + kAwqOrder[j]);
+        }
+      const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
+      awq_decode_cols(qw, words, k0, k1, w0, nw, zs.data(), zs.data() + 8 * nw, t.data());
+      for (int64_t c = 0; c < r1 - r0; ++c)  // the group's [k, c] block, transposed into rows
+        for (int64_t k = k0; k < k1; ++k) dst[c * K + k] = t[std::size_t((k - k0) * 8 * nw + c)];
+    }
+    return;
+  }
+  W.decode_rows(r0, r1, dst);
+}
+
+#undef DSV3_QCLONES
+
+}  // namespace dsv3::cpu

@@ -1,0 +1,373 @@
+// dsv3/cpu/quant_avx512.hpp — AVX-512 versions of the quantized-format
+// kernels whose plain loops (quant.hpp) the compiler cannot vectorise well:
+// the conversions that x86 has instructions for (F16C's vcvtph2ps /
+// vcvtps2ph, VBMI's byte permute and multishift for 5-bit streams).
+//
+// Each computes what its plain twin in quant.hpp computes, in the same
+// order of blocks and groups (lanes differ), and is chosen at run time when
+// the CPU has the instructions (avx512_kernels()); tests/test_backend_ops.cpp
+// runs the op suite with them on and off.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "../formats/dtype.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's intrinsic headers (an undefined __Y)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define DSV3_HAVE_AVX512_KERNELS 1
+#define DSV3_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,f16c,fma")))
+#endif
+
+namespace dsv3::cpu {
+
+// Whether the AVX-512 kernels run: the CPU has AVX-512 F/BW/VL/VBMI, F16C
+// and FMA. A program (or test) may set it to false to run the plain loops.
+inline bool& avx512_kernels() {
+#ifdef DSV3_HAVE_AVX512_KERNELS
+  static bool on = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
+                   __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+#else
+  static bool on = false;
+#endif
+  return on;
+}
+
+#ifdef DSV3_HAVE_AVX512_KERNELS
+namespace avx512 {
+
+DSV3_AVX512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// 32 FP8 e4m3 codes → two vectors of 16 floats, each 2^-8 times the code's
+// value: the code's sign, exponent and mantissa fields moved into an f16
+// (exponent bias 15 instead of 7, subnormals included), then vcvtph2ps.
+DSV3_AVX512 inline void fp8x32_scaled(__m256i b, __m512& lo, __m512& hi) {
+  // b << 7 puts exponent and mantissa at f16's bits 7..13 and the sign at bit
+  // 14; adding bit 14 to itself carries the sign into bit 15.
+  const __m512i a = _mm512_slli_epi16(_mm512_cvtepu8_epi16(b), 7);
+  const __m512i h = _mm512_add_epi16(a, _mm512_and_si512(a, _mm512_set1_epi16(0x4000)));
+  lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+  hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+}
+
+// FP8 row · x rows, as quant.hpp's fp8_dot_row: per column block
+// s·Σ x·q. Whole 32-code runs in vectors; a block's last < 32 codes one at a
+// time. Any NaN code (0x7f / 0xff) makes the result NaN, as in the reference.
+DSV3_AVX512 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
+                                    int64_t bc, float* out, int64_t stride, float (*scalar)(uint8_t)) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    float tail = 0;
+    __m256i big = _mm256_setzero_si256();
+    for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+      const int64_t c1 = std::min(K, c0 + bc);
+      __m512 t0 = _mm512_setzero_ps(), t1 = _mm512_setzero_ps();
+      int64_t k = c0;
+      for (; k + 32 <= c1; k += 32) {
+        if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+        big = _mm256_max_epu8(big, _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));  // 0x7f: a NaN code
+        __m512 lo, hi;
+        fp8x32_scaled(b, lo, hi);
+        t0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k), lo, t0);
+        t1 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 16), hi, t1);
+      }
+      const __m512 sv = _mm512_set1_ps(s[cb] * 256.0f);  // × 2^8 undoes the f16 exponent offset
+      acc0 = _mm512_fmadd_ps(sv, t0, acc0);
+      acc1 = _mm512_fmadd_ps(sv, t1, acc1);
+      float t = 0;
+      for (; k < c1; ++k) t += xi[k] * scalar(w[k]);
+      tail += s[cb] * t;
+    }
+    const bool nan = _mm256_cmpeq_epi8_mask(big, _mm256_set1_epi8(0x7f)) != 0;
+    out[i * stride] = nan ? std::numeric_limits<float>::quiet_NaN() : hsum(_mm512_add_ps(acc0, acc1)) + tail;
+  }
+}
+
+// One FP8 row decoded to f32, q·s per column block (the reference's
+// values: q·s is one rounding either way), 32 codes at a time.
+DSV3_AVX512 inline void fp8_decode_row(const uint8_t* w, int64_t K, const float* s, int64_t bc, float* dst,
+                                       float (*scalar)(uint8_t)) {
+  for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+    const int64_t c1 = std::min(K, c0 + bc);
+    const __m512 sv = _mm512_set1_ps(s[cb]);
+    int64_t k = c0;
+    for (; k + 32 <= c1; k += 32) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+      __m512 lo, hi;
+      fp8x32_scaled(b, lo, hi);  // 2^-8 · value: exact, then × 2^8 · s below rounds once, as q·s does
+      lo = _mm512_mul_ps(_mm512_mul_ps(lo, _mm512_set1_ps(256.0f)), sv);
+      hi = _mm512_mul_ps(_mm512_mul_ps(hi, _mm512_set1_ps(256.0f)), sv);
+      const __mmask32 nan = _mm256_cmpeq_epi8_mask(_mm256_and_si256(b, _mm256_set1_epi8(0x7f)), _mm256_set1_epi8(0x7f));
+      _mm512_storeu_ps(dst + k, _mm512_mask_mov_ps(lo, __mmask16(nan), _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN())));
+      _mm512_storeu_ps(dst + k + 16, _mm512_mask_mov_ps(hi, __mmask16(nan >> 16), _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN())));
+    }
+    for (; k < c1; ++k) dst[k] = scalar(w[k]) * s[cb];
+  }
+}
+
+// 16 BF16 weights widened exactly: vpmovzxwd and a 16-bit shift.
+DSV3_AVX512 inline __m512 bf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+// 16 F16 weights widened exactly: vcvtph2ps.
+DSV3_AVX512 inline __m512 f16x16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <bool F16>
+DSV3_AVX512 inline __m512 half16(const uint16_t* p) {
+  if constexpr (F16) return f16x16(p);
+  else return bf16x16(p);
+}
+
+// A BF16 (F16 = false) or F16 row · x rows (F16: AWQ keeps its embedding
+// and lm_head in F16).
+template <bool F16>
+DSV3_AVX512 inline void half_dot_row(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
+                                     int64_t stride) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k), half16<F16>(w + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 16), half16<F16>(w + k + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 32), half16<F16>(w + k + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 48), half16<F16>(w + k + 48), a3);
+    }
+    float tail = 0;
+    for (; k < K; ++k) tail += xi[k] * (F16 ? f16_to_f32(w[k]) : bf16_to_f32(w[k]));
+    out[i * stride] = hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) + tail;
+  }
+}
+
+// MLX 4/5/8-bit, groups a multiple of 64: 64 values (8·BITS bytes) at a
+// time, in order. 8-bit: the bytes themselves. 4 and 5-bit: vpermb gives
+// each 64-bit lane l the 8 bytes from BITS·l, vpmultishiftqb takes the 8
+// bits at offset BITS·i of that lane into byte i (value 8·l + i), & mask.
+template <int BITS>
+struct MlxTables {
+  alignas(64) uint8_t idx[64], sh[64];
+  constexpr MlxTables() : idx(), sh() {
+    for (int l = 0; l < 8; ++l)
+      for (int i = 0; i < 8; ++i) {
+        idx[8 * l + i] = uint8_t(BITS * l + i);
+        sh[8 * l + i] = uint8_t(BITS * i);
+      }
+  }
+};
+
+template <int BITS>
+DSV3_AVX512 inline __m512i mlx_x64(const uint8_t* p) {
+  const __m512i raw = _mm512_maskz_loadu_epi8(BITS == 8 ? ~__mmask64(0) : (__mmask64(1) << (8 * BITS)) - 1, p);
+  if constexpr (BITS == 8) return raw;
+  static constexpr MlxTables<BITS> t{};
+  const __m512i lanes = _mm512_permutexvar_epi8(_mm512_load_si512(t.idx), raw);
+  return _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_load_si512(t.sh), lanes),
+                          _mm512_set1_epi8(char((1 << BITS) - 1)));
+}
+
+// AWQ along the input: one group of input rows [k0, k1) against a band of
+// nw ≤ 16 words (8·nw output columns). A group holds each column's 16
+// possible weights f16((q − z)·s) (q = 0..15) as a table in one register;
+// vpermps looks them up for 16 input rows at a time (a gather brings the 16
+// rows' words of one column word, and vpermps reads only an index's low 4
+// bits, so a shift isolates a nibble). acc[i][j][l] += Σ_k x[i,k]·w, in
+// nibble order (column 8·l + kAwqOrder[j]); a group of fewer than 16 rows
+// left over (group_size −1) runs through the scalar table.
+DSV3_AVX512 inline void awq_group_lut(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
+                                      const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
+                                      float* lut, float* acc) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t l = 0; l < nw; ++l)
+    for (int j = 0; j < 8; ++j) {
+      const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zq[j * 16 + l])), _mm512_set1_ps(sq[j * 16 + l]));
+      _mm512_storeu_ps(lut + (l * 8 + j) * 16, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+    }
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(int(words)));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    for (int64_t l = 0; l < nw; ++l) {
+      __m512 a[8];
+      for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_ps();
+      const float* t = lut + l * 8 * 16;
+      int64_t k = k0;
+      for (; k + 16 <= k1; k += 16) {
+        const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + k * words + l), 4);
+        const __m512 xv = _mm512_loadu_ps(xi + k);
+        a[0] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(q, _mm512_loadu_ps(t)), a[0]);
+        a[1] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), _mm512_loadu_ps(t + 16)), a[1]);
+        a[2] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 8), _mm512_loadu_ps(t + 32)), a[2]);
+        a[3] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 12), _mm512_loadu_ps(t + 48)), a[3]);
+        a[4] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 16), _mm512_loadu_ps(t + 64)), a[4]);
+        a[5] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 20), _mm512_loadu_ps(t + 80)), a[5]);
+        a[6] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 24), _mm512_loadu_ps(t + 96)), a[6]);
+        a[7] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 28), _mm512_loadu_ps(t + 112)), a[7]);
+      }
+      float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (; k < k1; ++k) {
+        uint32_t q;
+        std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
+        for (int j = 0; j < 8; ++j) tail[j] += xi[k] * t[j * 16 + ((q >> (4 * j)) & 15u)];
+      }
+      for (int j = 0; j < 8; ++j) acc[i * 128 + j * 16 + l] += hsum(a[j]) + tail[j];
+    }
+  }
+}
+
+// AWQ prefill: one input row's band of nw ≤ 16 words decoded to f32,
+// f16((q − z)·s) as the reference rounds it, in nibble order: dst[16·j + l]
+// is column 8·l + kAwqOrder[j] of the band (lanes l ≥ nw are 0).
+DSV3_AVX512 inline void awq_decode_krow(const uint32_t* row, int64_t nw, const float* zq, const float* sq, float* dst) {
+  const __m512i q = _mm512_maskz_loadu_epi32(__mmask16((1u << nw) - 1u), row);
+  for (int j = 0; j < 8; ++j) {
+    const __m512 qf = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(q, 4 * j), _mm512_set1_epi32(0xF)));
+    const __m512 v = _mm512_mul_ps(_mm512_sub_ps(qf, _mm512_loadu_ps(zq + 16 * j)), _mm512_loadu_ps(sq + 16 * j));
+    _mm512_storeu_ps(dst + 16 * j, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+  }
+}
+
+// The order 4-bit rows want x in, per 64 values: byte b of the 32 holds
+// values 2b (low nibble) and 2b+1 (high); vpmovzxbd of bytes [0,16) and
+// [16,32) then and/shift give values 0,2,..,30 | 1,3,..,31 | 32,34,..,62 |
+// 33,35,..,63.
+inline void mlx4_permute(const float* x, int64_t K, float* xp) {
+  for (int64_t c = 0; c < K; c += 64)
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 16; ++j) {
+        xp[c + 32 * h + j] = x[c + 32 * h + 2 * j];
+        xp[c + 32 * h + 16 + j] = x[c + 32 * h + 2 * j + 1];
+      }
+}
+
+// R consecutive rows (R ≤ 4) of an MLX matrix against n rows of x (x in its
+// own order; 4-bit: as mlx4_permute orders it): out[i·ldy + r] =
+// Σ_g s_rg·Σ_{k in g} x_k·q_rk + Σ_g b_rg·xs[i·ng + g] (quant.hpp's
+// mlx_dot_row_t computes the same with x permuted). w: row 0's words, `pk`
+// words a row; sf / bf: the R rows' scales and biases (BF16 as stored, or
+// widened to f32), ng a row. Rows share each load of x; each row's sums run in the same order
+// whatever R is, so its result does not depend on how rows are grouped.
+inline float widen_scale(const float* p) { return *p; }
+inline float widen_scale(const uint16_t* p) {  // BF16 (the published checkpoints' dtype), read unaligned
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return bf16_to_f32(h);
+}
+DSV3_AVX512 inline __m512 widen_scales16(const float* p) { return _mm512_loadu_ps(p); }
+DSV3_AVX512 inline __m512 widen_scales16(const uint16_t* p) { return bf16x16(p); }
+
+template <int BITS, int R, class S>
+DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
+                                     const uint32_t* w, int64_t pk, const S* sf, const S* bf, float* out,
+                                     int64_t ldy) {
+  const int64_t ng = K / G;
+  const auto* p = reinterpret_cast<const uint8_t*>(w);
+  const int64_t row_bytes = pk * 4;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      __m512 ta[R], tb[R];
+      for (int r = 0; r < R; ++r) ta[r] = _mm512_setzero_ps(), tb[r] = _mm512_setzero_ps();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+        const __m512 x0 = _mm512_loadu_ps(xi + k), x1 = _mm512_loadu_ps(xi + k + 16);
+        const __m512 x2 = _mm512_loadu_ps(xi + k + 32), x3 = _mm512_loadu_ps(xi + k + 48);
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* pr = p + r * row_bytes + k / 8 * BITS;
+          if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(pr) + R * row_bytes + 1024, _MM_HINT_T0);  // the next rows
+          __m512 q0, q1, q2, q3;
+          if constexpr (BITS == 4) {  // bytes → dwords; low and high nibbles (x is permuted to match)
+            const __m512i d0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr)));
+            const __m512i d1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 16)));
+            q0 = _mm512_cvtepi32_ps(_mm512_and_si512(d0, _mm512_set1_epi32(15)));
+            q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(d0, 4));
+            q2 = _mm512_cvtepi32_ps(_mm512_and_si512(d1, _mm512_set1_epi32(15)));
+            q3 = _mm512_cvtepi32_ps(_mm512_srli_epi32(d1, 4));
+          } else if constexpr (BITS == 8) {  // one byte a value, in order
+            q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr))));
+            q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 16))));
+            q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 32))));
+            q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 48))));
+          } else {  // 5-bit: vpermb + vpmultishiftqb, in order
+            const __m512i q = mlx_x64<BITS>(pr);
+            q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q)));
+            q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1)));
+            q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 2)));
+            q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 3)));
+          }
+          ta[r] = _mm512_fmadd_ps(x0, q0, ta[r]);
+          tb[r] = _mm512_fmadd_ps(x1, q1, tb[r]);
+          ta[r] = _mm512_fmadd_ps(x2, q2, ta[r]);
+          tb[r] = _mm512_fmadd_ps(x3, q3, tb[r]);
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(widen_scale(sf + r * ng + g)), _mm512_add_ps(ta[r], tb[r]), acc[r]);
+    }
+    for (int r = 0; r < R; ++r) {  // Σ_g b_rg·xs_g: 16 groups a step, then the rest
+      float bias = 0;
+      int64_t g = 0;
+      if (ng >= 16) {
+        __m512 bv = _mm512_setzero_ps();
+        for (; g + 16 <= ng; g += 16)
+          bv = _mm512_fmadd_ps(widen_scales16(bf + r * ng + g), _mm512_loadu_ps(xs + i * ng + g), bv);
+        bias = hsum(bv);
+      }
+      for (; g < ng; ++g) bias += widen_scale(bf + r * ng + g) * xs[i * ng + g];
+      out[i * ldy + r] = hsum(acc[r]) + bias;
+    }
+  }
+}
+
+// One MLX row decoded to f32, s·q + b (one fused multiply-add), for prefill
+// bands and MLA's per-head W_UK / W_UV; groups a multiple of 64.
+template <int BITS>
+DSV3_AVX512 inline void mlx_decode_row(int64_t K, int64_t G, const uint32_t* w, const float* sg, const float* bg,
+                                       float* dst) {
+  const auto* p = reinterpret_cast<const uint8_t*>(w);
+  for (int64_t g = 0; g < K / G; ++g) {
+    const __m512 s = _mm512_set1_ps(sg[g]), b = _mm512_set1_ps(bg[g]);
+    for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+      const __m512i q = mlx_x64<BITS>(p + k / 8 * BITS);
+      _mm512_storeu_ps(dst + k, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q))), b));
+      _mm512_storeu_ps(dst + k + 16, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1))), b));
+      _mm512_storeu_ps(dst + k + 32, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 2))), b));
+      _mm512_storeu_ps(dst + k + 48, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 3))), b));
+    }
+  }
+}
+
+}  // namespace avx512
+#else
+// Not x86-64 GCC: avx512_kernels() is false and these are never called.
+namespace avx512 {
+inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, float*, int64_t,
+                        float (*)(uint8_t)) {}
+template <bool F16>
+inline void half_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
+inline void fp8_decode_row(const uint8_t*, int64_t, const float*, int64_t, float*, float (*)(uint8_t)) {}
+inline void mlx4_permute(const float*, int64_t, float*) {}
+template <int BITS, int R, class S>
+inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
+                         const S*, const S*, float*, int64_t) {}
+inline void awq_group_lut(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                          const float*, const float*, float*, float*) {}
+inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
+template <int BITS>
+inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
+}  // namespace avx512
+#endif
+
+}  // namespace dsv3::cpu
