@@ -115,7 +115,13 @@ int main(int argc, char** argv) {
                                 "full-dims (DeepSeek-V3's real dimensions; pick --layers).");
   mk->add_option("--out", mm_out, "Output directory")->required();
   mk->add_option("--preset", mm_preset, "tiny | demo | mid | full-dims")->capture_default_str();
-  mk->add_option("--dtype", mm_dtype, "f32 | bf16 | fp8 (e4m3fn, 128x128 block scales)")->capture_default_str();
+  mk->add_option("--dtype", mm_dtype,
+                 "f32 | bf16 | fp8 (e4m3fn, 128x128 block scales) | awq (AutoAWQ GEMM int4, F16 head) | "
+                 "mlx4 | mlx5 | mlx8 (MLX affine, mlx-lm layout)")->capture_default_str();
+  int64_t mm_group = 0;
+  mk->add_option("--group-size", mm_group,
+                 "AWQ/MLX group size (default: the largest of 128, 64, 32 dividing every input width). MLX: "
+                 "a module whose input width it does not divide stays BF16, as mlx-lm leaves it");
   mk->add_option("--seed", mm_seed, "Seed")->capture_default_str();
   mk->add_option("--layers", mm_layers, "Override num_hidden_layers");
   mk->add_option("--bias-mean", mm_bias, "Mean of e_score_correction_bias")->capture_default_str();
@@ -160,6 +166,7 @@ int main(int argc, char** argv) {
       spec.dtype = mm_dtype;
       spec.seed = mm_seed;
       spec.bias_mean = mm_bias;
+      spec.group_size = mm_group;
       spec.shard_bytes = uint64_t(mm_shard_gb * double(uint64_t(1) << 30));
       spec.mtp = mm_mtp;
       const uint64_t bytes = make_model(mm_out, spec);

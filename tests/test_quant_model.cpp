@@ -21,9 +21,9 @@
 
 using namespace dsv3;
 
-TEST_CASE("mlx-lm quantized checkpoints (4, 5 mixed, 8 bit; new and old kv_b layout) match mlx-lm's logits") {
+TEST_CASE("mlx-lm quantized checkpoints (4, 5 mixed, 8 bit; new and old kv_b layout; partially quantized) match mlx-lm's logits") {
   const std::string root = std::string(DSV3_SOURCE_DIR) + "/tests/golden/quant/mlx-lm/";
-  for (const char* c : {"lm-4bit", "lm-5bit-mixed", "lm-8bit", "lm-4bit-kvb"}) {
+  for (const char* c : {"lm-4bit", "lm-5bit-mixed", "lm-8bit", "lm-4bit-kvb", "lm-4bit-partial"}) {
     CAPTURE(c);
     std::ifstream f(root + c + "/meta.json");
     const auto ids = nlohmann::json::parse(f)["ids"].get<std::vector<int32_t>>();
@@ -47,4 +47,31 @@ TEST_CASE("mlx-lm quantized checkpoints (4, 5 mixed, 8 bit; new and old kv_b lay
       }
     }
   }
+}
+
+// lm-4bit-partial: mlx-lm left embed_q (qk_nope 32) and the stacked routed
+// down_proj (moe_intermediate 96) in BF16 beside quantized modules, and kept the
+// router bias F32. Binding follows the tensors present; decode (one token per
+// call: absorbed attention through the BF16 embed_q and the 4-bit
+// unembed_out) matches mlx-lm's logits too.
+TEST_CASE("a partially quantized mlx-lm checkpoint decodes token by token like mlx-lm's prefill") {
+  const std::string dir = std::string(DSV3_SOURCE_DIR) + "/tests/golden/quant/mlx-lm/lm-4bit-partial";
+  std::ifstream f(dir + "/meta.json");
+  const auto ids = nlohmann::json::parse(f)["ids"].get<std::vector<int32_t>>();
+  const auto g = xt::load_npy<float>(dir + "/logits.npy");
+  Model<float> m(dir);
+  test::use_backend(m);
+  CHECK(m.weights().layers[1].self_attn.kv_b_proj.format() == "embed_q BF16, unembed_out MLX 4-bit g64");
+  CHECK(m.weights().layers[1].moe->experts[3].down_proj.is_dense());
+  auto cache = m.new_cache();
+  const std::size_t P = 12;
+  Mat<float> first = m.forward(std::vector<int32_t>(ids.begin(), ids.begin() + P), cache);
+  double err = 0;
+  const int64_t V = cols(first);
+  for (std::size_t t = P; t <= ids.size(); ++t) {
+    const Mat<float> l = t == P ? first : m.forward({ids[t - 1]}, cache);
+    const int64_t row = t == P ? int64_t(P) - 1 : 0;
+    for (int64_t v = 0; v < V; ++v) err = std::max(err, double(std::fabs(l(row, v) - g(t - 1, v))));
+  }
+  CHECK_MESSAGE(err < 1e-4, "decode max error ", err);
 }

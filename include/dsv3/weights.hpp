@@ -102,8 +102,24 @@ struct Linear {
   struct Mlx { std::shared_ptr<const MlxWeight> q; };   // MLX affine: a module, or one expert of a stack
   // mlx-lm's newer conversions split kv_b_proj into per-head embed_q
   // [H, kv_lora, nope] (= W_UKᵀ) and unembed_out [H, v, kv_lora] (= W_UV):
-  // rows are reassembled in kv_b_proj order.
-  struct MlxSplitKvb { std::shared_ptr<const MlxWeight> embed_q, unembed_out; };
+  // rows are reassembled in kv_b_proj order. Each half is MLX-quantized, or
+  // a float tensor [H, out, in] where mlx-lm left it unquantized (it does so
+  // when the input width is not a multiple of the group size).
+  struct KvbHalf {
+    std::shared_ptr<const MlxWeight> q;  // null: `dense` holds it
+    TensorView dense;                    // [H, out, in] F32 / BF16 / F16
+    int64_t out() const { return q ? q->out() : dense.shape[1]; }
+    int64_t in() const { return q ? q->in() : dense.shape[2]; }
+    // rows [r0, r1) of head h, row-major into dst[(r1-r0) * in]
+    template <class T>
+    void decode_head(int64_t h, int64_t r0, int64_t r1, T* dst) const {
+      if (q) return q->slice(h).decode_rows(r0, r1, dst);
+      const std::size_t es = dtype_size(dense.dtype);
+      decode_elements(dense.data + std::size_t((h * out() + r0) * in()) * es, dense.dtype, (r1 - r0) * in(), dst);
+    }
+    std::string format() const { return q ? mlx_label(q->bits, q->group_size) : dtype_name(dense.dtype); }
+  };
+  struct MlxSplitKvb { KvbHalf embed_q, unembed_out; };
 
   TensorView weight;     // the stored matrix, or the format's main packed tensor (name, dtype)
   std::variant<Dense, Fp8Blocks, Awq, Mlx, MlxSplitKvb> storage;
@@ -126,8 +142,10 @@ struct Linear {
   std::string format() const {
     if (const AwqWeight* a = awq()) return awq_label(a->group_size);
     if (const MlxWeight* m = mlx()) return mlx_label(m->bits, m->group_size);
-    if (const auto* s = std::get_if<MlxSplitKvb>(&storage))
-      return mlx_label(s->embed_q->bits, s->embed_q->group_size) + " (embed_q/unembed_out)";
+    if (const auto* s = std::get_if<MlxSplitKvb>(&storage)) {
+      const std::string a = s->embed_q.format(), b = s->unembed_out.format();
+      return a == b ? a + " (embed_q/unembed_out)" : "embed_q " + a + ", unembed_out " + b;
+    }
     if (const Fp8Blocks* f = fp8()) return "FP8 e4m3 " + std::to_string(f->block_rows) + "x" + std::to_string(f->block_cols);
     return dtype_name(weight.dtype);
   }
@@ -171,15 +189,15 @@ struct Linear {
   // j - dn of unembed_out[h].
   template <class T>
   void decode_kvb_rows(const MlxSplitKvb& s, int64_t r0, int64_t r1, T* dst) const {
-    const int64_t r = in(), dn = s.embed_q->out() == r ? s.embed_q->in() : 0, dv = s.unembed_out->out();
+    const int64_t r = in(), dn = s.embed_q.out() == r ? s.embed_q.in() : 0, dv = s.unembed_out.out();
     const int64_t per = dn + dv;
     std::vector<T> eq(static_cast<std::size_t>(r * dn)), uo(static_cast<std::size_t>(dv * r));
     int64_t cur = -1;
     for (int64_t row = r0; row < r1; ++row) {
       const int64_t h = row / per, j = row % per;
       if (h != cur) {
-        s.embed_q->slice(h).decode_rows(0, r, eq.data());      // [r, dn]
-        s.unembed_out->slice(h).decode_rows(0, dv, uo.data());  // [dv, r]
+        s.embed_q.decode_head(h, 0, r, eq.data());      // [r, dn]
+        s.unembed_out.decode_head(h, 0, dv, uo.data());  // [dv, r]
         cur = h;
       }
       T* out = dst + (row - r0) * r;
@@ -401,7 +419,9 @@ inline const TensorView& need(const Checkpoint& ck, const std::string& name,
 // table is decided in one place, `stored_module`: `need_linear` binds what it
 // finds, `dsv3 inspect` lists its parts, and make-model writes the same parts
 // under the same names (mlx_stack_prefix, kv_b_split).
-enum class Format { dense, fp8_blocks, awq, mlx, mlx_stacked, mlx_split_kvb };
+// dense_stacked: a routed expert's slice of an unquantized mlx-lm stack
+// (switch_mlp.*_proj [N_r, out, in] in F32/BF16/F16).
+enum class Format { dense, fp8_blocks, awq, mlx, mlx_stacked, mlx_split_kvb, dense_stacked };
 
 // One linear module of the table: its HF prefix (without ".weight"), its
 // logical [out, in], and its routed expert index (-1: not an expert).
@@ -450,13 +470,34 @@ inline StoredModule stored_module(const Checkpoint& ck, const Config& c, const Q
   if (qp.format == QuantFormat::Awq && ck.has(p + ".qweight"))
     return {Format::awq, awq_label(qp.group_size), packed(p, {".qweight", ".qzeros", ".scales"})};
   if (qp.format == QuantFormat::Mlx) {
+    // Binding follows what the checkpoint holds: mlx-lm leaves a module
+    // unquantized (plain float weight, no scales) when its input width is not a
+    // multiple of the group size, and a per-module entry may say `false`.
+    auto quantized = [&](const std::string& base) { return mlx_module_quant(qp, base, ck.has(base + ".scales")).quantized; };
+    auto dense_label = [&](const std::string& base) { return std::string(dtype_name(ck.get(base + ".weight").dtype)); };
     const std::string stack = m.expert >= 0 ? mlx_stack_prefix(p) : "";
-    if (!stack.empty() && ck.has(stack + ".weight"))
-      return {Format::mlx_stacked, mlx_of(stack, true) + " stacked", packed(stack, {".weight", ".scales", ".biases"})};
+    if (!stack.empty() && ck.has(stack + ".weight")) {
+      if (quantized(stack))
+        return {Format::mlx_stacked, mlx_of(stack, true) + " stacked", packed(stack, {".weight", ".scales", ".biases"})};
+      return {Format::dense_stacked, dense_label(stack) + " stacked", {{stack + ".weight", {c.n_routed_experts, m.out, m.in}}}};
+    }
     const std::string eq = kv_b_split(p, "embed_q"), uo = kv_b_split(p, "unembed_out");
     if (!eq.empty() && !ck.has(p + ".weight") && ck.has(eq + ".weight")) {
-      StoredModule sm{Format::mlx_split_kvb, mlx_of(eq, true) + " per head", packed(eq, {".weight", ".scales", ".biases"})};
-      for (auto& part : packed(uo, {".weight", ".scales", ".biases"})) sm.parts.push_back(part);
+      const int64_t H = c.num_attention_heads;
+      StoredModule sm{Format::mlx_split_kvb, "", {}};
+      std::string labels[2];
+      int i = 0;
+      for (const auto& [base, shape] : {std::pair{eq, std::vector<int64_t>{H, c.kv_lora_rank, c.qk_nope_head_dim}},
+                                        std::pair{uo, std::vector<int64_t>{H, c.v_head_dim, c.kv_lora_rank}}}) {
+        if (quantized(base)) {
+          for (auto& part : packed(base, {".weight", ".scales", ".biases"})) sm.parts.push_back(part);
+          labels[i++] = mlx_of(base, true);
+        } else {
+          sm.parts.push_back({base + ".weight", shape});
+          labels[i++] = ck.has(base + ".weight") ? dense_label(base) : "-";
+        }
+      }
+      sm.label = labels[0] == labels[1] ? labels[0] + " per head" : "embed_q " + labels[0] + ", unembed_out " + labels[1];
       return sm;
     }
     if (mlx_module_quant(qp, p, ck.has(p + ".scales")).quantized)
@@ -517,12 +558,35 @@ inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const QuantPa
     }
     case Format::mlx_split_kvb: {
       const int64_t H = cfg.num_attention_heads;
-      auto eq = std::make_shared<MlxWeight>(need_mlx(ck, qp, kv_b_split(p, "embed_q"), cfg.kv_lora_rank, cfg.qk_nope_head_dim));
-      auto uo = std::make_shared<MlxWeight>(need_mlx(ck, qp, kv_b_split(p, "unembed_out"), cfg.v_head_dim, cfg.kv_lora_rank));
-      if (eq->num_slices() != H || uo->num_slices() != H)
-        fail(ck.dir(), ": '", kv_b_split(p, "embed_q"), "' / 'unembed_out' must have ", H, " heads");
-      l.storage = Linear::MlxSplitKvb{eq, uo};
+      auto half = [&](const std::string& base, int64_t out, int64_t in) {
+        Linear::KvbHalf h;
+        if (mlx_module_quant(qp, base, ck.has(base + ".scales")).quantized) {
+          h.q = std::make_shared<MlxWeight>(need_mlx(ck, qp, base, out, in));
+          if (h.q->num_slices() != H || !h.q->stacked())
+            fail(ck.dir(), ": '", base, ".weight' ", shape_str(h.q->weight.shape), " must have ", H, " heads");
+          return h;
+        }
+        h.dense = ck.get(base + ".weight");
+        const std::vector<int64_t> want = {H, out, in};
+        if (h.dense.shape != want || !is_float_dtype(h.dense.dtype) || h.dense.dtype == DType::F8_E4M3)
+          fail(h.dense.file, ": tensor '", h.dense.name, "' (unquantized: no '", base, ".scales') must be F32, BF16 or F16 ",
+               shape_str(want), ", got ", dtype_name(h.dense.dtype), " ", shape_str(h.dense.shape));
+        return h;
+      };
+      l.storage = Linear::MlxSplitKvb{half(kv_b_split(p, "embed_q"), cfg.kv_lora_rank, cfg.qk_nope_head_dim),
+                                      half(kv_b_split(p, "unembed_out"), cfg.v_head_dim, cfg.kv_lora_rank)};
       break;
+    }
+    case Format::dense_stacked: {
+      const TensorView& st = l.weight;  // the whole stack [N_r, out, in]
+      if (st.shape != sm.parts[0].shape || !is_float_dtype(st.dtype) || st.dtype == DType::F8_E4M3)
+        fail(st.file, ": tensor '", st.name, "' (unquantized stacked experts) must be F32, BF16 or F16 ",
+             shape_str(sm.parts[0].shape), ", got ", dtype_name(st.dtype), " ", shape_str(st.shape));
+      TensorView slice = st;  // expert m.expert's [out, in]
+      slice.shape = {m.out, m.in};
+      slice.data = st.data + std::size_t(m.expert * m.out * m.in) * dtype_size(st.dtype);
+      l.weight = slice;
+      return l;
     }
     case Format::fp8_blocks: {
       const TensorView& w = l.weight;

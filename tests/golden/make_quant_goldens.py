@@ -317,6 +317,16 @@ MLX_LM_CASES = OrderedDict(
         ("lm-5bit-mixed", dict(bits=5, override="lm_head_embed_8bit", layout="new")),
         ("lm-8bit", dict(bits=8, override=None, layout="new")),
         ("lm-4bit-kvb", dict(bits=4, override=None, layout="old")),
+        # Partially quantized, as mlx_lm.convert leaves a model whose widths are not all multiples
+        # of the group size: qk_nope 32 leaves every embed_q unquantized (beside a quantized
+        # unembed_out), moe_intermediate 96 leaves the stacked routed down_proj unquantized (the
+        # shared experts' 192 is quantized). The router bias stays F32, as convert's
+        # cast_predicate keeps it (deepseek_v3.Model.cast_predicate).
+        (
+            "lm-4bit-partial",
+            dict(bits=4, override=None, layout="new", config=dict(qk_nope_head_dim=32, moe_intermediate_size=96),
+                 bias_f32=True),
+        ),
     ]
 )
 
@@ -388,11 +398,12 @@ def make_mlx_lm(out_root):
     from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
     mx.disable_compile()  # plain (uncompiled) graphs: deterministic op-by-op evaluation
-    cfg = dict(MLX_MODEL_CONFIG)
-    sd = hf_weights(cfg, seed=2468)
-    ids = torch.randint(0, cfg["vocab_size"], (32,), generator=torch.Generator().manual_seed(99)).tolist()
+    base_cfg = dict(MLX_MODEL_CONFIG)
+    ids = torch.randint(0, base_cfg["vocab_size"], (32,), generator=torch.Generator().manual_seed(99)).tolist()
     summary = {}
     for case, opt in MLX_LM_CASES.items():
+        cfg = dict(base_cfg, **opt.get("config", {}))
+        sd = hf_weights(cfg, seed=2468)
         d = out_root / "mlx-lm" / case
         if d.exists():
             shutil.rmtree(d)
@@ -401,7 +412,8 @@ def make_mlx_lm(out_root):
         model = deepseek_v3.Model(args)
         # What mlx_lm.convert does: load the HF weights (bf16, like the published bf16 model),
         # model.sanitize (stack experts, split kv_b_proj), load, then quantize_model.
-        w = {k: mx.array(v.numpy()).astype(mx.bfloat16) for k, v in sd.items()}
+        keep = (lambda k: opt.get("bias_f32") and "e_score_correction_bias" in k)
+        w = {k: mx.array(v.numpy()) if keep(k) else mx.array(v.numpy()).astype(mx.bfloat16) for k, v in sd.items()}
         w = model.sanitize(w)
         model.load_weights(list(w.items()), strict=True)
         mx.eval(model.parameters())
@@ -491,8 +503,10 @@ def make_mlx_lm(out_root):
             semantics=[
                 "router: x @ gate.weight.T in float32 (gate weight stored bf16, never quantized: "
                 "MoEGate holds a plain array)",
-                "e_score_correction_bias stored bf16 (mlx_lm.convert casts every float tensor to "
-                "torch_dtype), values 0.5+0.1N so every biased score > 0 and the 0.0 group fill "
+                ("e_score_correction_bias stored F32, as mlx_lm.convert keeps it (deepseek_v3.Model.cast_predicate)"
+                 if opt.get("bias_f32") else
+                 "e_score_correction_bias stored bf16 (mlx_lm.convert casts every float tensor to torch_dtype)")
+                + ", values 0.5+0.1N so every biased score > 0 and the 0.0 group fill "
                 "(docs/semantics.md D7) selects the same experts as -inf",
                 "group score: sum of top-2 per group; topk via argpartition (order of the k experts "
                 "does not change the result beyond fp32 summation order)",

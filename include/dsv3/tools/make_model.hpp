@@ -40,6 +40,9 @@ struct ModelSpec {
   double bias_mean = 0.5;       // e_score_correction_bias mean (negative: see the mask-fill knob)
   uint64_t shard_bytes = uint64_t(2) << 30;  // start a new shard past this size
   bool mtp = false;             // also write the MTP layer(s) (num_nextn_predict_layers, default 1)
+  int64_t group_size = 0;       // AWQ / MLX group; 0: the largest of 128, 64, 32 dividing every input
+                                // width. MLX with a group that does not divide a module's input width
+                                // leaves that module unquantized (BF16), as mlx-lm's quantize_model does.
 };
 
 // Named presets. `tiny`: the test model (dims not multiples of 128 so FP8 has
@@ -180,8 +183,14 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   // unquantized tensors: F32 / BF16; F16 in AWQ checkpoints (AutoAWQ saves fp16)
   const DType dense_dt = fmt == "f32" ? DType::F32 : awq ? DType::F16 : DType::BF16;
   // AWQ / MLX group size: the largest of 128, 64, 32 dividing every input width
-  int64_t group = 0;
-  if (awq || mlx) {
+  int64_t group = spec.group_size;
+  if ((awq || mlx) && group && (group < 32 || group % 32 != 0))
+    fail("make-model --group-size ", group, ": must be a positive multiple of 32");
+  if (awq && group)
+    for (int64_t d : {c.hidden_size, c.intermediate_size, c.moe_intermediate_size, c.kv_lora_rank,
+                      c.num_attention_heads * c.v_head_dim, c.shared_intermediate()})
+      if (d % group) fail("make-model --dtype awq --group-size ", group, ": does not divide input width ", d);
+  if ((awq || mlx) && !group) {
     std::vector<int64_t> ins = {c.hidden_size, c.intermediate_size, c.moe_intermediate_size, c.kv_lora_rank,
                                 c.qk_nope_head_dim, c.num_attention_heads * c.v_head_dim, c.shared_intermediate()};
     if (c.q_lora_rank) ins.push_back(*c.q_lora_rank);
@@ -240,6 +249,13 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   };
   // MLX affine: weight U32 [.., out, in·bits/32], scales/biases BF16 [.., out, in/g].
   auto mlx_linear = [&](const std::string& prefix, std::vector<int64_t> lead, int64_t out, int64_t in) {
+    if (in % group != 0) {  // mlx-lm leaves it unquantized: a plain BF16 weight, no scales
+      auto shape = lead;
+      shape.push_back(out);
+      shape.push_back(in);
+      gaussian(prefix + ".weight", shape, 0.0, 1.0 / std::sqrt(double(in)), DType::BF16);
+      return;
+    }
     const double levels = double((1 << mlx_bits) - 1);
     const double sq = std::sqrt((levels + 1) * (levels + 1) - 1) / std::sqrt(12.0);  // std of uniform codes
     auto sh = [&](int64_t last) { auto v = lead; v.push_back(out); v.push_back(last); return v; };
