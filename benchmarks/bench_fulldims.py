@@ -25,8 +25,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_model import (ids_arg, log, make_ids, run_timed, safetensors_tensors,  # noqa: E402
-                         touched_bytes_of_run, write_results)
+from bench_model import (Quiet, ids_arg, log, make_ids, run_sgemv, run_timed, safetensors_tensors,  # noqa: E402
+                         sgemv_bw, touched_bytes_of_run, write_results)
 
 REAL_LAYERS, REAL_DENSE = 61, 3  # DeepSeek-V3: num_hidden_layers, first_k_dense_replace
 
@@ -67,7 +67,11 @@ def main():
     ap.add_argument("--bandwidths", default="20,50,100,200,400",
                     help="GB/s to extrapolate at (besides the one measured here)")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    ap.add_argument("--sgemv-bin", default="/tmp/bench_sgemv",
+                    help="benchmarks/bench_sgemv.cpp, built here if missing: the machine's stream bandwidth")
+    ap.add_argument("--skip-sgemv", action="store_true")
     a = ap.parse_args()
+    a.sweep_threads = []
 
     if not os.path.exists(os.path.join(a.model, "config.json")):
         log(f"make-model full-dims fp8 --layers {a.layers} -> {a.model}")
@@ -93,6 +97,10 @@ def main():
     log("touched weights of the run (dsv3 trace topk_ids)")
     touched = touched_bytes_of_run(argparse.Namespace(dsv3=a.dsv3), a.model, ids + j["generated_ids"][:-1])
     eff = here_tok / s_per_tok
+    stream = None
+    if not a.skip_sgemv:  # OpenBLAS sgemv over >= 1 GiB of weight copies, same thread count
+        log("sgemv stream bandwidth")
+        stream = sgemv_bw(run_sgemv(a, Quiet(0.25, 60)), "stream", a.threads)
 
     real_tok = glob["embedding_row"] + glob["lm_head"] + glob["final_norm"] + REAL_DENSE * dense_tok + \
         (REAL_LAYERS - REAL_DENSE) * moe_tok
@@ -105,7 +113,7 @@ def main():
              bytes=dict(global_=glob, dense_layer=dict(whole=dense_whole, per_token=dense_tok),
                         moe_layer=dict(whole=moe_whole, per_token=moe_tok), here_per_token=here_tok,
                         real_per_token=real_tok, real_whole=real_whole),
-             effective_bytes_per_s=eff, seconds_per_token=s_per_tok)
+             effective_bytes_per_s=eff, seconds_per_token=s_per_tok, sgemv_stream_bytes_per_s=stream)
     G = 1e9
     L = []
     w = L.append
@@ -122,6 +130,9 @@ def main():
     w(f"| decode | {t['decode_calls']} one-token calls, {s_per_tok:.3f} s per token ({1 / s_per_tok:.2f} tok/s) |")
     w(f"| bytes one decoded token reads (stored dtype) | {here_tok / G:.3f} GB |")
     w(f"| effective weight bandwidth in decode | {eff / G:.2f} GB/s |")
+    if stream:
+        w(f"| the machine's stream bandwidth (OpenBLAS sgemv over >= 1 GiB, {a.threads} threads) | {stream / G:.2f} GB/s: "
+          f"decode reads at {eff / stream:.0%} of it |")
     w(f"| peak RSS | {rss / G:.2f} GB |")
     w(f"| weights the run touched (all but routed experts + experts chosen: "
       f"{', '.join(f'layer {k}: {v}' for k, v in touched['experts_used'].items())} of {touched['n_routed_experts']}) | "

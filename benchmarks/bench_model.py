@@ -150,7 +150,7 @@ def touched_bytes_per_token(model_dir):
             parts["embedding_row"] += nb / cfg["vocab_size"]
         elif name.startswith("lm_head."):
             parts["lm_head"] += nb
-        elif ".mlp.experts." in name:
+        elif ".mlp.experts." in name or ".mlp.switch_mlp." in name:  # (MLX stacks them)
             parts["routed_experts"] += nb * k / E
         elif ".mlp.shared_experts." in name:
             parts["shared_expert"] += nb

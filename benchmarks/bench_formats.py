@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""dsv3 in every stored format beside llama.cpp at the same bits, in one run of interleaved rounds.
+
+    python3 benchmarks/bench_formats.py --llama-bench LLAMA/build/bin/llama-bench --gguf-py LLAMA/gguf-py \\
+        [--rounds 3] [--threads 2] [--models-dir /tmp/dsv3-formats] [--tag mid]
+
+What runs, on the `mid` preset (`dsv3 make-model --preset mid --seed 7`, hidden 1024, 8 layers,
+64 experts top-6, vocab 32000):
+  * dsv3 in f32, bf16, fp8 (e4m3, 128x128 blocks), awq (int4 g128, F16 embedding and head),
+    mlx4, mlx5, mlx8 (MLX affine g64, the embedding and head quantized too) — each checkpoint made
+    by make-model from the same seed;
+  * llama.cpp (built by you, outside this repository) on the same f32 weights, converted with
+    `gguf_from_hf.py` (llama.cpp's gguf-py) and quantized with its own `llama-quantize --pure` to
+    F32, BF16, Q8_0 and Q4_0 (pure: every matrix in that type, the head included, as in the dsv3
+    checkpoint it is compared with). Q4_0 stores 4.5 bits per weight like MLX 4-bit at group 64;
+    Q8_0 8.5, like FP8's one byte plus block scales.
+Each round measures every engine/format once, in an order that rotates by one each round:
+  * prefill: tokens/s of one call on `--prompt-len` (512) tokens — dsv3 `generate --max-new-tokens 1
+    --warmup 1` (`prefill_tokens_per_s`); llama.cpp `llama-bench -p 512 -n 0 -r 1` (its own warm-up
+    run first);
+  * decode: tokens/s of `--new-tokens` (64) one-token calls — dsv3 `generate` after a 32-token
+    prompt (`decode_tokens_per_s`); llama.cpp `llama-bench -p 0 -n 64 -r 1` (from an empty context);
+  * peak RSS of the decode process (`/usr/bin/time -v`).
+The figure is the median over rounds. **Effective GB/s** = stored bytes one decoded token reads x
+decode tokens/s, the bytes counted from the files' headers: the embedding's one row (bytes/vocab),
+every attention, norm, dense-MLP, router, shared-expert and lm_head tensor whole, routed experts at
+k/E of their bytes (k = 6, E = 64), scales, zero points and biases included; the same rule on the
+GGUF tensors (token_embd / vocab, `*_exps` at k/E).
+
+Needs: the Python standard library; for the conversion, a Python with numpy (`--python`, default
+`.venv/golden/bin/python` of `bash scripts/venv.sh golden` if present, else this one) and the
+`--gguf-py` directory. Without `--llama-bench`, only dsv3 runs.
+
+Writes benchmarks/results/formats-TAG-DATE.{md,json}.
+"""
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from bench_model import Quiet, ids_arg, log, make_ids, run_timed, touched_bytes_per_token, write_results  # noqa: E402
+
+DSV3_FORMATS = ["f32", "bf16", "fp8", "awq", "mlx4", "mlx5", "mlx8"]
+LLAMA_TYPES = ["F32", "BF16", "Q8_0", "Q4_0"]
+# the comparisons the issue asks for: dsv3 format -> llama.cpp type at the same bits
+PAIRS = [("f32", "F32"), ("bf16", "BF16"), ("fp8", "Q8_0"), ("mlx8", "Q8_0"), ("mlx4", "Q4_0"), ("awq", "Q4_0")]
+
+GGUF_BYTES = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[2])
+print(json.dumps({t.name: int(t.n_bytes) for t in r.tensors}))
+"""
+
+
+def gguf_bytes_per_token(a, path, cfg):
+    out = subprocess.run([a.python, "-c", GGUF_BYTES, a.gguf_py, path], capture_output=True, text=True, check=True)
+    ts = json.loads(out.stdout)
+    E, k, V = cfg["n_routed_experts"], cfg["num_experts_per_tok"], cfg["vocab_size"]
+    total = 0.0
+    for name, nb in ts.items():
+        total += nb / V if name.startswith("token_embd") else nb * k / E if "_exps" in name else nb
+    return dict(bytes=total, file_bytes=sum(ts.values()))
+
+
+def make_models(a):
+    os.makedirs(a.models_dir, exist_ok=True)
+    dsv3 = {}
+    for f in a.formats:
+        d = os.path.join(a.models_dir, f"{a.preset}-{f}")
+        if not os.path.exists(os.path.join(d, "config.json")):
+            log(f"making {d}")
+            subprocess.run([a.dsv3, "make-model", "--out", d, "--preset", a.preset, "--seed", str(a.seed),
+                            "--dtype", f], check=True, capture_output=True)
+        dsv3[f] = d
+    gguf = {}
+    if a.llama_bench:
+        src = dsv3.get("f32") or os.path.join(a.models_dir, f"{a.preset}-f32")
+        if not os.path.exists(os.path.join(src, "config.json")):
+            subprocess.run([a.dsv3, "make-model", "--out", src, "--preset", a.preset, "--seed", str(a.seed),
+                            "--dtype", "f32"], check=True, capture_output=True)
+        f32 = os.path.join(a.models_dir, f"{a.preset}-F32.gguf")
+        if not os.path.exists(f32):
+            log(f"converting {src} -> {f32}")
+            subprocess.run([a.python, os.path.join(HERE, "gguf_from_hf.py"), "--gguf-py", a.gguf_py, "--model", src,
+                            "--out", f32, "--outtype", "f32"], check=True)
+        for t in a.llama_types:
+            g = os.path.join(a.models_dir, f"{a.preset}-{t}.gguf")
+            if t != "F32" and not os.path.exists(g):
+                log(f"llama-quantize --pure {t}")
+                subprocess.run([a.llama_quantize, "--pure", f32, g, t, str(a.threads)], check=True,
+                               capture_output=True)
+            gguf[t] = f32 if t == "F32" else g
+    return dsv3, gguf
+
+
+def dsv3_run(a, model, ids, new_tokens, key):
+    cmd = [a.dsv3, "--threads", str(a.threads), "generate", "--model", model, "--ids", ids_arg(ids),
+           "--max-new-tokens", str(new_tokens), "--json"] + (["--warmup", "1"] if new_tokens == 1 else [])
+    out, rss, _ = run_timed(cmd)
+    return json.loads(out.strip().splitlines()[-1])["timing"][key], rss
+
+
+def llama_run(a, path, prompt, gen):
+    cmd = [a.llama_bench, "-m", path, "-t", str(a.threads), "-p", str(prompt), "-n", str(gen), "-r", "1", "-o", "json"]
+    out, rss, _ = run_timed(cmd)
+    res = json.loads(out)
+    a.llama_build = {k: res[0].get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "type_k",
+                                                "flash_attn", "repack")}
+    return res[0]["avg_ts"], rss
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
+    ap.add_argument("--llama-bench", help="llama.cpp's llama-bench (built outside this repository)")
+    ap.add_argument("--llama-quantize", help="default: llama-quantize beside --llama-bench")
+    ap.add_argument("--gguf-py", help="llama.cpp's gguf-py directory (for the conversion)")
+    golden = os.path.join(ROOT, ".venv", "golden", "bin", "python")
+    ap.add_argument("--python", default=golden if os.path.exists(golden) else sys.executable,
+                    help="a Python with numpy, for gguf_from_hf.py")
+    ap.add_argument("--models-dir", default="/tmp/dsv3-formats")
+    ap.add_argument("--preset", default="mid")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--formats", default=",".join(DSV3_FORMATS))
+    ap.add_argument("--llama-types", default=",".join(LLAMA_TYPES))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--decode-prompt-len", type=int, default=32)
+    ap.add_argument("--max-busy", type=float, default=0.25)
+    ap.add_argument("--max-wait", type=float, default=120)
+    ap.add_argument("--tag", default="mid")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    a = ap.parse_args()
+    a.formats = [f for f in a.formats.split(",") if f]
+    a.llama_types = [t for t in a.llama_types.split(",") if t] if a.llama_bench else []
+    if a.llama_bench:
+        if not a.gguf_py:
+            ap.error("--llama-bench needs --gguf-py (llama.cpp's gguf-py directory, for the conversion)")
+        a.llama_quantize = a.llama_quantize or os.path.join(os.path.dirname(a.llama_bench), "llama-quantize")
+        for p in (a.llama_bench, a.llama_quantize):
+            if not os.access(p, os.X_OK):
+                ap.error(f"{p}: not an executable")
+
+    dsv3_models, gguf_models = make_models(a)
+    cfg = json.load(open(os.path.join(next(iter(dsv3_models.values())), "config.json")))
+    vocab = cfg["vocab_size"]
+    pre_ids, dec_ids = make_ids(a.prompt_len, vocab), make_ids(a.decode_prompt_len, vocab)
+    entries = [("dsv3", f, dsv3_models[f]) for f in a.formats] + [("llama.cpp", t, gguf_models[t]) for t in a.llama_types]
+    bytes_tok = {}
+    for eng, name, path in entries:
+        bytes_tok[(eng, name)] = (touched_bytes_per_token(path) if eng == "dsv3" else
+                                  gguf_bytes_per_token(a, path, cfg))
+    quiet = Quiet(a.max_busy, a.max_wait)
+    rounds = []
+    for r in range(a.rounds):
+        res = {}
+        order = entries[r % len(entries):] + entries[:r % len(entries)]
+        for eng, name, path in order:
+            quiet.wait(f"{eng} {name}")
+            if eng == "dsv3":
+                pre, _ = dsv3_run(a, path, pre_ids, 1, "prefill_tokens_per_s")
+                dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s")
+            else:
+                pre, _ = llama_run(a, path, a.prompt_len, 0)
+                dec, rss = llama_run(a, path, 0, a.new_tokens)
+            res[f"{eng}:{name}"] = dict(prefill=pre, decode=dec, rss=rss)
+            log(f"  round {r + 1}/{a.rounds} {eng:9s} {name:5s} prefill {pre:8.1f}  decode {dec:7.1f} tok/s")
+        rounds.append(res)
+
+    med = {}
+    for eng, name, _ in entries:
+        key = f"{eng}:{name}"
+        b = bytes_tok[(eng, name)]["bytes"]
+        dec = statistics.median(x[key]["decode"] for x in rounds)
+        med[key] = dict(engine=eng, format=name, prefill=statistics.median(x[key]["prefill"] for x in rounds),
+                        decode=dec, bytes_per_token=b, file_bytes=bytes_tok[(eng, name)]["file_bytes"],
+                        gb_s=b * dec / 1e9, peak_rss=max(x[key]["rss"] or 0 for x in rounds),
+                        decode_rounds=[x[key]["decode"] for x in rounds],
+                        prefill_rounds=[x[key]["prefill"] for x in rounds])
+    ref = med.get("dsv3:bf16")
+    R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), preset=a.preset, seed=a.seed,
+             threads=a.threads, rounds=a.rounds, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
+             decode_prompt_len=a.decode_prompt_len, dsv3=a.dsv3, llama_cpp=getattr(a, "llama_build", None), median=med,
+             raw=rounds, quiet_waited_s=quiet.waited_s)
+    L = [f"# dsv3 formats beside llama.cpp: {a.tag} ({R['date']})\n",
+         f"`{a.preset}` preset (seed {a.seed}), {a.threads} threads, {a.rounds} interleaved rounds, medians. "
+         f"Prefill: one call on {a.prompt_len} tokens. Decode: {a.new_tokens} one-token calls (dsv3 after a "
+         f"{a.decode_prompt_len}-token prompt; llama-bench from an empty context). GB/s: stored bytes one decoded "
+         "token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E). "
+         "`vs bf16`: that GB/s over dsv3 bf16's in the same run."
+         + (f" llama.cpp: commit {a.llama_build['build_commit']}, {a.llama_build['backends']} backend, "
+            "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)." if getattr(a, "llama_build", None)
+            else "") + "\n",
+         "| engine | format | file MB | MB read / token | prefill tok/s | decode tok/s | GB/s | vs bf16 | peak RSS MB |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for key, m in med.items():
+        vs = f"{m['gb_s'] / ref['gb_s']:.2f}" if ref and m["engine"] == "dsv3" else "-"
+        L.append(f"| {m['engine']} | {m['format']} | {m['file_bytes'] / 1e6:.0f} | {m['bytes_per_token'] / 1e6:.1f} | "
+                 f"{m['prefill']:.1f} | {m['decode']:.1f} | {m['gb_s']:.1f} | {vs} | {m['peak_rss'] / 1e6:.0f} |")
+    if a.llama_types:
+        L += ["", "Same bits, dsv3 / llama.cpp (medians):", "",
+              "| dsv3 | llama.cpp | decode ratio | prefill ratio |", "|---|---|---|---|"]
+        for d, l in PAIRS:
+            if f"dsv3:{d}" in med and f"llama.cpp:{l}" in med:
+                x, y = med[f"dsv3:{d}"], med[f"llama.cpp:{l}"]
+                L.append(f"| {d} | {l} | {x['decode'] / y['decode']:.2f} | {x['prefill'] / y['prefill']:.2f} |")
+    if ref:
+        L += ["", "Prefill of each format over dsv3 bf16's: " +
+              ", ".join(f"{m['format']} {m['prefill'] / ref['prefill']:.2f}" for m in med.values() if m["engine"] == "dsv3")]
+    L += ["", "Per round (decode tok/s): " + "; ".join(
+        f"{k} " + "/".join(f"{v:.0f}" for v in m["decode_rounds"]) for k, m in med.items())]
+    write_results(a.out_dir, f"formats-{a.tag}", R, "\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()
