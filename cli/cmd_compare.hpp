@@ -18,26 +18,11 @@
 #include <vector>
 
 #include <dsv3/formats/io.hpp>
-#include <dsv3/tools/trace_file.hpp>
+#include <dsv3/tools/compare.hpp>
 
 namespace dsv3_cli {
 
 using namespace dsv3;
-
-struct CompareRow {
-  const TraceEntry* a;
-  const TraceEntry* b;
-  DiffStats s;
-  bool pass = true;
-  std::string note;
-};
-
-struct RoutingDiff {
-  bool found = false;
-  int64_t layer = -1, token = -1;
-  std::vector<int32_t> ids_a, ids_b;
-  double margin = NAN;  // A's biased score of k-th minus (k+1)-th candidate
-};
 
 inline std::string fmt(double v) {
   char b[32];
@@ -92,70 +77,12 @@ inline int run_compare(const std::string& pa, const std::string& pb, const std::
                        const std::string& report, const std::string& json_out) {
   const Tolerance tol = tolerance_preset(preset);
   const auto A = read_trace(pa), B = read_trace(pb);
-  std::map<std::string, const TraceEntry*> bmap;
-  for (const auto& e : B) bmap[e.key] = &e;
-  std::map<std::string, const TraceEntry*> amap;
-  for (const auto& e : A) amap[e.key] = &e;
-
-  std::vector<CompareRow> rows;
-  std::vector<std::string> only_a;
-  for (const auto& a : A) {
-    auto it = bmap.find(a.key);
-    if (it == bmap.end()) { only_a.push_back(a.key); continue; }
-    const TraceEntry& b = *it->second;
-    CompareRow r{&a, &b, {}, true, ""};
-    // Compare the common positions only (a decode trace may start later).
-    if (a.cols != b.cols) {
-      r.pass = false;
-      r.note = "width " + std::to_string(a.cols) + " vs " + std::to_string(b.cols);
-      rows.push_back(r);
-      continue;
-    }
-    if (a.start != b.start || a.rows != b.rows) {
-      r.pass = false;
-      r.note = "positions differ";
-      rows.push_back(r);
-      continue;
-    }
-    r.s = diff_stats(a, b);
-    if (is_index_trace(a.name)) {
-      r.pass = r.s.max_abs == 0;
-      if (!r.pass) r.note = "different ids";
-    } else if (a.name == "topk_margin") {
-      // A difference of two close scores: its relative error is large by
-      // nature. Reported, never judged (the ids themselves are).
-      r.note = "informational";
-    } else {
-      r.pass = r.s.nmse <= tol.nmse && r.s.calc_diff <= tol.calc_diff && (!r.s.is_logits || r.s.top1 >= tol.top1);
-    }
-    rows.push_back(r);
-  }
-
-  // Routing: first layer (forward order), then first token, whose expert set differs.
-  RoutingDiff rd;
-  for (const auto& r : rows) {
-    if (r.a->name != "topk_ids" || r.pass || r.note == "positions differ") continue;
-    const int64_t k = r.a->cols;
-    for (int64_t t = 0; t < r.a->rows && !rd.found; ++t) {
-      std::vector<int32_t> x, y;
-      for (int64_t j = 0; j < k; ++j) {
-        x.push_back(int32_t(r.a->data[std::size_t(t * k + j)]));
-        y.push_back(int32_t(r.b->data[std::size_t(t * k + j)]));
-      }
-      std::sort(x.begin(), x.end());
-      std::sort(y.begin(), y.end());
-      if (x == y) continue;
-      rd = {true, r.a->layer, r.a->start + t, x, y, NAN};
-      auto margin = amap.find(trace_key("topk_margin", r.a->layer));
-      if (margin != amap.end() && margin->second->rows == r.a->rows) rd.margin = margin->second->data[std::size_t(t)];
-    }
-    if (rd.found) break;
-  }
-
-  const CompareRow* first_bad = nullptr;
-  for (const auto& r : rows)
-    if (!r.pass) { first_bad = &r; break; }
-  const bool ok = !first_bad && only_a.empty() && !rd.found;
+  const CompareResult res = compare_traces(A, B, tol);
+  const std::vector<CompareRow>& rows = res.rows;
+  const std::vector<std::string>& only_a = res.only_a;
+  const RoutingDiff& rd = res.routing;
+  const CompareRow* first_bad = res.first_bad;
+  const bool ok = res.ok;
 
   // terminal summary
   std::printf("dsv3 compare  A=%s  B=%s  tolerance=%s\n  (%s)\n", pa.c_str(), pb.c_str(), tol.name.c_str(),
@@ -183,14 +110,7 @@ inline int run_compare(const std::string& pa, const std::string& pb, const std::
   }
   std::printf("%s\n", ok ? "PASS" : "FAIL");
 
-  nlohmann::json j = {{"a", pa}, {"b", pb}, {"tolerance", tol.name}, {"pass", ok}, {"tensors", nlohmann::json::array()}};
-  for (const auto& r : rows)
-    j["tensors"].push_back({{"key", r.a->key}, {"layer", r.a->layer}, {"max_abs", r.s.max_abs}, {"max_rel", r.s.max_rel},
-                            {"nmse", r.s.nmse}, {"cosine", r.s.cosine}, {"calc_diff", r.s.calc_diff}, {"pass", r.pass}});
-  if (first_bad) j["first_fail"] = first_bad->a->key;
-  if (rd.found)
-    j["routing_diff"] = {{"layer", rd.layer}, {"token", rd.token}, {"a", rd.ids_a}, {"b", rd.ids_b},
-                         {"margin", std::isnan(rd.margin) ? nlohmann::json() : nlohmann::json(rd.margin)}};
+  const nlohmann::json j = compare_json(res, pa, pb);
   if (!json_out.empty()) write_file_atomic(json_out, j.dump(2) + "\n");
 
   if (!report.empty()) {

@@ -213,30 +213,15 @@ void run_chat(const GenerateArgs& a) {
 }
 
 // ---------------------------------------------------------------------------
-// fnmatch-style glob: '*' any run, '?' one character.
-inline bool glob_match(const char* p, const char* s) {
-  if (!*p) return !*s;
-  if (*p == '*') return glob_match(p + 1, s) || (*s && glob_match(p, s + 1));
-  return *s && (*p == '?' || *p == *s) && glob_match(p + 1, s + 1);
-}
-
 template <class T>
 void run_trace(const ForwardArgs& a) {
   auto mp = open_model<T>(a.model, a.variants.get());
   Model<T>& m = *mp;
   const auto ids = parse_ids(a.ids);
-  std::vector<std::string> globs;
-  std::stringstream ss(a.names);
-  for (std::string g; std::getline(ss, g, ',');)
-    if (!g.empty()) globs.push_back(g);
+  const std::vector<std::string> globs = split_globs(a.names);
   TraceCollector col;
   // --names matches the bare name ("q_pe*") or the key ("layers.3.*")
-  Trace trace(col.sink(), [&](const std::string& name) {
-    if (globs.empty()) return true;
-    for (const auto& g : globs)
-      if (glob_match(g.c_str(), name.c_str())) return true;
-    return false;
-  });
+  Trace trace(col.sink(), [&](const std::string& name) { return matches_any(globs, name); });
   ForwardOptionsT<T> opt;
   opt.attn = parse_attn(a.attn);
   auto cache = m.new_cache(bf16_cache(a.cache_dtype));

@@ -29,31 +29,20 @@
 
 #include <dsv3/text/chat_template.hpp>
 #include <dsv3/tools/check.hpp>
-
-// OpenBLAS's core detection (weak: absent with another BLAS).
-extern "C" __attribute__((weak)) char* openblas_get_corename(void);
+#include <dsv3/tools/glob.hpp>
+#include <dsv3/cpu/openblas.hpp>
 
 namespace dsv3_cli {
 
 using namespace dsv3;
 
-// OpenBLAS 0.3.21 (Debian 12) does not recognise some virtualised Xeons and
-// falls back to its generic "Prescott" SSE3 kernels, 2.5x slower in prefill
-// than the kernels the CPU supports. The core can only be chosen before the
-// library initialises, so the CLI re-executes itself once with
-// OPENBLAS_CORETYPE set. A user's own OPENBLAS_CORETYPE is always kept;
-// DSV3_KEEP_BLAS_CORE=1 disables this.
+// Re-executes the CLI once with OPENBLAS_CORETYPE set where OpenBLAS would
+// otherwise run its generic kernels (cpu/openblas.hpp).
 inline void retune_openblas(char** argv) {
-  if (!openblas_get_corename || std::getenv("OPENBLAS_CORETYPE") || std::getenv("DSV3_KEEP_BLAS_CORE")) return;
-  const char* core = openblas_get_corename();
-  if (!core || strcasecmp(core, "prescott") != 0) return;
-  __builtin_cpu_init();
-  const char* better = __builtin_cpu_supports("avx512f") ? "SkylakeX"
-                       : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? "Haswell"
-                                                                                            : nullptr;
+  const char* better = openblas_preferred_core();
   if (!better) return;
   setenv("OPENBLAS_CORETYPE", better, 1);
-  execv("/proc/self/exe", argv);  // returns only on failure: carry on with Prescott
+  execv("/proc/self/exe", argv);  // returns only on failure: carry on with OpenBLAS's choice
 }
 
 inline double now_s() {
