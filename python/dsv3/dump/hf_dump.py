@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Dump a dsv3 trace (docs/trace-names.md) from Hugging Face transformers' DeepseekV3ForCausalLM.
 
-    .venv/golden/bin/python tests/golden/dump_hf_trace.py --model DIR --ids 0,1,2 --out hf.safetensors \
+    .venv/golden/bin/python -m dsv3.dump hf --model DIR --ids 0,1,2 --out hf.safetensors \
         [--dtype float32] [--names 'resid_*,router_*,topk_*,logits']
 
 then compare with the C++ reference:
@@ -30,11 +29,9 @@ in HF already.
 """
 
 import argparse
-import fnmatch
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 from collections import OrderedDict
@@ -48,14 +45,8 @@ import transformers
 from transformers import DeepseekV3ForCausalLM
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_ds3
 
-# Forward order of the per-layer names (same order as dsv3's emits in model.hpp/attention.hpp/moe.hpp).
-LAYER_NAMES = [
-    "attn_norm", "q_a", "q_a_norm", "q_nope", "q_pe", "q_pe_rope", "c_kv", "k_pe", "k_pe_rope",
-    "attn_out", "attn_o_proj", "resid_attn", "ffn_norm",
-    "router_logits", "router_scores", "router_biased", "group_scores", "topk_groups", "topk_ids",
-    "topk_weights", "topk_margin", "routed_out", "shared_out", "ffn_out", "resid_ffn",
-]
-INDEX_NAMES = {"topk_ids", "topk_groups"}
+from ._writer import INDEX_NAMES, make_filter, parse_ids, write_trace
+
 BLOCK = 128
 
 
@@ -291,60 +282,8 @@ class Recorder:
             h.remove()
 
 
-def make_filter(globs):
-    if not globs:
-        return lambda name: True
-    pats = [g.strip() for g in globs.split(",") if g.strip()]
-    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
-
-
-def save_safetensors(path, tensors, metadata):
-    """Minimal safetensors writer (numpy arrays, F32/I32), deterministic byte for byte: the header lists
-    __metadata__ first and then the tensors in the given (forward) order; the header is space-padded to a
-    multiple of 8 bytes as the format allows. (safetensors' own writer orders __metadata__ entries
-    differently from run to run.)"""
-    header, offset, blobs = {"__metadata__": metadata}, 0, []
-    for key, arr in tensors.items():
-        dt = {"float32": "F32", "int32": "I32"}[str(arr.dtype)]
-        b = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[key] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
-        offset += len(b)
-        blobs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-
-
-def write_trace(rec, cfg, out, meta_extra):
-    order = [("embed", -1)]
-    for L in range(cfg.num_hidden_layers):
-        order += [(n, L) for n in LAYER_NAMES]
-    order += [("final_norm", -1), ("logits", -1)]
-    tensors, manifest = OrderedDict(), []
-    for name, L in order:
-        if (name, L) not in rec:
-            continue
-        t = rec.pop((name, L))
-        key = name if L < 0 else f"layers.{L}.{name}"
-        dt = "I32" if name in INDEX_NAMES else "F32"
-        tensors[key] = t.to(torch.int32 if dt == "I32" else torch.float32).contiguous().numpy()
-        manifest.append({"key": key, "name": name, "layer": L, "shape": list(t.shape),
-                         "positions": [0, int(t.shape[0])], "dtype": dt})
-    assert not rec, f"captured but not in the forward order: {list(rec)}"
-    meta = {"format": "dsv3-trace", "dsv3_manifest": json.dumps(manifest, separators=(",", ":"))}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta_extra.items()})
-    save_safetensors(out, tensors, meta)
-    return len(tensors)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, prog=None):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="HF-layout checkpoint directory")
     ap.add_argument("--ids", required=True, help="comma-separated token ids")
     ap.add_argument("--out", required=True, help="output trace .safetensors")
@@ -352,10 +291,10 @@ def main():
                     help="model dtype for the run (router stays f32 as in HF); the trace is always written as F32")
     ap.add_argument("--names", default="", help="comma-separated globs of trace names to keep (default: all)")
     ap.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
-    ids = [int(x) for x in a.ids.split(",") if x.strip()]
+    ids = parse_ids(a.ids)
     dtype = getattr(torch, a.dtype)
     model, load_path = load_model(a.model, dtype)
     rec = Recorder(model, make_filter(a.names))
@@ -380,9 +319,11 @@ def main():
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
     }
-    n = write_trace(rec.rec, model.config, a.out, meta)
+    arrays = {k: (v.to(torch.int32) if k[0] in INDEX_NAMES else v.to(torch.float32)).contiguous().numpy()
+              for k, v in rec.rec.items()}
+    n = write_trace(arrays, model.config.num_hidden_layers, a.out, meta)
     print(f"wrote {a.out}: {n} tensors")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m dsv3.dump hf"))

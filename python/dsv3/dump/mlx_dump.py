@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Dump a dsv3 trace (docs/trace-names.md) from mlx-lm's `deepseek_v3` model.
 
-    .venv/mlx/bin/python tests/golden/dump_mlx_trace.py --model DIR --ids 0,1,2 --out mlx.safetensors \
+    .venv/mlx/bin/python -m dsv3.dump mlx --model DIR --ids 0,1,2 --out mlx.safetensors \
         [--dtype float32|native] [--names GLOBS]
 
 then compare (mlx-lm masks the dropped expert groups with 0.0, not -inf, so reproduce that in dsv3):
@@ -9,7 +8,7 @@ then compare (mlx-lm masks the dropped expert groups with 0.0, not -inf, so repr
     build/dsv3 trace --model DIR --ids 0,1,2 --out dsv3-zero.safetensors --group-mask-fill 0
     build/dsv3 compare dsv3-zero.safetensors mlx.safetensors --tol f32
 
-Environment: `bash scripts/venv.sh mlx` (.venv/mlx: "mlx[cpu]==0.32.4" mlx-lm==0.32.2; the
+Environment: `bash scripts/venv.sh mlx` (.venv/mlx, `pip install .[mlx]`: "mlx[cpu]==0.32.4" mlx-lm==0.32.2; the
 mlx-cpu build runs on Linux; tested with mlx 0.32.4, mlx-cpu 0.32.4, mlx-lm 0.32.2). No torch needed.
 
 Loading: DIR is an HF-layout checkpoint (config.json + model*.safetensors [+ index]). It is loaded with
@@ -45,12 +44,7 @@ mlx's 0-filled array, exactly as `dsv3 trace --group-mask-fill 0` computes it.
 """
 
 import argparse
-import fnmatch
-import json
-import os
-import struct
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +56,8 @@ from mlx_lm.models import deepseek_v3 as mlx_ds3
 from mlx_lm.models.switch_layers import SwitchGLU
 from mlx_lm.utils import load_model
 
-LAYER_NAMES = [
-    "attn_norm", "q_a", "q_a_norm", "q_nope", "q_pe", "q_pe_rope", "c_kv", "k_pe", "k_pe_rope",
-    "attn_out", "attn_o_proj", "resid_attn", "ffn_norm",
-    "router_logits", "router_scores", "router_biased", "group_scores", "topk_groups", "topk_ids",
-    "topk_weights", "topk_margin", "routed_out", "shared_out", "ffn_out", "resid_ffn",
-]
-INDEX_NAMES = {"topk_ids", "topk_groups"}
+from ._writer import INDEX_NAMES, make_filter, parse_ids, write_trace
+
 
 # --------------------------------------------------------------------------------------------
 # Hooks for mlx: patch the class __call__ once, dispatch to per-instance callbacks.
@@ -219,66 +208,18 @@ class Recorder:
         self.put("topk_margin", L, mx.array(margin.astype(np.float32).reshape(T, 1)))
 
 
-def make_filter(globs):
-    if not globs:
-        return lambda name: True
-    pats = [g.strip() for g in globs.split(",") if g.strip()]
-    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
-
-
-def save_safetensors(path, tensors, metadata):
-    """Minimal deterministic safetensors writer (F32/I32 numpy arrays, forward order)."""
-    header, offset, blobs = {"__metadata__": metadata}, 0, []
-    for key, arr in tensors.items():
-        dt = {"float32": "F32", "int32": "I32"}[str(arr.dtype)]
-        b = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[key] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
-        offset += len(b)
-        blobs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-
-
-def write_trace(rec, n_layers, out, meta_extra):
-    order = [("embed", -1)] + [(n, L) for L in range(n_layers) for n in LAYER_NAMES]
-    order += [("final_norm", -1), ("logits", -1)]
-    tensors, manifest = OrderedDict(), []
-    for name, L in order:
-        if (name, L) not in rec:
-            continue
-        x = rec.pop((name, L))
-        key = name if L < 0 else f"layers.{L}.{name}"
-        dt = "I32" if name in INDEX_NAMES else "F32"
-        arr = np.array(x.astype(mx.int32 if dt == "I32" else mx.float32))
-        tensors[key] = arr
-        manifest.append({"key": key, "name": name, "layer": L, "shape": list(arr.shape),
-                         "positions": [0, int(arr.shape[0])], "dtype": dt})
-    assert not rec, f"captured but not in the forward order: {list(rec)}"
-    meta = {"format": "dsv3-trace", "dsv3_manifest": json.dumps(manifest, separators=(",", ":"))}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta_extra.items()})
-    save_safetensors(out, tensors, meta)
-    return len(tensors)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, prog=None):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="HF-layout checkpoint directory")
     ap.add_argument("--ids", required=True, help="comma-separated token ids")
     ap.add_argument("--out", required=True, help="output trace .safetensors")
     ap.add_argument("--dtype", default="float32", choices=["float32", "native"],
                     help="float32: cast every floating parameter to f32 after mlx-lm's load; native: keep mlx-lm's")
     ap.add_argument("--names", default="", help="comma-separated globs of trace names to keep (default: all)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     mx.set_default_device(mx.cpu)
-    ids = [int(x) for x in a.ids.split(",") if x.strip()]
+    ids = parse_ids(a.ids)
     model, config = load_model(Path(a.model))  # mlx-lm's loader: Model.sanitize + load_weights(strict)
     if config.get("model_type") != "deepseek_v3":
         raise SystemExit(f"{a.model}: model_type {config.get('model_type')!r}, expected deepseek_v3")
@@ -303,9 +244,10 @@ def main():
         "mlx_version": mx.__version__,
         "mlx_lm_version": mlx_lm.__version__,
     }
-    n = write_trace(rec.rec, model.args.num_hidden_layers, a.out, meta)
+    arrays = {k: np.array(v.astype(mx.int32 if k[0] in INDEX_NAMES else mx.float32)) for k, v in rec.rec.items()}
+    n = write_trace(arrays, model.args.num_hidden_layers, a.out, meta)
     print(f"wrote {a.out}: {n} tensors")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m dsv3.dump mlx"))
