@@ -2,7 +2,7 @@
 """dsv3 in every stored format beside llama.cpp at the same bits, in one run of interleaved rounds.
 
     python3 benchmarks/bench_formats.py --llama-bench LLAMA/build/bin/llama-bench --gguf-py LLAMA/gguf-py \\
-        [--rounds 3] [--threads 2] [--models-dir /tmp/dsv3-formats] [--tag mid]
+        [--rounds 3] [--threads 2] [--models-dir build/bench/formats] [--tag mid]
 
 What runs, on the `mid` preset (`dsv3 make-model --preset mid --seed 7`, hidden 1024, 8 layers,
 64 experts top-6, vocab 32000):
@@ -126,7 +126,7 @@ def main():
     golden = os.path.join(ROOT, ".venv", "golden", "bin", "python")
     ap.add_argument("--python", default=golden if os.path.exists(golden) else sys.executable,
                     help="a Python with numpy, for gguf_from_hf.py")
-    ap.add_argument("--models-dir", default="/tmp/dsv3-formats")
+    ap.add_argument("--models-dir", default="build/bench/formats")
     ap.add_argument("--preset", default="mid")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--formats", default=",".join(DSV3_FORMATS))

@@ -2,7 +2,7 @@
 """Real scale: decode on a checkpoint with DeepSeek-V3's real dimensions and FP8 format (a few
 layers of it), and the extrapolation, arithmetic shown, to the real 671B checkpoint.
 
-    python3 benchmarks/bench_fulldims.py [--model /tmp/fulldims] [--layers 4] [--new-tokens 8]
+    python3 benchmarks/bench_fulldims.py [--model build/bench/fulldims] [--layers 4] [--new-tokens 8]
 
 1. `dsv3 make-model --preset full-dims --dtype fp8 --layers N` (if DIR has no config.json): layers
    0..2 dense, the rest MoE with 256 experts, real hidden/attention/vocab sizes, FP8 e4m3 weights
@@ -59,7 +59,7 @@ def layer_bytes(model_dir, cfg):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
-    ap.add_argument("--model", default="/tmp/fulldims")
+    ap.add_argument("--model", default="build/bench/fulldims")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=5)
@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--bandwidths", default="20,50,100,200,400",
                     help="GB/s to extrapolate at (besides the one measured here)")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
-    ap.add_argument("--sgemv-bin", default="/tmp/bench_sgemv",
+    ap.add_argument("--sgemv-bin", default="build/bench/bench_sgemv",
                     help="benchmarks/bench_sgemv.cpp, built here if missing: the machine's stream bandwidth")
     ap.add_argument("--skip-sgemv", action="store_true")
     a = ap.parse_args()

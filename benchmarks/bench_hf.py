@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of HF transformers' DeepseekV3ForCausalLM on CPU: the baseline for dsv3.
 
-    .venv/golden/bin/python benchmarks/bench_hf.py --model /tmp/mid-f32 \
+    .venv/golden/bin/python benchmarks/bench_hf.py --model build/bench/mid-f32 \
         --prompt-len 128,512 --new-tokens 64 --threads 2 [--dtype float32|bfloat16]
 
 Prints one JSON line:

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """dsv3 vs HF transformers on the `mid` preset, plus the machine's sgemv bandwidth - one run.
 
-    python3 benchmarks/bench_model.py [--dsv3 build/dsv3] [--models-dir /tmp]
+    python3 benchmarks/bench_model.py [--dsv3 build/dsv3] [--models-dir build/bench]
         [--hf-python .venv/golden/bin/python] [--threads 2] [--sweep-threads 1,2]
         [--repeats 3] [--long-context] [--out-dir benchmarks/results]
 
 Needs: the dsv3 binary; the venv with torch + transformers for bench_hf.py (skip with
 --skip-hf); libbenchmark-dev + libopenblas-dev for bench_sgemv.cpp (built with
-`g++ -O2 benchmarks/bench_sgemv.cpp -lbenchmark -lopenblas -lpthread -o /tmp/bench_sgemv`
+`g++ -O2 benchmarks/bench_sgemv.cpp -lbenchmark -lopenblas -lpthread -o build/bench/bench_sgemv`
 if --sgemv-bin is missing; skip with --skip-sgemv). /usr/bin/time for dsv3's peak RSS.
 
 Steps (see benchmarks/README.md for the definitions):
@@ -472,9 +472,9 @@ def fmt_gb(b):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
-    ap.add_argument("--models-dir", default="/tmp")
+    ap.add_argument("--models-dir", default="build/bench")
     ap.add_argument("--hf-python", default=os.path.join(ROOT, ".venv", "golden", "bin", "python"))
-    ap.add_argument("--sgemv-bin", default="/tmp/bench_sgemv")
+    ap.add_argument("--sgemv-bin", default="build/bench/bench_sgemv")
     ap.add_argument("--threads", type=int, default=2, help="headline thread count (dsv3 and HF)")
     ap.add_argument("--sweep-threads", default="1,2", help="dsv3 thread counts for scaling + bit-identity")
     ap.add_argument("--prompt-lens", default="128,512")

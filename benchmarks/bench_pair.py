@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
     ap.add_argument("--dsv3-base", help="a second dsv3 binary (before a change), measured beside --dsv3 each round")
     ap.add_argument("--hf-python", default=os.path.join(ROOT, ".venv", "golden", "bin", "python"))
-    ap.add_argument("--model", default="/tmp/mid-f32")
+    ap.add_argument("--model", default="build/bench/mid-f32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt-len", type=int, default=512)

@@ -5,7 +5,7 @@
 # Prints a Markdown table (decode of 64 tokens after a 32-token prompt, 2 threads).
 set -euo pipefail
 DSV3=${1:-build/dsv3}
-DIR=${2:-/tmp/dsv3-quant-bench}
+DIR=${2:-build/bench/quant}
 mkdir -p "$DIR"
 IDS=$(python3 -c "print(','.join(str(5 + i * 37 % 400) for i in range(32)))")
 echo "| preset | format | checkpoint MB | decode tok/s | peak RSS MB |"

@@ -2,9 +2,9 @@
 // OpenBLAS cblas_sgemv (y = W x, W row-major [M, K] f32) with 1 and 2 threads.
 //
 // Build standalone (no CMake target on purpose):
-//   g++ -O2 benchmarks/bench_sgemv.cpp -lbenchmark -lopenblas -lpthread -o /tmp/bench_sgemv
+//   g++ -O2 benchmarks/bench_sgemv.cpp -lbenchmark -lopenblas -lpthread -o build/bench/bench_sgemv
 // Run:
-//   /tmp/bench_sgemv --benchmark_format=json    (bytes_per_second = weight bytes / s)
+//   build/bench/bench_sgemv --benchmark_format=json    (bytes_per_second = weight bytes / s)
 //
 // Shapes: the mid preset's largest decode matmuls
 //   32000 x 1024  lm_head                      (131 MB f32)

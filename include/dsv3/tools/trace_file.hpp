@@ -5,7 +5,7 @@
 // each [tokens, width] F32 (I32 for expert/group ids), rows = positions
 // [start, end). Its __metadata__ holds "dsv3_manifest": a JSON list in
 // forward order of {key, name, layer, shape, positions: [start, end], dtype}.
-// Another engine's dumper writes the same file (tests/golden/dump_hf_trace.py).
+// Another engine's dumper writes the same file (python -m dsv3.dump hf: python/dsv3/dump/).
 #pragma once
 
 #include <algorithm>
