@@ -43,9 +43,9 @@ void run_forward(const ForwardArgs& a) {
     mo.attn = popt.attn;
     auto mcache = m.new_mtp_cache();
     Mat<T> ml = m.mtp_forward(take_rows(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
-    write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
+    if (writer()) write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
   }
-  write_npy_f32(a.out, out, out.size() / std::size_t(V), std::size_t(V));
+  if (writer()) write_npy_f32(a.out, out, out.size() / std::size_t(V), std::size_t(V));
 }
 
 // ---------------------------------------------------------------------------
@@ -230,6 +230,7 @@ void run_trace(const ForwardArgs& a) {
   run_schedule(m, ids, mode, a.prefill_len, a.chunk, opt, cache, trace, [](const Mat<T>&, int64_t) {});
   nlohmann::json meta = {{"engine", "dsv3"}, {"model", a.model}, {"ids", ids}, {"precision", a.precision},
                          {"attn", a.attn}, {"variants", m.variants().to_json()}};
+  if (!writer()) return;
   col.write(a.out, meta);
   std::fprintf(stderr, "wrote %s: %zu tensors\n", a.out.c_str(), col.entries().size());
 }

@@ -8,6 +8,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -31,6 +33,10 @@
 #include <dsv3/tools/check.hpp>
 #include <dsv3/tools/glob.hpp>
 #include <dsv3/cpu/openblas.hpp>
+#ifdef DSV3_MPI
+#include <climits>
+#include <dsv3/mpi/expert_group.hpp>
+#endif
 
 namespace dsv3_cli {
 
@@ -61,6 +67,17 @@ struct LoadInfo {
 };
 inline LoadInfo g_load;
 
+// Expert parallelism (built with DSV3_MPI, run under mpirun): this process's
+// rank and the number of ranks. Rank 0 writes every output.
+inline int g_rank = 0, g_size = 1;
+inline bool writer() { return g_rank == 0; }
+inline std::shared_ptr<ExpertGroup> g_group;
+// Thrown on the ranks that stay silent when another rank reports a startup
+// error that every rank knows of: they exit 1 without a second message.
+struct QuietExit {};
+inline bool g_error_known_to_all = false;  // the error is collective: every rank exits 1, none aborts
+inline int64_t g_n_experts = 0;
+
 inline uint64_t mem_available_bytes() {
   std::ifstream f("/proc/meminfo");
   std::string key;
@@ -72,10 +89,49 @@ inline uint64_t mem_available_bytes() {
   return 0;  // unknown: never prefault in auto mode
 }
 
+// MPI: the open model stays alive until the run's accounting is written.
+inline std::shared_ptr<void> g_keep_model;
+inline const Checkpoint* g_checkpoint = nullptr;
+
 template <class T>
-std::unique_ptr<Model<T>> open_model(const std::string& dir, const Variants& v) {
+std::shared_ptr<Model<T>> open_model(const std::string& dir, const Variants& v) {
   const double t0 = now_s();
-  auto m = std::make_unique<Model<T>>(dir, v);
+  std::shared_ptr<Model<T>> m;
+#ifdef DSV3_MPI
+  if (g_size > 1) {
+    // Every rank opens the model; if any fails, the lowest failing rank
+    // reports its error and every rank exits 1 (no rank waits forever).
+    std::string err;
+    try {
+      m = std::make_shared<Model<T>>(dir, v);
+      m->checkpoint().advise_random();
+      m->set_backend(backend_named<T>(g_backend));
+      m->set_expert_group(g_group);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    int bad = err.empty() ? INT_MAX : g_rank, first = INT_MAX;
+    MPI_Allreduce(&bad, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first != INT_MAX) {
+      g_error_known_to_all = true;
+      if (first == g_rank) fail("rank ", g_rank, " of ", g_size, ": ", err);
+      throw QuietExit{};
+    }
+    try {
+      check_ranks_agree(dir);  // the same result on every rank: rank 0 reports it
+    } catch (const Error&) {
+      g_error_known_to_all = true;
+      if (g_rank == 0) throw;
+      throw QuietExit{};
+    }
+    g_n_experts = m->config().n_routed_experts;
+    g_load.load_s = now_s() - t0;
+    g_keep_model = m;
+    g_checkpoint = &m->checkpoint();
+    return m;  // no prefault: a rank touches only the experts it owns
+  }
+#endif
+  m = std::make_shared<Model<T>>(dir, v);
   m->set_backend(backend_named<T>(g_backend));
   const uint64_t bytes = m->checkpoint().bytes();
   if (g_prefault == "on" || (g_prefault == "auto" && bytes <= mem_available_bytes() / 2)) {
@@ -85,6 +141,57 @@ std::unique_ptr<Model<T>> open_model(const std::string& dir, const Variants& v) 
   g_load.load_s = now_s() - t0;
   return m;
 }
+
+#ifdef DSV3_MPI
+// Bytes of [p, p + n) this process has in its page tables (/proc/self/pagemap
+// bit 63, "present"): the checkpoint pages it touched.
+inline std::size_t touched_bytes(const uint8_t* p, std::size_t n, int pagemap_fd) {
+  if (n == 0 || pagemap_fd < 0) return 0;
+  const std::size_t pg = std::size_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) / pg, last = (reinterpret_cast<uintptr_t>(p) + n - 1) / pg;
+  std::vector<uint64_t> e(last - first + 1);
+  const ssize_t got = pread(pagemap_fd, e.data(), e.size() * 8, off_t(first * 8));
+  if (got != ssize_t(e.size() * 8)) return 0;
+  std::size_t pages = 0;
+  for (uint64_t x : e) pages += (x >> 63) & 1;
+  return std::min(n, pages * pg);
+}
+
+// --mpi-stats FILE: per rank, the routed-expert bytes it owns and touched,
+// the other experts' bytes it touched (should be ~0), the shared weights, and
+// the bytes it exchanged; gathered and written by rank 0 as JSON.
+inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
+  double v[7] = {0, 0, 0, 0, 0, 0, 0};  // owned, owned touched, other, other touched, shared, shared touched, sent
+  if (g_checkpoint) {
+    const int fd = ::open("/proc/self/pagemap", O_RDONLY);
+    for (const std::string& name : g_checkpoint->names()) {
+      const TensorView& t = g_checkpoint->get(name);
+      const std::size_t touched = touched_bytes(t.data, t.nbytes(), fd);
+      const std::size_t at = name.find(".experts.");
+      int kind = 2;  // shared
+      if (at != std::string::npos && name.find("shared_experts") == std::string::npos) {
+        const int64_t e = std::atoll(name.c_str() + at + 9);
+        kind = g_group->owns(e, n_experts) ? 0 : 1;
+      }
+      v[2 * kind] += double(t.nbytes());
+      v[2 * kind + 1] += double(touched);
+    }
+    if (fd >= 0) ::close(fd);
+  }
+  v[6] = double(g_group ? g_group->bytes_sent : 0);
+  std::vector<double> all(std::size_t(7 * g_size));
+  MPI_Gather(v, 7, MPI_DOUBLE, all.data(), 7, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  if (!writer()) return;
+  nlohmann::json ranks = nlohmann::json::array();
+  for (int r = 0; r < g_size; ++r) {
+    const double* x = &all[std::size_t(7 * r)];
+    ranks.push_back({{"rank", r}, {"experts_owned_bytes", x[0]}, {"experts_owned_touched_bytes", x[1]},
+                     {"experts_other_bytes", x[2]}, {"experts_other_touched_bytes", x[3]},
+                     {"shared_bytes", x[4]}, {"shared_touched_bytes", x[5]}, {"bytes_sent", x[6]}});
+  }
+  write_file_atomic(path, nlohmann::json({{"ranks", g_size}, {"per_rank", ranks}}).dump(2) + "\n");
+}
+#endif
 
 // "0,17,42", or "@FILE" holding ids separated by commas or whitespace (long
 // contexts do not fit on a command line).

@@ -6,6 +6,8 @@
 //   tokenize, detokenize, render-chat  tokenizer, chat template    cmd_text.hpp
 //   (shared: global options, opening a model, --ids/--mode/--attn, knobs: common.hpp)
 // Errors: one line `dsv3: error: ...` on stderr and exit code 1.
+#include <cstring>
+
 #include "cmd_checkpoint.hpp"
 #include "cmd_compare.hpp"
 #include "cmd_model.hpp"
@@ -15,8 +17,38 @@
 using namespace dsv3;
 using namespace dsv3_cli;
 
+static int run(int argc, char** argv);
+
+// With DSV3_MPI, under mpirun: expert parallelism (docs/parallel.md). Rank 0
+// writes every output; a rank's error ends the whole job (MPI_Abort) after
+// one line naming the rank, or, when every rank knows the error (startup),
+// every rank exits 1 and only one prints it.
 int main(int argc, char** argv) {
   retune_openblas(argv);
+#ifdef DSV3_MPI
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  if (g_size > 1) {
+    g_group = std::make_shared<MpiExpertGroup>();
+    if (g_rank > 0 && !std::freopen("/dev/null", "w", stdout)) std::fclose(stdout);
+  }
+  int rc = 1;
+  try {
+    rc = run(argc, argv);
+  } catch (const QuietExit&) {
+    rc = 1;
+  }
+  if (rc != 0 && g_size > 1 && !g_error_known_to_all) MPI_Abort(MPI_COMM_WORLD, rc);
+  g_keep_model.reset();
+  MPI_Finalize();
+  return rc;
+#else
+  return run(argc, argv);
+#endif
+}
+
+static int run(int argc, char** argv) {
   CLI::App app{"dsv3: a reference implementation of DeepSeek-V3 (official inference/model.py semantics).\n"
                "Machine outputs: float32 little-endian .npy (logits) and JSON."};
   app.require_subcommand(1);
@@ -27,6 +59,11 @@ int main(int argc, char** argv) {
   app.add_option("--backend", g_backend, "Backend for the model's ops: cpu (fast, the default) | reference (the "
                  "literal definition of each op, single-threaded and slow; every other backend is tested against it)")
       ->capture_default_str();
+#ifdef DSV3_MPI
+  std::string mpi_stats;
+  app.add_option("--mpi-stats", mpi_stats, "Under mpirun: write per-rank expert bytes owned/touched and bytes "
+                 "exchanged as JSON (rank 0 writes)");
+#endif
   app.add_option("--threads", threads, "Threads for BLAS and dsv3's kernels (0 = library default); results are "
                  "bit-identical for every count")->check(CLI::Range(0, 1024));
 
@@ -182,10 +219,19 @@ int main(int argc, char** argv) {
       else run_inspect(insp_model);
     }
   } catch (const CLI::ParseError& e) {
+    if (g_rank > 0) return e.get_exit_code();  // every rank parsed the same line: rank 0 says it
     return app.exit(e);
+  } catch (const QuietExit&) {
+    throw;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+    const bool named = std::strncmp(e.what(), "rank ", 5) == 0;
+    if (g_size > 1 && !named) std::fprintf(stderr, "dsv3: error: rank %d of %d: %s\n", g_rank, g_size, e.what());
+    else std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+    std::fflush(stderr);
     return 1;
   }
+#ifdef DSV3_MPI
+  if (!mpi_stats.empty()) write_mpi_stats(mpi_stats, g_n_experts);
+#endif
   return 0;
 }

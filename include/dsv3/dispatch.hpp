@@ -32,6 +32,13 @@ class Dispatch : public Backend<T> {
   void prepare(const ModelWeights& w, const Config& c) const override {
     if (primary_) primary_->prepare(w, c);
   }
+  // Expert parallelism: the CPU backend's MoE runs this process's experts
+  // only. A primary backend that runs the MoE itself cannot take part.
+  void set_expert_group(std::shared_ptr<const ExpertGroup> g, const Variants& v) {
+    if (g && g->size() > 1 && primary_ && primary_->supports({Op::moe, nullptr, nullptr, &v}))
+      fail("expert parallelism: backend '", primary_->name(), "' runs the MoE itself; use --backend cpu");
+    cpu_.set_expert_group(std::move(g));
+  }
   // The host form of x, wherever it is held.
   Mat<T> download(const Act<T>& x) const override { return x.on_host() ? x.host() : x.owner()->download(x); }
   // A host matrix, to where the glue runs (the primary when it takes glue).

@@ -87,6 +87,10 @@ class Model {
   }
   const Backend<T>& backend() const { return be_; }
 
+  // Expert parallelism (experts.hpp): this process computes only the routed
+  // experts it owns in `g`; the logits stay byte-identical to one process.
+  void set_expert_group(std::shared_ptr<const ExpertGroup> g) { be_.set_expert_group(std::move(g), v_); }
+
   const Config& config() const { return config_; }
   const ModelWeights& weights() const { return w_; }
   const Checkpoint& checkpoint() const { return *ckpt_; }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../backend.hpp"
+#include "../experts.hpp"
 #include "../reference/ops.hpp"
 #include "linear.hpp"
 #include "mla.hpp"
@@ -21,6 +22,10 @@ class CpuBackend : public Backend<T> {
  public:
   std::string name() const override { return "cpu"; }
   bool supports(const OpQuery&) const override { return true; }
+
+  // Expert parallelism (experts.hpp): run only this process's routed experts.
+  void set_expert_group(std::shared_ptr<const ExpertGroup> g) { group_ = std::move(g); }
+  const ExpertGroup* expert_group() const { return group_.get(); }
 
   Act<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
     return reference::embed<T>(table, ids, v);  // a row lookup: nothing to make faster
@@ -52,11 +57,14 @@ class CpuBackend : public Backend<T> {
   }
   Act<T> moe(const Backend<T>& ops, const Config& c, const MoEWeights& w, const Act<T>& x, const Trace& trace,
              int64_t layer, int64_t start_pos, const Variants& v) const override {
-    return cpu::moe(ops, c, w, x.host(), trace, layer, start_pos, v);
+    return cpu::moe(ops, c, w, x.host(), trace, layer, start_pos, v, group_.get());
   }
   Act<T> mlp(const Backend<T>& ops, const MLPWeights& w, const Act<T>& x, const Variants& v) const override {
     return cpu::mlp(ops, w, x.host(), v);
   }
+
+ private:
+  std::shared_ptr<const ExpertGroup> group_;
 };
 
 }  // namespace dsv3

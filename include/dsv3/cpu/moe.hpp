@@ -10,12 +10,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <numeric>
 #include <vector>
 
 #include "../backend.hpp"
 #include "../config.hpp"
+#include "../experts.hpp"
 #include "../reference/moe.hpp"
 #include "../trace.hpp"
 #include "../weights.hpp"
@@ -77,11 +79,41 @@ inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& g
   return reference::pack_routing(routes, logits, c, K, trace, layer, start_pos);
 }
 
+// Expert parallelism (experts.hpp): every process computed the outputs of
+// the active experts it owns (`out[a]` for those a); afterwards every process
+// holds every active expert's output. Rank order is ascending expert order.
+template <class T>
+inline void exchange_expert_outputs(const ExpertGroup& g, int64_t n_experts, const std::vector<int64_t>& active,
+                                    const std::vector<std::vector<int64_t>>& by_expert, int64_t D,
+                                    std::vector<Mat<T>>& out) {
+  std::vector<std::size_t> counts(std::size_t(g.size()), 0);
+  for (int64_t e : active) counts[std::size_t(g.owner(e, n_experts))] += by_expert[std::size_t(e)].size() * std::size_t(D) * sizeof(T);
+  std::vector<unsigned char> mine;
+  mine.reserve(counts[std::size_t(g.rank())]);
+  for (std::size_t a = 0; a < active.size(); ++a)
+    if (g.owns(active[a], n_experts)) {
+      const auto* p = reinterpret_cast<const unsigned char*>(out[a].data());
+      mine.insert(mine.end(), p, p + out[a].size() * sizeof(T));
+    }
+  std::vector<unsigned char> all;
+  g.allgather(mine, counts, all);
+  std::size_t off = 0;
+  for (std::size_t a = 0; a < active.size(); ++a) {
+    const int64_t m = int64_t(by_expert[std::size_t(active[a])].size());
+    if (!g.owns(active[a], n_experts)) {
+      out[a] = empty<T>(m, D);
+      std::memcpy(out[a].data(), all.data() + off, out[a].size() * sizeof(T));
+    }
+    off += std::size_t(m * D) * sizeof(T);
+  }
+}
+
 // Tokens are grouped by expert: each expert that any token chose runs once on
 // the rows that chose it, and its weighted output is added to those rows.
+// With an expert group, this process runs only the experts it owns.
 template <class T>
 inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, const Mat<T>& x, const Trace& trace,
-                          int64_t layer, int64_t start_pos, const Variants& v = {}) {
+                          int64_t layer, int64_t start_pos, const Variants& v = {}, const ExpertGroup* group = nullptr) {
   const int64_t n = rows(x), D = cols(x);
   Routing r = route(be, c, w.gate, x, trace, layer, start_pos, v);
   // Tokens grouped by expert: the token rows that chose each expert, and for
@@ -103,23 +135,32 @@ inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, co
   // up, then every down: mlp_forward_many), however the backend spreads them
   // over its threads. Each expert's output is the same as alone, and they
   // are summed below in ascending expert id, then the shared expert's output.
+  const bool split = group && group->size() > 1;
+  auto mine = [&](std::size_t a) { return !split || group->owns(active[a], c.n_routed_experts); };
   std::vector<Mat<T>> xs(active.size());
   std::vector<const Mat<T>*> inputs;
   std::vector<const MLPWeights*> mlps;
+  std::vector<std::size_t> ran;  // the active slots this process computes
   for (std::size_t a = 0; a < active.size(); ++a) {
+    if (!mine(a)) continue;
     xs[a] = empty<T>(int64_t(by_expert[std::size_t(active[a])].size()), D);
     inputs.push_back(&xs[a]);
     mlps.push_back(&w.experts[std::size_t(active[a])]);
+    ran.push_back(a);
   }
 #pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-  for (std::size_t a = 0; a < active.size(); ++a) {  // the rows that chose expert active[a] (copies: any order)
+  for (std::size_t r = 0; r < ran.size(); ++r) {  // the rows that chose expert active[a] (copies: any order)
+    const std::size_t a = ran[r];
     const auto& rows_e = by_expert[std::size_t(active[a])];
     for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m], 0), D, &xs[a](int64_t(m), 0));
   }
   if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
-  std::vector<Mat<T>> out = mlp_many(be, mlps, inputs, v);
+  std::vector<Mat<T>> computed = mlp_many(be, mlps, inputs, v);
   Mat<T> shared;
-  if (w.shared_experts) shared = std::move(out.back());
+  if (w.shared_experts) shared = std::move(computed.back());
+  std::vector<Mat<T>> out(active.size());
+  for (std::size_t r = 0; r < ran.size(); ++r) out[ran[r]] = std::move(computed[r]);
+  if (split) exchange_expert_outputs(*group, c.n_routed_experts, active, by_expert, D, out);
   // Each token's terms in ascending expert id (its ids are ascending).
   Mat<T> y = empty<T>(n, D);
 #pragma omp parallel for schedule(static) if (n > kFusedMaxRows)

@@ -116,6 +116,12 @@ class SafetensorsFile {
     volatile uint8_t sink = 0;
     for (uint64_t o = 0; o < size_; o += page) sink = sink + base_[o];
   }
+  // Pages are read only where touched: no readahead, and no fault-around
+  // (the kernel would otherwise map up to 64 KiB of cached neighbours on each
+  // fault). For expert-parallel ranks, which must not read others' experts.
+  void advise_random() const {
+    if (base_) ::madvise(const_cast<uint8_t*>(base_), size_, MADV_RANDOM);
+  }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const nlohmann::json& metadata() const { return metadata_; }
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
@@ -250,6 +256,9 @@ class Checkpoint {
   // as the experts that are used are touched.
   void prefault() const {
     for (const auto& f : files_) f->prefault();
+  }
+  void advise_random() const {
+    for (const auto& f : files_) f->advise_random();
   }
 
   static bool file_exists(const std::string& p) {
