@@ -133,6 +133,11 @@ std::shared_ptr<Model<T>> open_model(const std::string& dir, const Variants& v) 
 #endif
   m = std::make_shared<Model<T>>(dir, v);
   m->set_backend(backend_named<T>(g_backend));
+#ifdef DSV3_MPI
+  g_keep_model = m;  // --mpi-stats with one rank: the same accounting
+  g_checkpoint = &m->checkpoint();
+  g_n_experts = m->config().n_routed_experts;
+#endif
   const uint64_t bytes = m->checkpoint().bytes();
   if (g_prefault == "on" || (g_prefault == "auto" && bytes <= mem_available_bytes() / 2)) {
     m->checkpoint().prefault();
@@ -161,7 +166,7 @@ inline std::size_t touched_bytes(const uint8_t* p, std::size_t n, int pagemap_fd
 // the other experts' bytes it touched (should be ~0), the shared weights, and
 // the bytes it exchanged; gathered and written by rank 0 as JSON.
 inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
-  double v[7] = {0, 0, 0, 0, 0, 0, 0};  // owned, owned touched, other, other touched, shared, shared touched, sent
+  double v[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // owned, owned touched, other, other touched, shared, shared touched, sent, peak RSS
   if (g_checkpoint) {
     const int fd = ::open("/proc/self/pagemap", O_RDONLY);
     for (const std::string& name : g_checkpoint->names()) {
@@ -171,7 +176,7 @@ inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
       int kind = 2;  // shared
       if (at != std::string::npos && name.find("shared_experts") == std::string::npos) {
         const int64_t e = std::atoll(name.c_str() + at + 9);
-        kind = g_group->owns(e, n_experts) ? 0 : 1;
+        kind = !g_group || g_group->owns(e, n_experts) ? 0 : 1;
       }
       v[2 * kind] += double(t.nbytes());
       v[2 * kind + 1] += double(touched);
@@ -179,15 +184,22 @@ inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
     if (fd >= 0) ::close(fd);
   }
   v[6] = double(g_group ? g_group->bytes_sent : 0);
-  std::vector<double> all(std::size_t(7 * g_size));
-  MPI_Gather(v, 7, MPI_DOUBLE, all.data(), 7, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  {
+    std::ifstream st("/proc/self/status");
+    std::string key;
+    for (double kb = 0; st >> key;)
+      if (key == "VmHWM:" && st >> kb) { v[7] = kb * 1024; break; }
+  }
+  std::vector<double> all(std::size_t(8 * g_size));
+  MPI_Gather(v, 8, MPI_DOUBLE, all.data(), 8, MPI_DOUBLE, 0, MPI_COMM_WORLD);
   if (!writer()) return;
   nlohmann::json ranks = nlohmann::json::array();
   for (int r = 0; r < g_size; ++r) {
-    const double* x = &all[std::size_t(7 * r)];
+    const double* x = &all[std::size_t(8 * r)];
     ranks.push_back({{"rank", r}, {"experts_owned_bytes", x[0]}, {"experts_owned_touched_bytes", x[1]},
                      {"experts_other_bytes", x[2]}, {"experts_other_touched_bytes", x[3]},
-                     {"shared_bytes", x[4]}, {"shared_touched_bytes", x[5]}, {"bytes_sent", x[6]}});
+                     {"shared_bytes", x[4]}, {"shared_touched_bytes", x[5]}, {"bytes_sent", x[6]},
+                     {"peak_rss_bytes", x[7]}});
   }
   write_file_atomic(path, nlohmann::json({{"ranks", g_size}, {"per_rank", ranks}}).dump(2) + "\n");
 }
