@@ -32,6 +32,9 @@ void run_forward(const ForwardArgs& a) {
   if (!a.mtp_out.empty()) popt.hidden = &h;
   std::vector<float> out;
   run_schedule(m, ids, mode, a.prefill_len, a.chunk, popt, cache, Trace(), [&](const Mat<T>& lg, int64_t start) {
+    for (int64_t r = 0; r < rows(lg); ++r)  // decode mode: the prefill's last row is position P-1
+      check_finite_logits(&lg(r, 0), V, mode == Schedule::decode && start < a.prefill_len ? a.prefill_len - 1 : start + r,
+                          "forward");
     out.insert(out.end(), lg.begin(), lg.end());
     if (popt.hidden) std::copy(h.begin(), h.end(), h_all.begin() + start * m.config().hidden_size);
   });
@@ -147,6 +150,7 @@ void run_generate(const GenerateArgs& a) {
   const double t1 = now_s();
   int64_t decode_calls = 0;
   for (int64_t step = 0; step < a.max_new_tokens; ++step) {
+    check_finite_logits(logits.data(), V, cache.length - 1, "generate");
     const int32_t next = sampler.sample(logits.data(), V);
     gen.push_back(next);
     if (next == m.config().eos_token_id) break;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <dsv3/formats/json.hpp>
 #include <dsv3/text/chat_template.hpp>
 #include <dsv3/text/tokenizer.hpp>
 #include <nlohmann/json.hpp>
@@ -24,11 +25,7 @@
 namespace dsv3_cli {
 
 inline nlohmann::json parse_stdin_line(const std::string& cmd, size_t lineno, const std::string& line) {
-  try {
-    return nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception& e) {
-    throw dsv3::Error(cmd + ": stdin line " + std::to_string(lineno) + ": not valid JSON: " + e.what());
-  }
+  return dsv3::parse_json(line, cmd + ": stdin line " + std::to_string(lineno));
 }
 
 inline void run_tokenize(const std::string& dir, bool bos, std::istream& in, std::ostream& out) {
@@ -92,12 +89,7 @@ inline void run_render_chat(const std::string& dir, const std::string& template_
       throw dsv3::Error("render-chat: " + dir + "/tokenizer_config.json has no chat_template; pass --template FILE");
   }
   std::string input((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(input);
-  } catch (const nlohmann::json::exception& e) {
-    throw dsv3::Error(std::string("render-chat: stdin: not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = dsv3::parse_json(input, "render-chat: stdin");
   if (!j.is_object() || !j.contains("messages"))
     throw dsv3::Error("render-chat: stdin must be a JSON object with a \"messages\" array");
   nlohmann::json extra = nlohmann::json::object();

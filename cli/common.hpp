@@ -11,6 +11,7 @@
 #include <fcntl.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -205,6 +206,18 @@ inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
 }
 #endif
 
+// A logits row that is not finite means the checkpoint or config.json drove
+// the model out of range (e.g. a rope_theta or a scaling factor inside the
+// accepted ranges whose result overflows): an error naming the position,
+// never a file of NaNs with exit 0.
+template <class T>
+void check_finite_logits(const T* row, int64_t V, int64_t position, const char* cmd) {
+  for (int64_t v = 0; v < V; ++v)
+    if (!std::isfinite(row[v]))
+      fail(cmd, ": the logits at position ", position, " are not finite (", double(row[v]), " for token id ", v,
+           "): the checkpoint's weights or config.json values drive the model out of range");
+}
+
 // "0,17,42", or "@FILE" holding ids separated by commas or whitespace (long
 // contexts do not fit on a command line).
 inline std::vector<int32_t> parse_ids(const std::string& arg) {
@@ -282,13 +295,9 @@ struct VariantArgs {
   Variants get() const {
     nlohmann::json j = nlohmann::json::object();
     if (!file.empty()) {
-      std::ifstream f(file);
+      std::ifstream f(file, std::ios::binary);
       if (!f) fail(file, ": cannot open");
-      try {
-        f >> j;
-      } catch (const nlohmann::json::exception& e) {
-        fail(file, ": invalid JSON: ", e.what());
-      }
+      j = parse_json(std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()), file);
     }
     if (!mask_fill.empty()) j["group_mask_fill"] = mask_fill;
     if (!router.empty()) j["router_precision"] = router;

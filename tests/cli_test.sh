@@ -159,5 +159,47 @@ expect_error "'quantization.bits' = 3 is not supported (4, 5 or 8)" "$DSV3" forw
 expect_error "unknown preset 'huge'" "$DSV3" make-model --out "$T/y" --preset huge
 [ ! -e "$T/x.npy" ] && ok || bad "a failed forward left an output file behind"
 
+# -- hostile inputs and environments, round two (issue 19) ---------------------
+# JSON nested past 128 levels is refused where it is read, not later by a stack overflow
+python3 -c "print('{\"a\":' + '[' * 300000 + ']' * 300000 + '}')" >"$T/deep.json"
+mk; cp "$ST" "$T/bad/"; cp "$T/deep.json" "$T/bad/config.json"
+expect_error "config.json: JSON nested deeper than 128 levels" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+expect_error "JSON nested deeper than 128 levels" "$DSV3" forward --model "$M" --ids 0,1 --out "$T/x.npy" --variants "$T/deep.json"
+expect_error "render-chat: stdin: JSON nested deeper" sh -c "\"$DSV3\" render-chat --tokenizer \"$ROOT/data/tokenizer/deepseek-v3\" <\"$T/deep.json\""
+# config values inside the accepted ranges whose result is not finite: an error naming the position
+mk; cp "$ST" "$T/bad/"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['rope_theta']=1e-300; json.dump(c, open(sys.argv[2],'w'))" "$M/config.json" "$T/bad/config.json"
+expect_error "forward: the logits at position 0 are not finite" "$DSV3" forward --model "$T/bad" --ids 0,1,2 --out "$T/x.npy"
+mk; cp "$ST" "$T/bad/"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['routed_scaling_factor']=1e308; json.dump(c, open(sys.argv[2],'w'))" "$M/config.json" "$T/bad/config.json"
+expect_error "generate: the logits at position 1 are not finite" "$DSV3" generate --model "$T/bad" --ids 0,1 --max-new-tokens 4
+# outputs: a planted symlink at the old fixed temporary name is never followed
+echo "precious" >"$T/victim"
+ln -sf "$T/victim" "$T/out.npy.tmp"
+"$DSV3" forward --model "$M" --ids 0,1 --out "$T/out.npy" 2>/dev/null && [ "$(cat "$T/victim")" = precious ] && [ "$(npy_shape "$T/out.npy")" = "'shape': (2, 512)" ] \
+  && ok || bad "forward followed a symlink at its temporary name"
+rm -f "$T/out.npy.tmp"
+# two runs writing the same output: each output is one run's whole file, no temporaries left
+"$DSV3" forward --model "$M" --ids 0,1,2 --out "$T/same.npy" 2>/dev/null & p1=$!
+"$DSV3" forward --model "$M" --ids 5,6,7,8 --out "$T/same.npy" 2>/dev/null & p2=$!
+wait $p1; wait $p2
+case "$(npy_shape "$T/same.npy")" in "'shape': (3, 512)"|"'shape': (4, 512)") ok ;; *) bad "concurrent writers: $(npy_shape "$T/same.npy")" ;; esac
+ls "$T" | grep -q '\.tmp$' && bad "temporary files left behind: $(ls "$T" | grep '\.tmp$')" || ok
+# a full disk (file size limit): exit 1 naming the file, no config.json, no temporaries
+(trap '' XFSZ; ulimit -f 256; "$DSV3" make-model --out "$T/full" --preset tiny >"$T/out" 2>"$T/err"); rc=$?
+[ $rc -eq 1 ] && grep -q "^dsv3: error: .*write failed" "$T/err" && [ ! -e "$T/full/config.json" ] && ! ls "$T/full" | grep -q tmp \
+  && ok || bad "make-model on a full disk: rc=$rc $(cat "$T/err"; ls "$T/full")"
+# a model written over an earlier sharded one replaces it: no stale index or shards take precedence
+"$DSV3" make-model --out "$T/over" --preset tiny --seed 1 --shard-gb 0.0005 2>/dev/null
+"$DSV3" make-model --out "$T/over" --preset tiny --seed 2 2>/dev/null
+"$DSV3" make-model --out "$T/fresh" --preset tiny --seed 2 2>/dev/null
+"$DSV3" forward --model "$T/over" --ids 0,1 --out "$T/o1.npy" 2>/dev/null
+"$DSV3" forward --model "$T/fresh" --ids 0,1 --out "$T/o2.npy" 2>/dev/null
+cmp -s "$T/o1.npy" "$T/o2.npy" && [ "$(ls "$T/over" | tr '\n' ' ')" = "config.json model.safetensors " ] && ok || bad "stale shards: $(ls "$T/over")"
+# SIGTERM (or SIGINT, handled alike; a background job of a script ignores SIGINT) while
+# writing: the process dies of the signal and leaves no temporary file
+"$DSV3" make-model --out "$T/intr" --preset mid 2>/dev/null & pid=$!
+for _ in $(seq 100); do ls "$T/intr" 2>/dev/null | grep -q '\.tmp$' && break; sleep 0.05; done
+kill -TERM $pid; wait $pid; rc=$?
+[ $rc -eq 143 ] && ! ls "$T/intr" 2>/dev/null | grep -q '\.tmp$' && ok || bad "SIGTERM: rc=$rc, left $(ls "$T/intr" 2>/dev/null)"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

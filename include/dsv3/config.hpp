@@ -30,6 +30,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/json.hpp"
+
 #include "error.hpp"
 
 namespace dsv3 {
@@ -268,13 +270,7 @@ inline Config Config::from_file(const std::string& path) {
   if (!f) fail(path, ": cannot open (expected a HF config.json)");
   std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (f.bad()) fail(path, ": read error");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": invalid JSON: ", e.what());
-  }
-  return from_json(j, path);
+  return from_json(parse_json(text, path), path);
 }
 
 inline void Config::validate(const std::string& where) const {

@@ -80,13 +80,7 @@ I32 ints_to_numpy(const std::vector<double>& d, int64_t r, int64_t c) {
 
 std::vector<int32_t> ids_of(const IdsIn& a) { return std::vector<int32_t>(a.data(), a.data() + a.shape(0)); }
 
-nlohmann::json parse_json(const std::string& text, const char* what) {
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    dsv3::fail(what, ": not valid JSON: ", e.what());
-  }
-}
+nlohmann::json parse_json(const std::string& text, const char* what) { return dsv3::parse_json(text, what); }
 
 // A trace record for Python: (key, name, layer, start, array).
 using PyEntry = std::tuple<std::string, std::string, int64_t, int64_t, nb::object>;

@@ -29,6 +29,8 @@
 
 #include "dtype.hpp"
 #include "../error.hpp"
+#include "io.hpp"
+#include "json.hpp"
 
 namespace dsv3 {
 
@@ -139,12 +141,7 @@ class SafetensorsFile {
     if (n > size_ - 8)
       fail(path_, ": truncated: header length ", n, " runs past the end of the file (",
            size_, " bytes)");
-    nlohmann::json h;
-    try {
-      h = nlohmann::json::parse(base_ + 8, base_ + 8 + n);
-    } catch (const nlohmann::json::exception& e) {
-      fail(path_, ": header is not valid JSON: ", e.what());
-    }
+    const nlohmann::json h = parse_json(base_ + 8, base_ + 8 + n, path_ + ": header");
     if (!h.is_object()) fail(path_, ": header must be a JSON object");
     const uint8_t* data = base_ + 8 + n;
     const uint64_t data_size = size_ - 8 - n;
@@ -277,11 +274,7 @@ class Checkpoint {
       std::size_t n;
       while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
       std::fclose(f);
-      try {
-        j = nlohmann::json::parse(s);
-      } catch (const nlohmann::json::exception& e) {
-        fail(index, ": invalid JSON: ", e.what());
-      }
+      j = parse_json(s, index);
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       fail(index, ": expected an object with a 'weight_map' object");
@@ -328,7 +321,7 @@ struct TensorToWrite {
   }
 };
 
-// Writes `path` via `path.tmp` + rename. Returns the data bytes written.
+// Writes `path` whole or not at all (OutputFile). Returns the data bytes written.
 inline std::size_t write_safetensors(const std::string& path, const std::vector<TensorToWrite>& ts,
                                      const nlohmann::json& metadata = nlohmann::json()) {
   nlohmann::json h = nlohmann::json::object();
@@ -341,34 +334,18 @@ inline std::size_t write_safetensors(const std::string& path, const std::vector<
   if (!metadata.is_null()) h["__metadata__"] = metadata;
   std::string hs = h.dump();
   while ((8 + hs.size()) % 8 != 0) hs.push_back(' ');  // keep the data 8-byte aligned
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) fail(tmp, ": cannot create: ", std::strerror(errno));
-  auto put = [&](const void* p, std::size_t n) {
-    if (n && std::fwrite(p, 1, n, f) != n) {
-      std::fclose(f);
-      std::remove(tmp.c_str());
-      fail(tmp, ": write failed: ", std::strerror(errno));
-    }
-  };
+  OutputFile f(path);  // unique temporary, checked writes, fsync, rename (io.hpp)
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(hs.size()) >> (8 * i));
-  put(len, 8);
-  put(hs.data(), hs.size());
+  f.write(len, 8);
+  f.write(hs.data(), hs.size());
   std::vector<uint8_t> buf;
   for (const auto& t : ts) {
     buf.assign(t.nbytes(), 0);
     if (t.fill) t.fill(buf.data());
-    put(buf.data(), buf.size());
+    f.write(buf.data(), buf.size());
   }
-  if (std::fclose(f) != 0) {
-    std::remove(tmp.c_str());
-    fail(tmp, ": close failed: ", std::strerror(errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail(path, ": rename failed: ", std::strerror(errno));
-  }
+  f.commit();
   return off;
 }
 

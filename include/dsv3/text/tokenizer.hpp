@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "../formats/json.hpp"
 
 namespace dsv3 {
 
@@ -334,6 +335,12 @@ class TokenizerJsonSax {
       if (vocab_key && !is_array) { mode_ = Vocab; have_vocab = true; depth_ = 1; return true; }
       if (!vocab_key && is_array) { mode_ = Merges; have_merges = true; depth_ = 1; return true; }
       bad(vocab_key ? "model.vocab: expected an object of token -> id" : "model.merges: expected an array");
+      mode_ = Skip;
+      depth_ = 1;
+      return true;
+    }
+    if (stack_.size() >= std::size_t(kMaxJsonDepth)) {  // formats/json.hpp: bounded nesting
+      bad("JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
       mode_ = Skip;
       depth_ = 1;
       return true;

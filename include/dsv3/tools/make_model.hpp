@@ -11,6 +11,7 @@
 // the router bias in F32 (docs/semantics.md §2.1).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -24,6 +25,7 @@
 #include "../config.hpp"
 #include "../formats/dtype.hpp"
 #include "../error.hpp"
+#include "../formats/io.hpp"
 #include "../formats/safetensors.hpp"
 #include "../weights.hpp"
 
@@ -361,21 +363,35 @@ inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
     shards.back().push_back(std::move(t));
   }
   const nlohmann::json meta = {{"format", "pt"}};
+  std::vector<std::string> written;
   if (shards.size() == 1) {
     write_safetensors(dir + "/model.safetensors", shards[0], meta);
+    written.push_back("model.safetensors");
   } else {
     nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
     char name[64];
     for (std::size_t s = 0; s < shards.size(); ++s) {
       std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
       write_safetensors(dir + "/" + name, shards[s], meta);
+      written.push_back(name);
       for (const auto& t : shards[s]) index["weight_map"][t.name] = name;
     }
-    std::ofstream(dir + "/model.safetensors.index.json.tmp") << index.dump(2) << "\n";
-    std::filesystem::rename(dir + "/model.safetensors.index.json.tmp", dir + "/model.safetensors.index.json");
+    write_file_atomic(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+    written.push_back("model.safetensors.index.json");
   }
-  std::ofstream(dir + "/config.json.tmp") << cfg.dump(2) << "\n";
-  std::filesystem::rename(dir + "/config.json.tmp", dir + "/config.json");
+  // Weights of an earlier model in another layout would take precedence (an
+  // index over a single file) or linger: remove what this model did not write.
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    const bool weights = n == "model.safetensors" || n == "model.safetensors.index.json" ||
+                         (n.rfind("model-", 0) == 0 && n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0);
+    if (weights && std::find(written.begin(), written.end(), n) == written.end()) {
+      std::error_code ec;
+      std::filesystem::remove(e.path(), ec);
+      if (ec) fail(dir, ": cannot remove the earlier model's '", n, "': ", ec.message());
+    }
+  }
+  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
   return total;
 }
 

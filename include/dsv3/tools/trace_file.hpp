@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../error.hpp"
+#include "../formats/json.hpp"
 #include "../formats/safetensors.hpp"
 #include "../trace.hpp"
 
@@ -91,12 +92,7 @@ inline std::vector<TraceEntry> read_trace(const std::string& path) {
   const auto& md = f.metadata();
   if (!md.is_object() || !md.contains("dsv3_manifest") || !md["dsv3_manifest"].is_string())
     fail(path, ": not a dsv3 trace (no __metadata__.dsv3_manifest)");
-  nlohmann::json man;
-  try {
-    man = nlohmann::json::parse(md["dsv3_manifest"].get<std::string>());
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": dsv3_manifest is not valid JSON: ", e.what());
-  }
+  const nlohmann::json man = parse_json(md["dsv3_manifest"].get<std::string>(), path + ": dsv3_manifest");
   if (!man.is_array()) fail(path, ": dsv3_manifest must be a list");
   std::vector<TraceEntry> out;
   for (const auto& m : man) {
