@@ -1,4 +1,5 @@
 """python -m dsv3.dump hf|mlx ARGS: dump a trace from HF transformers or mlx-lm (see dsv3.dump)."""
+import importlib
 import sys
 
 USAGE = """usage: python -m dsv3.dump {hf,mlx} --model DIR --ids 0,1,2 --out FILE.safetensors [--names GLOBS] ...
@@ -15,22 +16,16 @@ def main(argv=None):
         print(USAGE)
         return 0 if argv else 2
     engine, rest = argv[0], argv[1:]
-    if engine == "hf":
-        try:
-            from . import hf_dump as mod
-        except ImportError as e:
-            print(f"dsv3.dump hf: {e} (install the engine: pip install '.[golden]' or bash scripts/venv.sh golden)",
-                  file=sys.stderr)
-            return 2
-    elif engine == "mlx":
-        try:
-            from . import mlx_dump as mod
-        except ImportError as e:
-            print(f"dsv3.dump mlx: {e} (install the engine: pip install '.[mlx]' or bash scripts/venv.sh mlx)",
-                  file=sys.stderr)
-            return 2
-    else:
+    engines = {"hf": ("hf_dump", "golden"), "mlx": ("mlx_dump", "mlx")}
+    if engine not in engines:
         print(f"dsv3.dump: unknown engine {engine!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module, group = engines[engine]
+    try:
+        mod = importlib.import_module(f"dsv3.dump.{module}")
+    except ImportError as e:
+        print(f"dsv3.dump {engine}: {e} (install the engine: pip install '.[{group}]' or bash scripts/venv.sh {group})",
+              file=sys.stderr)
         return 2
     return mod.main(rest, prog=f"python -m dsv3.dump {engine}")
 
