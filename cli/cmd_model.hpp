@@ -65,11 +65,7 @@ struct GenerateArgs {
 Tokenizer load_tokenizer(const std::string& dir) { return Tokenizer::from_dir(dir); }
 
 inline std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(path, ": cannot open");
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
+  return read_file_bounded(path, kMaxTextInputBytes, "a chat template");
 }
 
 inline nlohmann::json chat_extra(const Tokenizer& tok) {

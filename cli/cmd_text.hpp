@@ -10,6 +10,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <dsv3/formats/file.hpp>
 #include <dsv3/formats/json.hpp>
 #include <dsv3/text/chat_template.hpp>
 #include <dsv3/text/tokenizer.hpp>
@@ -82,13 +83,20 @@ inline void run_render_chat(const std::string& dir, const std::string& template_
   auto tok = dsv3::Tokenizer::from_dir(dir);
   std::string tmpl;
   if (!template_file.empty()) {
-    tmpl = dsv3::tok_detail::read_file(template_file);
+    tmpl = dsv3::read_file_bounded(template_file, dsv3::kMaxTextInputBytes, "a chat template");
   } else {
     tmpl = tok.chat_template();
     if (tmpl.empty())
       throw dsv3::Error("render-chat: " + dir + "/tokenizer_config.json has no chat_template; pass --template FILE");
   }
-  std::string input((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string input;
+  char buf[65536];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    input.append(buf, std::size_t(in.gcount()));
+    if (input.size() > dsv3::kMaxTextInputBytes)
+      throw dsv3::Error("render-chat: stdin: more than " + std::to_string(dsv3::kMaxTextInputBytes) + " bytes of messages");
+  }
+  if (in.bad()) throw dsv3::Error("render-chat: stdin: read error");
   const nlohmann::json j = dsv3::parse_json(input, "render-chat: stdin");
   if (!j.is_object() || !j.contains("messages"))
     throw dsv3::Error("render-chat: stdin must be a JSON object with a \"messages\" array");

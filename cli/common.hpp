@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include <dsv3/formats/file.hpp>
 #include <dsv3/formats/io.hpp>
 #include <dsv3/tools/make_model.hpp>
 #include <dsv3/model.hpp>
@@ -223,9 +224,7 @@ void check_finite_logits(const T* row, int64_t V, int64_t position, const char* 
 inline std::vector<int32_t> parse_ids(const std::string& arg) {
   std::string s = arg;
   if (!arg.empty() && arg[0] == '@') {
-    std::ifstream f(arg.substr(1));
-    if (!f) fail("--ids: cannot open '", arg.substr(1), "'");
-    s.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    s = read_file_bounded(arg.substr(1), kMaxTextInputBytes, "--ids @FILE: token ids");
     for (char& ch : s)
       if (ch == ' ' || ch == '\n' || ch == '\t' || ch == '\r') ch = ',';
   }
@@ -295,9 +294,7 @@ struct VariantArgs {
   Variants get() const {
     nlohmann::json j = nlohmann::json::object();
     if (!file.empty()) {
-      std::ifstream f(file, std::ios::binary);
-      if (!f) fail(file, ": cannot open");
-      j = parse_json(std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()), file);
+      j = parse_json(read_file_bounded(file, kMaxTextInputBytes, "a variants JSON file"), file);
     }
     if (!mask_fill.empty()) j["group_mask_fill"] = mask_fill;
     if (!router.empty()) j["router_precision"] = router;

@@ -29,6 +29,7 @@
 
 #include "dtype.hpp"
 #include "../error.hpp"
+#include "file.hpp"
 #include "io.hpp"
 #include "json.hpp"
 
@@ -265,17 +266,7 @@ class Checkpoint {
 
  private:
   void open_index(const std::string& index) {
-    nlohmann::json j;
-    {
-      FILE* f = std::fopen(index.c_str(), "rb");
-      if (!f) fail(index, ": cannot open: ", std::strerror(errno));
-      std::string s;
-      char buf[65536];
-      std::size_t n;
-      while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-      std::fclose(f);
-      j = parse_json(s, index);
-    }
+    nlohmann::json j = parse_json(read_file_bounded(index, kMaxIndexBytes, "a shard index JSON"), index);
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       fail(index, ": expected an object with a 'weight_map' object");
     std::map<std::string, SafetensorsFile*> by_file;

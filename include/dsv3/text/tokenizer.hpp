@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "../formats/file.hpp"
 #include "../formats/json.hpp"
 
 namespace dsv3 {
@@ -233,11 +234,7 @@ struct RegionGuard {
 };
 
 inline std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot open '" + path + "'");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  return read_file_bounded(path, kMaxTokenizerBytes, "a tokenizer JSON file");
 }
 
 }  // namespace tok_detail
