@@ -173,6 +173,8 @@ expect_error "fifo: not a regular file" "$DSV3" forward --model "$M" --ids "@$T/
 expect_error "not a regular file (expected a chat template)" sh -c "echo '{\"messages\": []}' | \"$DSV3\" render-chat --tokenizer \"$ROOT/data/tokenizer/deepseek-v3\" --template /dev/zero"
 mkdir -p "$T/tokfifo"; cp "$ROOT/data/tokenizer/deepseek-v3/tokenizer_config.json" "$T/tokfifo/"; mkfifo "$T/tokfifo/tokenizer.json"
 expect_error "tokenizer.json: not a regular file (expected a tokenizer JSON file)" sh -c "echo hi | \"$DSV3\" tokenize --tokenizer \"$T/tokfifo\""
+mkdir -p "$T/tokfifo2"; cp "$ROOT/data/tokenizer/deepseek-v3/tokenizer.json" "$T/tokfifo2/"; mkfifo "$T/tokfifo2/tokenizer_config.json"
+expect_error "tokenizer_config.json: not a regular file" sh -c "echo hi | timeout 20 \"$DSV3\" tokenize --tokenizer \"$T/tokfifo2\""
 mk; cp "$ST" "$T/bad/"; mkfifo "$T/bad/model.safetensors.index.json"
 expect_error "model.safetensors.index.json: not a regular file" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
 # config values inside the accepted ranges whose result is not finite: an error naming the position

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <oniguruma.h>
+#include <sys/stat.h>
 
 #include <nlohmann/json.hpp>
 
@@ -377,11 +378,9 @@ class Tokenizer {
     std::string tj = dir + "/tokenizer.json";
     t.load_tokenizer_json(tok_detail::read_file(tj), tj);
     std::string tc = dir + "/tokenizer_config.json";
-    std::ifstream probe(tc);
-    if (probe.good()) {
-      probe.close();
+    struct stat st {};
+    if (::stat(tc.c_str(), &st) == 0)  // present (opening it to probe would block on a FIFO)
       t.load_tokenizer_config(tok_detail::read_file(tc), tc);
-    }
     return t;
   }
   // Loads from the text of a tokenizer.json (no tokenizer_config.json).
