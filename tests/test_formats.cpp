@@ -141,7 +141,7 @@ TEST_CASE("safetensors: round trip and strict validation") {
     for (int i = 0; i < 8; ++i) out[i] = char((uint64_t(h.size()) >> (8 * i)) & 0xff);
     return out + h + std::string(64, '\0');
   };
-  expect(with_header("{not json"), "not valid JSON");
+  expect(with_header("{not json"), "header: invalid JSON");
   expect(with_header(R"({"x":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})"), "unknown dtype \"F33\"");
   expect(with_header(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})"), "needs 8 bytes");
   expect(with_header(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,400]}})"), "'x'");
