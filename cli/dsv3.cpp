@@ -219,7 +219,8 @@ static int run(int argc, char** argv) {
       else run_inspect(insp_model);
     }
   } catch (const CLI::ParseError& e) {
-    if (g_rank > 0) return e.get_exit_code();  // every rank parsed the same line: rank 0 says it
+    g_error_known_to_all = true;  // every rank parsed the same line: rank 0 says it, none aborts
+    if (g_rank > 0) return e.get_exit_code();
     return app.exit(e);
   } catch (const QuietExit&) {
     throw;
