@@ -9,12 +9,12 @@ differently from run to run). Nothing here uses dsv3's C++ code: a dumper's outp
 """
 import fnmatch
 import json
-import os
 import struct
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
+
+from .._files import write_file_atomic
 
 # Forward order of the per-layer names (the order of dsv3's emits in model.hpp, mla.hpp, moe.hpp).
 LAYER_NAMES = [
@@ -56,20 +56,7 @@ def save_safetensors(path, tensors, metadata):
         blobs.append(b)
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(h)))
-            f.write(h)
-            for b in blobs:
-                f.write(b)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_file_atomic(path, [struct.pack("<Q", len(h)), h, *blobs])
 
 
 def write_trace(rec, n_layers, out, meta_extra):

@@ -18,13 +18,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .._files import write_file_atomic
 from .servers import KINDS, TAKES_IDS, Completion, VerifyError, complete
 
 # Threshold presets: the mean |Δ logprob| of the chosen tokens (nats), the largest single one, and the
@@ -254,18 +254,7 @@ def by_position(results: List[PromptResult], buckets: int = 24) -> List[Dict[str
 # ---------------------------------------------------------------------------------------------------------
 
 def write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_file_atomic(path, [text.encode("utf-8")])
 
 
 def svg_plot(buckets: List[Dict[str, Any]], original: int, tol: float) -> str:
