@@ -65,8 +65,12 @@ for r in d["per_rank"]:
 sys.exit(0 if good else 1)
 PY
 
-# a rank killed mid-run ends the job, with an error, in under 10 s
-"${RUN[@]}" -np 3 "$MPI" --threads 1 forward --model "$T/mid" --ids "$ids" --mode decode --prefill-len 2 --out "$T/k.npy" >"$T/klog" 2>&1 &
+# a rank killed mid-run ends the job, with an error, in under 10 s. The job
+# must outlive the kill on a fast machine too: 96 tokens decoded one by one in
+# f64 take about 10 s here (48 in f32 took 1 s, and CI once finished before the kill)
+kids=$(python3 -c "import random; random.seed(2); print(','.join(str(random.randrange(1, 1000)) for _ in range(96)))")
+"${RUN[@]}" -np 3 "$MPI" --threads 1 forward --model "$T/mid" --ids "$kids" --mode decode --prefill-len 2 --precision f64 \
+  --out "$T/k.npy" >"$T/klog" 2>&1 &
 job=$!
 victim=""
 for _ in $(seq 100); do
@@ -78,11 +82,13 @@ for _ in $(seq 100); do
 done
 sleep 1
 t0=$(date +%s.%N)
-[ -n "$victim" ] && kill -9 "$victim"
+killed=0
+[ -n "$victim" ] && kill -9 "$victim" 2>/dev/null && killed=1
 wait $job
 rc=$?
 dt=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
 if [ -z "$victim" ]; then bad "kill: rank 1 not found"
+elif [ $killed -eq 0 ]; then bad "kill: rank 1 ended before it could be killed (make the job longer)"
 elif [ $rc -eq 0 ]; then bad "kill: the job exited 0 after rank 1 was killed"
 elif python3 -c "import sys; sys.exit(0 if $dt < 10 else 1)"; then ok; echo "  killed rank 1: job ended with exit $rc after $dt s"
 else bad "kill: the job took $dt s to end"; fi
