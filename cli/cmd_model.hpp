@@ -30,12 +30,16 @@ void run_forward(const ForwardArgs& a) {
   popt.attn = parse_attn(a.attn);
   Mat<T> h_all = empty<T>(a.mtp_out.empty() ? 0 : L, m.config().hidden_size), h;
   if (!a.mtp_out.empty()) popt.hidden = &h;
-  std::vector<float> out;
+  // Logits rows go to the file as they come (one copy of [L, V], the model's).
+  const int64_t out_rows = mode == Schedule::decode ? L - a.prefill_len + 1 : L;
+  std::unique_ptr<NpyF32Writer> out;
+  if (writer()) out = std::make_unique<NpyF32Writer>(a.out, std::size_t(out_rows), std::size_t(V));
   run_schedule(m, ids, mode, a.prefill_len, a.chunk, popt, cache, Trace(), [&](const Mat<T>& lg, int64_t start) {
-    for (int64_t r = 0; r < rows(lg); ++r)  // decode mode: the prefill's last row is position P-1
+    for (int64_t r = 0; r < rows(lg); ++r) {  // decode mode: the prefill's last row is position P-1
       check_finite_logits(&lg(r, 0), V, mode == Schedule::decode && start < a.prefill_len ? a.prefill_len - 1 : start + r,
                           "forward");
-    out.insert(out.end(), lg.begin(), lg.end());
+      if (out) out->write_row(&lg(r, 0));
+    }
     if (popt.hidden) std::copy(h.begin(), h.end(), h_all.begin() + start * m.config().hidden_size);
   });
   if (!a.mtp_out.empty()) {
@@ -48,7 +52,7 @@ void run_forward(const ForwardArgs& a) {
     Mat<T> ml = m.mtp_forward(take_rows(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
     if (writer()) write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
   }
-  if (writer()) write_npy_f32(a.out, out, out.size() / std::size_t(V), std::size_t(V));
+  if (out) out->commit();
 }
 
 // ---------------------------------------------------------------------------
@@ -95,6 +99,7 @@ void run_generate(const GenerateArgs& a) {
   if (a.ids.empty()) {
     if (a.prompt.empty()) fail("generate: give --ids or --prompt");
     tok = std::make_unique<Tokenizer>(load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer));
+    tok->set_model_vocab_size(m.config().vocab_size);  // ids past the tokenizer decode to nothing, as HF
   }
   const auto ids = prompt_ids(a, tok.get());
   Sampler sampler(a.sampling);
@@ -182,6 +187,7 @@ void run_chat(const GenerateArgs& a) {
   auto mp = open_model<T>(a.model, a.variants.get());
   Model<T>& m = *mp;
   Tokenizer tok = load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
+  tok.set_model_vocab_size(m.config().vocab_size);
   const std::string tmpl = a.template_file.empty() ? tok.chat_template() : read_text_file(a.template_file);
   Sampler sampler(a.sampling);
   ForwardOptions opt;
@@ -191,7 +197,7 @@ void run_chat(const GenerateArgs& a) {
   if (!a.system.empty()) msgs.push_back({{"role", "system"}, {"content", a.system}});
   std::string line;
   std::cerr << "dsv3 chat: type a message, an empty line or Ctrl-D ends\n";
-  while (std::cout << "> " << std::flush, std::getline(std::cin, line) && !line.empty()) {
+  while (std::cout << "> " << std::flush, read_line_bounded(std::cin, line, kMaxTextInputBytes, "chat: stdin") && !line.empty()) {
     msgs.push_back({{"role", "user"}, {"content", line}});
     // Re-run the whole rendered chat: simple, and exact by construction.
     const auto ids = tok.encode(render_chat(tmpl, msgs, true, chat_extra(tok)), false);

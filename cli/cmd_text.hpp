@@ -33,7 +33,7 @@ inline void run_tokenize(const std::string& dir, bool bos, std::istream& in, std
   auto tok = dsv3::Tokenizer::from_dir(dir);
   std::string line;
   size_t lineno = 0;
-  while (std::getline(in, line)) {
+  while (dsv3::read_line_bounded(in, line, dsv3::kMaxTextInputBytes, "tokenize: stdin line " + std::to_string(lineno + 1))) {
     ++lineno;
     if (line.empty()) continue;
     nlohmann::json j = parse_stdin_line("tokenize", lineno, line);
@@ -49,13 +49,16 @@ inline void run_tokenize(const std::string& dir, bool bos, std::istream& in, std
     out << nlohmann::json(ids).dump() << '\n';
   }
   out.flush();
+  if (!out) throw dsv3::Error("tokenize: stdout: write failed");
 }
 
-inline void run_detokenize(const std::string& dir, bool skip_special, std::istream& in, std::ostream& out) {
+inline void run_detokenize(const std::string& dir, bool skip_special, int64_t model_vocab, std::istream& in,
+                           std::ostream& out) {
   auto tok = dsv3::Tokenizer::from_dir(dir);
+  tok.set_model_vocab_size(model_vocab);
   std::string line;
   size_t lineno = 0;
-  while (std::getline(in, line)) {
+  while (dsv3::read_line_bounded(in, line, dsv3::kMaxTextInputBytes, "detokenize: stdin line " + std::to_string(lineno + 1))) {
     ++lineno;
     if (line.empty()) continue;
     nlohmann::json j = parse_stdin_line("detokenize", lineno, line);
@@ -76,6 +79,7 @@ inline void run_detokenize(const std::string& dir, bool skip_special, std::istre
     out << nlohmann::json(text).dump() << '\n';
   }
   out.flush();
+  if (!out) throw dsv3::Error("detokenize: stdout: write failed");
 }
 
 inline void run_render_chat(const std::string& dir, const std::string& template_file, bool add_generation_prompt,
@@ -126,7 +130,12 @@ inline void add_text_commands(CLI::App& app) {
     auto skip = std::make_shared<bool>(false);
     sc->add_option("--tokenizer", *dir, "Directory with tokenizer.json (and tokenizer_config.json)")->required();
     sc->add_flag("--skip-special", *skip, "Drop tokens marked special (BOS/EOS/pad/placeholders)");
-    sc->callback([dir, skip] { dsv3_cli::run_detokenize(*dir, *skip, std::cin, std::cout); });
+    auto vocab = std::make_shared<int64_t>(0);
+    sc->add_option("--vocab-size", *vocab,
+                   "The model's vocab_size: ids below it without a token decode to nothing, as HF tokenizers do "
+                   "(DeepSeek-V3: 129280 rows, 128815 tokens). Default: such ids are errors")
+        ->check(CLI::NonNegativeNumber);
+    sc->callback([dir, skip, vocab] { dsv3_cli::run_detokenize(*dir, *skip, *vocab, std::cin, std::cout); });
   }
   {
     auto* sc = app.add_subcommand("render-chat", "Render {\"messages\": [...]} from stdin with the chat template");

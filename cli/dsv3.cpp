@@ -6,7 +6,10 @@
 //   tokenize, detokenize, render-chat  tokenizer, chat template    cmd_text.hpp
 //   (shared: global options, opening a model, --ids/--mode/--attn, knobs: common.hpp)
 // Errors: one line `dsv3: error: ...` on stderr and exit code 1.
+#include <cstdlib>
 #include <cstring>
+#include <new>
+#include <stdexcept>
 
 #include "cmd_checkpoint.hpp"
 #include "cmd_compare.hpp"
@@ -44,7 +47,16 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return rc;
 #else
-  return run(argc, argv);
+  const int rc = run(argc, argv);
+  // After an error, leave without running exit handlers: under a tight memory
+  // limit OpenBLAS's thread shutdown can block forever after the error line
+  // is printed. Every output file is already complete or removed (OutputFile).
+  if (rc != 0) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::_Exit(rc);
+  }
+  return rc;
 #endif
 }
 
@@ -199,7 +211,13 @@ static int run(int argc, char** argv) {
     } else if (*mk) {
       ModelSpec spec;
       spec.config = preset_config(mm_preset);
-      if (mm_layers > 0) spec.config["num_hidden_layers"] = mm_layers;
+      if (mk->count("--layers")) {
+        if (mm_layers < 1 || mm_layers > 4096) fail("make-model: --layers ", mm_layers, " must be in [1, 4096]");
+        spec.config["num_hidden_layers"] = mm_layers;
+      }
+      if (!(mm_shard_gb > 0) || !std::isfinite(mm_shard_gb) || mm_shard_gb > 1e6)
+        fail("make-model: --shard-gb ", mm_shard_gb, " must be a positive number of GB (at most 1e6)");
+      if (!std::isfinite(mm_bias)) fail("make-model: --bias-mean ", mm_bias, " must be a finite number");
       spec.dtype = mm_dtype;
       spec.seed = mm_seed;
       spec.bias_mean = mm_bias;
@@ -225,9 +243,20 @@ static int run(int argc, char** argv) {
   } catch (const QuietExit&) {
     throw;
   } catch (const std::exception& e) {
-    const bool named = std::strncmp(e.what(), "rank ", 5) == 0;
-    if (g_size > 1 && !named) std::fprintf(stderr, "dsv3: error: rank %d of %d: %s\n", g_rank, g_size, e.what());
-    else std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+    // dsv3's own errors name their culprit. The standard library's and
+    // nlohmann's do not ("std::bad_alloc", "vector::_M_default_append"): say
+    // at least which subcommand ran, and what the message means.
+    std::string what = e.what();
+    const std::string cmd = app.get_subcommands().empty() ? "dsv3" : app.get_subcommands()[0]->get_name();
+    if (dynamic_cast<const std::bad_alloc*>(&e))
+      what = cmd + ": out of memory (" + what + "); try fewer tokens, --chunk, or a machine with more memory";
+    else if (dynamic_cast<const std::length_error*>(&e))
+      what = cmd + ": a size too large to allocate (" + what + ")";
+    else if (dynamic_cast<const nlohmann::json::exception*>(&e))
+      what = cmd + ": unexpected JSON (" + what + ")";
+    const bool named = what.compare(0, 5, "rank ") == 0;
+    if (g_size > 1 && !named) std::fprintf(stderr, "dsv3: error: rank %d of %d: %s\n", g_rank, g_size, what.c_str());
+    else std::fprintf(stderr, "dsv3: error: %s\n", what.c_str());
     std::fflush(stderr);
     return 1;
   }

@@ -177,11 +177,88 @@ mkdir -p "$T/tokfifo2"; cp "$ROOT/data/tokenizer/deepseek-v3/tokenizer.json" "$T
 expect_error "tokenizer_config.json: not a regular file" sh -c "echo hi | timeout 20 \"$DSV3\" tokenize --tokenizer \"$T/tokfifo2\""
 mk; cp "$ST" "$T/bad/"; mkfifo "$T/bad/model.safetensors.index.json"
 expect_error "model.safetensors.index.json: not a regular file" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
-# config values inside the accepted ranges whose result is not finite: an error naming the position
-mk; cp "$ST" "$T/bad/"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['rope_theta']=1e-300; json.dump(c, open(sys.argv[2],'w'))" "$M/config.json" "$T/bad/config.json"
+# config values that used to pass validation and give NaN logits: refused at load, naming the field
+setcfg() {  # setcfg SRC_DIR KEY JSON_VALUE: config.json of SRC_DIR with one (dotted) key set, into $T/bad
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); ks=sys.argv[2].split('.'); d=c
+for k in ks[:-1]: d=d[k]
+d[ks[-1]]=json.loads(sys.argv[3]); json.dump(c, open(sys.argv[4],'w'))" "$1/config.json" "$2" "$3" "$T/bad/config.json"
+}
+mk; cp "$ST" "$T/bad/"; setcfg "$M" rope_theta 1e-300
+expect_error "'rope_theta' = 1e-300 must be in [1, 1e+12]" "$DSV3" forward --model "$T/bad" --ids 0,1,2 --out "$T/x.npy"
+mk; cp "$ST" "$T/bad/"; setcfg "$M" routed_scaling_factor 1e308
+expect_error "'routed_scaling_factor' = 1e+308 must be in (0, 1000]" "$DSV3" generate --model "$T/bad" --ids 0,1 --max-new-tokens 4
+mk; cp "$ST" "$T/bad/"; setcfg "$M" rope_scaling.mscale_all_dim 1e300
+expect_error "'rope_scaling.mscale_all_dim' = 1e+300 must be in [0, 100]" "$DSV3" forward --model "$T/bad" --ids 0,1,2 --out "$T/x.npy"
+# weights whose result is not finite (a final norm of 3e38): an error naming the first bad position
+mk; cp "$M/config.json" "$T/bad/"; surgery "$ST" "$T/bad/model.safetensors" "
+import struct
+b0, e0 = h['model.norm.weight']['data_offsets']
+data = data[:b0] + struct.pack('<f', 3e38) * ((e0 - b0) // 4) + data[e0:]"
 expect_error "forward: the logits at position 0 are not finite" "$DSV3" forward --model "$T/bad" --ids 0,1,2 --out "$T/x.npy"
-mk; cp "$ST" "$T/bad/"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['routed_scaling_factor']=1e308; json.dump(c, open(sys.argv[2],'w'))" "$M/config.json" "$T/bad/config.json"
+[ -e "$T/x.npy" ] && bad "non-finite logits: $T/x.npy written" || ok
 expect_error "generate: the logits at position 1 are not finite" "$DSV3" generate --model "$T/bad" --ids 0,1 --max-new-tokens 4
+# size arithmetic: 2^31 x 2^31 F32 passes an element cap, but its byte count wraps to 0
+# and matched an empty span; inspect --check-weights then read past the mapping
+mk; surgery "$ST" "$T/bad/model.safetensors" "
+e = len(data); h['zz'] = {'dtype': 'F32', 'shape': [2**31, 2**31], 'data_offsets': [e, e]}"
+expect_error "tensor 'zz': shape [2147483648, 2147483648] x F32 is absurd" "$DSV3" inspect --model "$T/bad" --check-weights
+# a huge weight_block_size overflowed (out + block - 1) / block into a zero-row scale tensor
+F8=$T/tiny-fp8
+mk; cp "$F8/model.safetensors" "$T/bad/"; setcfg "$F8" quantization_config.weight_block_size "[9223372036854775807, 128]"
+expect_error "weight_block_size must be two integers in [1, 65536], got [9223372036854775807,128]" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+mk; cp "$F8/model.safetensors" "$T/bad/"; setcfg "$F8" quantization_config.weight_block_size "[65536, 65536]"
+expect_error "expected [1, 1] (65536x65536 blocks of" "$DSV3" forward --model "$T/bad" --ids 0,1 --out "$T/x.npy"
+# traces: a zero-width tensor crashed compare; a key listed twice was read twice
+surgery "$T/ta.safetensors" "$T/tz.safetensors" "
+import json as J
+m = J.loads(h['__metadata__']['dsv3_manifest']); k = m[-1]['key']
+b0, e0 = h[k]['data_offsets']; h[k]['shape'] = [h[k]['shape'][0], 0]; h[k]['data_offsets'] = [b0, b0]
+data = data[:b0] + data[e0:]
+for t in h.values():
+    if isinstance(t, dict) and 'data_offsets' in t and t['data_offsets'][0] > b0:
+        t['data_offsets'] = [t['data_offsets'][0] - (e0 - b0), t['data_offsets'][1] - (e0 - b0)]"
+expect_error "has width 0 (expected [tokens, width >= 1])" "$DSV3" compare "$T/ta.safetensors" "$T/tz.safetensors"
+surgery "$T/ta.safetensors" "$T/tdup.safetensors" "
+import json as J
+m = J.loads(h['__metadata__']['dsv3_manifest']); h['__metadata__']['dsv3_manifest'] = J.dumps(m + [m[0]] * 1000)"
+expect_error "dsv3_manifest entry '$(python3 -c "import json,struct,sys; b=open(sys.argv[1],'rb').read(); n=struct.unpack('<Q',b[:8])[0]; print(json.loads(json.loads(b[8:8+n])['__metadata__']['dsv3_manifest'])[0]['key'])" "$T/ta.safetensors")' is listed twice" "$DSV3" compare "$T/ta.safetensors" "$T/tdup.safetensors"
+surgery "$T/ta.safetensors" "$T/tnm.safetensors" "
+import json as J
+m = J.loads(h['__metadata__']['dsv3_manifest']); m[0]['positions'] = ['x']; h['__metadata__']['dsv3_manifest'] = J.dumps(m)"
+expect_error "'positions' must be [first, end)" "$DSV3" compare "$T/tnm.safetensors" "$T/ta.safetensors"
+# a tokenizer regex with catastrophic backtracking (about 4e9 steps on 3,000 letters: minutes)
+# gives up after 64 steps per byte, naming the pattern; the real regexes on 2 MB of text do not
+TOK=$ROOT/data/tokenizer/deepseek-v3
+mkdir -p "$T/tokre"; python3 -c "import json,sys; t=json.load(open(sys.argv[1])); t['pre_tokenizer']['pretokenizers'][0]['pattern']['Regex']=r'\w*\w*\W\W'; json.dump(t, open(sys.argv[2],'w'))" "$TOK/tokenizer.json" "$T/tokre/tokenizer.json"
+expect_error 'regex /\w*\w*\W\W/ gave up at byte 0 of a 3002-byte piece' sh -c "python3 -c \"import json; print(json.dumps('a' * 3000 + '!x'))\" | timeout 20 \"$DSV3\" tokenize --tokenizer \"$T/tokre\""
+python3 -c "import json; print(json.dumps(('The 3 quick brown foxes, 1234567 times; 東京 — ok!? ' * 40000)))" >"$T/big.jsonl"
+"$DSV3" tokenize --tokenizer "$TOK" <"$T/big.jsonl" >"$T/big.ids" && [ "$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$T/big.ids")" -gt 400000 ] \
+  && ok || bad "tokenize of 2 MB of text: $(head -c 300 "$T/big.ids")"
+# stdin that fails mid-way is an error, not the end of input; so is a line past 64 MiB
+expect_error "tokenize: stdin line 1: read error" sh -c "\"$DSV3\" tokenize --tokenizer \"$TOK\" <\"$T\""
+expect_error "detokenize: stdin line 1: read error" sh -c "\"$DSV3\" detokenize --tokenizer \"$TOK\" <\"$T\""
+expect_error "tokenize: stdin line 2: a line longer than the 67108864-byte limit" sh -c "{ echo '\"a\"'; head -c 70000000 /dev/zero | tr '\\0' a; } | \"$DSV3\" tokenize --tokenizer \"$TOK\""
+# ids between the tokenizer's 128,815 tokens and the model's 129,280 rows decode to nothing, as HF
+# tokenizers do (generate and chat set this from config.json; detokenize with --vocab-size)
+[ "$(echo '[19923, 129000, 2058]' | "$DSV3" detokenize --tokenizer "$TOK" --vocab-size 129280)" = "$(echo '[19923, 2058]' | "$DSV3" detokenize --tokenizer "$TOK")" ] \
+  && ok || bad "detokenize --vocab-size does not drop an id past the tokenizer"
+expect_error "token id 129000 is outside the vocabulary" sh -c "echo '[19923, 129000]' | \"$DSV3\" detokenize --tokenizer \"$TOK\""
+expect_error "token id 129280 is outside the vocabulary" sh -c "echo '[129280]' | \"$DSV3\" detokenize --tokenizer \"$TOK\" --vocab-size 129280"
+# make-model options out of range
+expect_error "--layers -5 must be in [1, 4096]" "$DSV3" make-model --out "$T/mm" --preset tiny --layers -5
+expect_error "--shard-gb -1 must be a positive number" "$DSV3" make-model --out "$T/mm" --preset tiny --shard-gb -1
+expect_error "--bias-mean nan must be a finite number" "$DSV3" make-model --out "$T/mm" --preset tiny --bias-mean nan
+[ -e "$T/mm" ] && bad "make-model wrote $T/mm after a bad option" || ok
+# under a tight address-space limit: one error line and exit 1, never a hang in BLAS's
+# buffer allocation (it retried mmap forever) or an abort from an OpenMP thread
+"$DSV3" make-model --out "$T/mid2" --preset mid --layers 2 2>/dev/null
+LONGIDS=$(python3 -c "print(','.join(str(i % 1000) for i in range(2000)))")
+for spec in "2 700000" "2 1000000" "1 900000" "1 1000000"; do
+  set -- $spec; th=$1 lim=$2
+  (ulimit -v $lim; timeout 60 "$DSV3" --threads $th forward --model "$T/mid2" --ids "$LONGIDS" --out "$T/lim.npy" >/dev/null 2>"$T/err"); rc=$?
+  [ $rc -eq 1 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -q "^dsv3: error: .*\(out of memory\|address space\)" "$T/err" && [ ! -e "$T/lim.npy" ] \
+    && ok || bad "forward under ulimit -v $lim, $th threads: rc=$rc $(cat "$T/err")"
+done
 # outputs: a planted symlink at the old fixed temporary name is never followed
 echo "precious" >"$T/victim"
 ln -sf "$T/victim" "$T/out.npy.tmp"

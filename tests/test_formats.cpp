@@ -147,6 +147,13 @@ TEST_CASE("safetensors: round trip and strict validation") {
   expect(with_header(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,400]}})"), "'x'");
   expect(with_header(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})"),
          "overlap");
+  // 2^31 x 2^31 elements pass a 2^62 element cap, but x 4 bytes wraps to 0 and
+  // matched the empty span [0, 0]; every later read went past the mapping
+  expect(with_header(R"({"x":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,0]}})"),
+         "shape [2147483648, 2147483648] x F32 is absurd (its byte size passes 2^62)");
+  // a zero dim first must not let the other dims run unbounded
+  expect(with_header(R"({"x":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})"),
+         "is absurd");
 }
 
 TEST_CASE("sharded checkpoint: a missing shard is named") {

@@ -9,17 +9,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <new>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <dsv3/text/chat_template.hpp>
 #include <dsv3/tools/check.hpp>
 #include <dsv3/config.hpp>
+#include <dsv3/cpu/parallel.hpp>
+#include <dsv3/formats/file.hpp>
 #include <dsv3/formats/io.hpp>
 #include <dsv3/formats/npy.hpp>
 #include <dsv3/formats/safetensors.hpp>
@@ -290,13 +295,25 @@ TEST_CASE("config: absurd dimensions are rejected naming the field") {
   expect("moe_intermediate_size", 3.5, "'moe_intermediate_size' must be an integer, got 3.5");
   expect("hidden_size", nullptr, "'hidden_size' must be an integer, got null");
   expect("rms_norm_eps", -1e-6, "'rms_norm_eps'");
-  expect("rope_theta", 0, "'rope_theta' = 0 must be a positive number");
+  expect("rope_theta", 0, "'rope_theta' = 0 must be in [1, 1e+12]");
+  // inside the old "positive, finite" ranges, and NaN logits (issue 19 class 5)
+  expect("rope_theta", 1e-300, "'rope_theta' = 1e-300 must be in [1, 1e+12]");
+  expect("routed_scaling_factor", 1e308, "'routed_scaling_factor' = 1e+308 must be in (0, 1000]");
+  expect("rms_norm_eps", 1e300, "'rms_norm_eps' = 1e+300 must be in (0, 1]");
   expect("first_k_dense_replace", 62, "'first_k_dense_replace' = 62 must be in [0, num_hidden_layers = 61]");
   expect("num_nextn_predict_layers", 1 << 30, "'num_nextn_predict_layers' = 1073741824");
   {
     auto b = j;
     b["quantization_config"]["weight_block_size"] = {0, 128};
-    expect_throw([&] { Config::from_json(b); }, {"weight_block_size must be two positive integers"});
+    expect_throw([&] { Config::from_json(b); }, {"weight_block_size must be two integers in [1, 65536]"});
+    // (out + block - 1) / block overflowed and gave a zero-row scale tensor
+    b["quantization_config"]["weight_block_size"] = {INT64_MAX, 128};
+    expect_throw([&] { Config::from_json(b); }, {"weight_block_size must be two integers in [1, 65536], got [9223372036854775807,128]"});
+  }
+  {
+    auto b = j;
+    b["rope_scaling"]["mscale_all_dim"] = 1e300;
+    expect_throw([&] { Config::from_json(b); }, {"'rope_scaling.mscale_all_dim' = 1e+300 must be in [0, 100]"});
   }
   {
     auto b = j;
@@ -306,7 +323,7 @@ TEST_CASE("config: absurd dimensions are rejected naming the field") {
   {
     auto b = j;
     b["rope_scaling"]["original_max_position_embeddings"] = -4096;
-    expect_throw([&] { Config::from_json(b); }, {"original_max_position_embeddings = -4096 must be positive"});
+    expect_throw([&] { Config::from_json(b); }, {"'rope_scaling.original_max_position_embeddings' = -4096 must be in [1, 2147483648]"});
   }
   expect_throw([&] { Config::from_json(nlohmann::json::array({1, 2})); }, {"expected a JSON object at top level"});
 }
@@ -333,4 +350,68 @@ TEST_CASE("chat template: hostile integer arithmetic is an error, not UB or a ha
   // An empty sequence repeated a huge number of times is empty, at once (the
   // fuzzer's timeout: a loop of 9e9 appends of nothing).
   CHECK(render("{{ ((-1) * '2ole') * 9000000002 }}|{{ [] * 9000000002 }}|{{ '' * 9223372036854775807 }}") == "|[]|");
+}
+
+TEST_CASE("threads: an exception in an OpenMP region reaches the caller instead of std::terminate") {
+  // std::terminate ("terminate called without an active exception") was the
+  // result of a bad_alloc in a thread's scratch buffer.
+  cpu::ThreadErrors errs;
+  std::atomic<int> ran{0};
+#pragma omp parallel num_threads(2)
+  {
+    std::vector<char> scratch;
+    errs.run([&] { scratch.resize(16); });
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < 64; ++i)
+      errs.run([&] {
+        ran.fetch_add(1);
+        if (i == 3) throw std::bad_alloc();
+      });
+  }
+  CHECK_THROWS_AS(errs.rethrow(), std::bad_alloc);
+  CHECK(ran.load() >= 1);
+  bool called = false;
+  errs.run([&] { called = true; });  // work after a failure is skipped
+  CHECK_FALSE(called);
+  cpu::ThreadErrors none;
+#pragma omp parallel for num_threads(2)
+  for (int i = 0; i < 8; ++i) none.run([] {});
+  CHECK_NOTHROW(none.rethrow());
+}
+
+TEST_CASE("read_line_bounded: lines, a missing final newline, the bound, and a failing stream") {
+  std::istringstream in("ab\n\ncd");
+  std::string line;
+  CHECK(read_line_bounded(in, line, 10, "t"));
+  CHECK(line == "ab");
+  CHECK(read_line_bounded(in, line, 10, "t"));
+  CHECK(line.empty());
+  CHECK(read_line_bounded(in, line, 10, "t"));
+  CHECK(line == "cd");
+  CHECK_FALSE(read_line_bounded(in, line, 10, "t"));
+  std::istringstream lng(std::string(200000, 'x') + "\nok\n");
+  CHECK(read_line_bounded(lng, line, 200000, "t"));  // longer than one 64 KiB chunk
+  CHECK(line.size() == 200000);
+  std::istringstream over(std::string(100, 'x'));
+  expect_throw([&] { read_line_bounded(over, line, 99, "tokenize: stdin line 7"); },
+               {"tokenize: stdin line 7: a line longer than the 99-byte limit"});
+  std::istringstream broken("abc");
+  broken.setstate(std::ios::badbit);  // what a swallowed bad_alloc or a read error leaves
+  expect_throw([&] { read_line_bounded(broken, line, 99, "stdin"); }, {"stdin: read error"});
+}
+
+TEST_CASE("tokenizer: ids between the tokenizer and the embedding decode as HF does, once told the model's size") {
+  auto tok = Tokenizer::from_dir(std::string(DSV3_SOURCE_DIR) + "/data/tokenizer/deepseek-v3");
+  REQUIRE(tok.vocab_size() == 128815);
+  const std::vector<int32_t> with = {19923, 128815, 129279, 2058}, without = {19923, 2058};
+  expect_throw([&] { tok.decode(with); }, {"token id 128815 is outside the vocabulary"});
+  tok.set_model_vocab_size(129280);
+  CHECK(tok.decode(with) == tok.decode(without));
+  StreamDecoder sd(tok);
+  std::string streamed;
+  for (int32_t id : with) streamed += sd.push(id);
+  streamed += sd.flush();
+  CHECK(streamed == tok.decode(without));
+  expect_throw([&] { tok.decode({129280}); }, {"token id 129280 is outside the vocabulary"});
+  expect_throw([&] { tok.decode({-1}); }, {"token id -1"});
 }

@@ -46,11 +46,15 @@ struct RopeScaling {          // rope_scaling (HF <= 4.x) or rope_parameters (HF
   double mscale_all_dim = 0.0;  // 0 = absent: no softmax-scale correction (HF rule)
 };
 
+// DeepSeek-V3 uses 128 x 128. A block larger than a matrix is one scale for all
+// of it; the bound keeps block arithmetic (offset + block) far from overflow.
+constexpr int64_t kMaxFp8Block = int64_t(1) << 16;
+
 struct QuantizationConfig {   // quantization_config (FP8 checkpoints)
   std::string quant_method;   // "fp8"
   std::string fmt = "e4m3";
   std::string activation_scheme = "dynamic";
-  int64_t block_rows = 128, block_cols = 128;  // weight_block_size
+  int64_t block_rows = 128, block_cols = 128;  // weight_block_size, each in [1, kMaxFp8Block]
 };
 
 struct Config {
@@ -247,8 +251,9 @@ inline Config Config::from_json(const nlohmann::json& j, const std::string& wher
       if (q.contains("weight_block_size")) {
         const auto& b = q.at("weight_block_size");
         if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() ||
-            !b[1].is_number_integer() || b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0)
-          fail(w, ": weight_block_size must be two positive integers, got ", b.dump());
+            !b[1].is_number_integer() || b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0 ||
+            b[0].get<int64_t>() > kMaxFp8Block || b[1].get<int64_t>() > kMaxFp8Block)
+          fail(w, ": weight_block_size must be two integers in [1, ", kMaxFp8Block, "], got ", b.dump());
         qc.block_rows = b[0].get<int64_t>();
         qc.block_cols = b[1].get<int64_t>();
       }
@@ -319,12 +324,16 @@ inline void Config::validate(const std::string& where) const {
          " must be >= 2 (a group's score is the sum of its top-2 biased scores)");
   if (qk_rope_head_dim % 2 != 0)
     fail(where, ": field 'qk_rope_head_dim' = ", qk_rope_head_dim, " must be even");
-  if (!(rms_norm_eps > 0.0) || !std::isfinite(rms_norm_eps))
-    fail(where, ": field 'rms_norm_eps' = ", rms_norm_eps, " must be a positive number");
-  if (!(rope_theta > 0.0) || !std::isfinite(rope_theta))
-    fail(where, ": field 'rope_theta' = ", rope_theta, " must be a positive number");
-  if (!std::isfinite(routed_scaling_factor))
-    fail(where, ": field 'routed_scaling_factor' must be finite");
+  // Real values inside these ranges give finite results; outside them (a theta
+  // near 0 makes the inverse frequencies overflow, a scaling factor near the
+  // double limit overflows the MoE output) they give NaN logits.
+  auto in_range = [&](const char* name, double v, double lo, double hi, bool lo_open) {
+    if (!std::isfinite(v) || v > hi || (lo_open ? !(v > lo) : !(v >= lo)))
+      fail(where, ": field '", name, "' = ", v, " must be in ", lo_open ? "(" : "[", lo, ", ", hi, "]");
+  };
+  in_range("rms_norm_eps", rms_norm_eps, 0.0, 1.0, true);
+  in_range("rope_theta", rope_theta, 1.0, 1e12, false);
+  in_range("routed_scaling_factor", routed_scaling_factor, 0.0, 1e3, true);
   if (scoring_func != "sigmoid")
     fail(where, ": field 'scoring_func' = \"", scoring_func,
          "\" is unsupported (expected \"sigmoid\", as DeepSeek-V3)");
@@ -336,16 +345,14 @@ inline void Config::validate(const std::string& where) const {
          " must be in [0, 64]");
   if (rope_scaling.type == "yarn") {
     const auto& y = rope_scaling;
-    if (!(y.factor >= 1.0) || !std::isfinite(y.factor))
-      fail(where, ": rope_scaling.factor = ", y.factor, " must be >= 1");
-    if (y.original_max_position_embeddings <= 0)
-      fail(where, ": rope_scaling.original_max_position_embeddings = ",
-           y.original_max_position_embeddings, " must be positive");
-    if (!std::isfinite(y.beta_fast) || !std::isfinite(y.beta_slow) || y.beta_fast <= 0 ||
-        y.beta_slow <= 0)
-      fail(where, ": rope_scaling.beta_fast/beta_slow must be positive");
-    if (!std::isfinite(y.mscale) || !std::isfinite(y.mscale_all_dim))
-      fail(where, ": rope_scaling.mscale/mscale_all_dim must be finite");
+    in_range("rope_scaling.factor", y.factor, 1.0, 1e6, false);
+    if (y.original_max_position_embeddings <= 0 || y.original_max_position_embeddings > (int64_t(1) << 31))
+      fail(where, ": field 'rope_scaling.original_max_position_embeddings' = ",
+           y.original_max_position_embeddings, " must be in [1, 2147483648]");
+    in_range("rope_scaling.beta_fast", y.beta_fast, 0.0, 1e4, true);
+    in_range("rope_scaling.beta_slow", y.beta_slow, 0.0, 1e4, true);
+    in_range("rope_scaling.mscale", y.mscale, 0.0, 100.0, false);
+    in_range("rope_scaling.mscale_all_dim", y.mscale_all_dim, 0.0, 100.0, false);
   }
 }
 

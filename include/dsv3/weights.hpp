@@ -507,7 +507,7 @@ inline StoredModule stored_module(const Checkpoint& ck, const Config& c, const Q
     const int64_t br = c.quantization_config ? c.quantization_config->block_rows : 128;  // weight_block_size
     const int64_t bc = c.quantization_config ? c.quantization_config->block_cols : 128;
     return {Format::fp8_blocks, "FP8 e4m3 " + std::to_string(br) + "x" + std::to_string(bc),
-            {{p + ".weight", {m.out, m.in}}, {p + ".weight_scale_inv", {(m.out + br - 1) / br, (m.in + bc - 1) / bc}}}};
+            {{p + ".weight", {m.out, m.in}}, {p + ".weight_scale_inv", {ceil_div(m.out, br), ceil_div(m.in, bc)}}}};
   }
   return {Format::dense, ck.has(p + ".weight") ? dtype_name(ck.get(p + ".weight").dtype) : "-", {{p + ".weight", {m.out, m.in}}}};
 }

@@ -10,15 +10,20 @@
 #pragma once
 
 #include <cblas.h>
+#include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
 #include "../reference/ops.hpp"
+#include "parallel.hpp"
 #include "quant.hpp"
 #include "../tensor.hpp"
 #include "../variants.hpp"
@@ -35,12 +40,53 @@ namespace dsv3::cpu {
 // OpenMP's (OpenBLAS is only told so when it is the BLAS linked in).
 extern "C" __attribute__((weak)) void openblas_set_num_threads(int);
 
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// OpenBLAS maps a work buffer (128 MB in Debian's build) for each thread at
+// its first GEMM. When that mmap fails, under a tight `ulimit -v`, it retries
+// forever inside the GEMM: the process hangs with no message. So the buffers
+// are taken up front, by a GEMM on every OpenMP thread, after checking that the
+// address space has room for them; if it has not, that is one error line.
+// Per thread: OpenBLAS's 128 MB buffer, glibc's 128 MB arena reservation for
+// a new thread's mallocs, and slack.
+constexpr std::size_t kBlasBufferBytes = std::size_t(288) << 20;
+
+inline void warm_blas_buffers() {
+  static std::atomic<int> warmed{0};
+  static std::mutex mu;
+  if (omp_in_parallel()) return;  // only from the top level, where a region gets all its threads
+  const int want = omp_get_max_threads();
+  if (warmed.load(std::memory_order_acquire) >= want) return;
+  std::lock_guard<std::mutex> lock(mu);
+  if (warmed.load(std::memory_order_relaxed) >= want) return;
+  const std::size_t room = kBlasBufferBytes * std::size_t(want);
+  // PROT_NONE: counts against `ulimit -v`, not against the commit limit
+  void* p = ::mmap(nullptr, room, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    fail("not enough address space for BLAS's work buffers: ", want, " threads need about ", room >> 20,
+         " MB (ulimit -v?); use fewer --threads or raise the limit");
+  ::munmap(p, room);
+  // Every thread's GEMM at once (after a barrier, each long enough to overlap
+  // the others): OpenBLAS hands a buffer back to a shared pool when a GEMM
+  // ends, so GEMMs one after another would take only one.
+  constexpr int n = 512;  // large enough for OpenBLAS's buffered path (small GEMMs skip the buffer)
+#pragma omp parallel num_threads(want)
+  {
+    std::vector<float> a(std::size_t(n) * n, 1.0f), c(std::size_t(n) * n);
+#pragma omp barrier
+    gemm(false, false, n, n, n, 1.0f, a.data(), n, a.data(), n, 0.0f, c.data(), n);
+  }
+  warmed.store(want, std::memory_order_release);
+}
+
 inline void blas_single_threaded() {
   static const bool once = [] {
     if (openblas_set_num_threads) openblas_set_num_threads(1);
     return true;
   }();
   (void)once;
+  warm_blas_buffers();
 }
 
 // BLAS: C[M,N] = alpha * op(A) op(B) + beta * C, row-major.
@@ -186,12 +232,14 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
     }
     ys[j] = empty<T>(rows(*jobs[j].x), O);
   }
+  ThreadErrors errs;
 #pragma omp parallel
   {
-    std::vector<T> buf(buf_elems);
+    std::vector<T> buf;
     std::vector<float> scratch;
+    errs.run([&] { buf.resize(buf_elems); });
 #pragma omp for schedule(dynamic, 4)
-    for (std::size_t u = 0; u < units.size(); ++u) {
+    for (std::size_t u = 0; u < units.size(); ++u) errs.run([&] {
       const Unit& un = units[u];
       const Linear& W = *jobs[un.job].w;
       const Job& J = info[un.job];
@@ -205,7 +253,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
           else
             fused_rows(W, x.data(), n, J.in, un.r0, un.r1, scratch, y.data(), O);
         }
-        continue;
+        return;
       }
       if (J.bf16) {
         if constexpr (std::is_same_v<T, float>)
@@ -215,7 +263,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
             else
               dot_rows_bf16(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
           }
-        continue;
+        return;
       }
       if (!J.direct) {
         decode_band(W, un.r0, un.r1, buf.data());
@@ -238,8 +286,9 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
           y(i, o) = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
         }
       }
-    }
+    });
   }
+  errs.rethrow();
   // AWQ: y = the sum of its groups' partial outputs, in group order
   for (std::size_t j = 0; j < jobs.size(); ++j)
     if (info[j].part1 > info[j].part0) {
@@ -325,12 +374,15 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
   }
   Mat<T> y = empty<T>(n, O);
   const int64_t band = band_rows<T>(W, true), nbands = (O + band - 1) / band;
+  ThreadErrors errs;
 #pragma omp parallel
   {
     std::vector<T> scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < nbands; ++b) matmul_bands(x, W, v, b * band, std::min(O, (b + 1) * band), band, scratch, y);
+    for (int64_t b = 0; b < nbands; ++b)
+      errs.run([&] { matmul_bands(x, W, v, b * band, std::min(O, (b + 1) * band), band, scratch, y); });
   }
+  errs.rethrow();
   round_act(v, y);
   return y;
 }
@@ -356,22 +408,24 @@ inline std::vector<Mat<T>> linear_many(const std::vector<MatJob<T>>& jobs, const
   std::iota(order.begin(), order.end(), std::size_t(0));
   auto work = [&](std::size_t i) { return rows(*jobs[i].x) * jobs[i].w->out() * jobs[i].w->in(); };
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return work(a) > work(b); });
+  ThreadErrors errs;
 #pragma omp parallel
   {
     std::vector<T> scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (std::size_t t = 0; t < order.size(); ++t) {
+    for (std::size_t t = 0; t < order.size(); ++t) errs.run([&] {
       const MatJob<T>& j = jobs[order[t]];
       Mat<T>& y = ys[order[t]];
       if (rows(*j.x) <= kFusedMaxRows || (v.fp8_w8a8 && j.w->is_fp8())) {
         y = linear(*j.x, *j.w, v);  // runs on this thread: a nested parallel region is one thread
-        continue;
+        return;
       }
       y = empty<T>(rows(*j.x), j.w->out());
       matmul_bands(*j.x, *j.w, v, 0, j.w->out(), band_rows<T>(*j.w, false), scratch, y);
       round_act(v, y);
-    }
+    });
   }
+  errs.rethrow();
   return ys;
 }
 

@@ -132,19 +132,23 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   blas_single_threaded();
   // Heads are independent: threads take whole heads, so every head's sums run
   // in the same order whatever the thread count.
+  ThreadErrors errs;
 #pragma omp parallel
   {
-    std::vector<T> wkv(kv_b || fused_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
-    std::vector<T> qn(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
+    std::vector<T> wkv, qn, scores, qcat, olat, kcat, vh;
     FusedInput fin;
     std::vector<float> fscratch;
-    std::vector<T> scores(static_cast<std::size_t>(B * t));
-    std::vector<T> qcat(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
-    std::vector<T> olat(absorb ? static_cast<std::size_t>(B * r) : 0);
-    std::vector<T> kcat(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
-    std::vector<T> vh(absorb ? 0 : static_cast<std::size_t>(t * dv));
+    errs.run([&] {
+      wkv.resize(kv_b || fused_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
+      qn.resize(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
+      scores.resize(static_cast<std::size_t>(B * t));
+      qcat.resize(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
+      olat.resize(absorb ? static_cast<std::size_t>(B * r) : 0);
+      kcat.resize(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
+      vh.resize(absorb ? 0 : static_cast<std::size_t>(t * dv));
+    });
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t h = 0; h < H; ++h) {
+    for (int64_t h = 0; h < H; ++h) errs.run([&] {
       if (!kv_b && !fused_heads) {
         decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
         if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
@@ -209,8 +213,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           gemm(false, false, nb, dv, tv, T(1), scores.data(), tv, vh.data(), dv, T(0), oh, H * dv);
         }
       }
-    }
+    });
   }
+  errs.rethrow();
   round_act(v, o);
   trace.edit("attn_out", layer, start_pos, n, H * dv, o.data());
   Mat<T> out = ops.linear(o, w.o_proj, v);                                 // [n, D]

@@ -74,8 +74,11 @@ inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& g
   const Mat<T> logits = reference::router_logits(be, gw, x, v);  // [n, E]
   const std::vector<T> bias = reference::router_bias<T>(gw, c);
   std::vector<reference::TokenRoute<T>> routes(static_cast<std::size_t>(n));
+  ThreadErrors errs;
 #pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-  for (int64_t i = 0; i < n; ++i) routes[std::size_t(i)] = reference::select_experts(&logits(i, 0), bias.data(), c, K, v);
+  for (int64_t i = 0; i < n; ++i)
+    errs.run([&] { routes[std::size_t(i)] = reference::select_experts(&logits(i, 0), bias.data(), c, K, v); });
+  errs.rethrow();
   return reference::pack_routing(routes, logits, c, K, trace, layer, start_pos);
 }
 

@@ -13,7 +13,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <string>
 
 #include "../error.hpp"
@@ -48,6 +50,31 @@ inline std::string read_file_bounded(const std::string& path, uint64_t max_bytes
   }
   out.resize(got);  // a file that shrank while read: what was there
   return out;
+}
+
+// One line of a stream (without its '\n'), at most `max_bytes` long; false at
+// the end of input. std::getline treats a read error as the end of input, and
+// a line too long to allocate too (the stream swallows the bad_alloc and sets
+// badbit), so a caller looping on it would exit 0 having dropped the rest.
+// Here both are errors naming `where`, and so is a line past the bound.
+inline bool read_line_bounded(std::istream& in, std::string& line, uint64_t max_bytes, const std::string& where) {
+  line.clear();
+  char buf[1 << 16];
+  bool any = false;
+  for (;;) {
+    in.get(buf, sizeof buf, '\n');  // stops before '\n'; failbit when it extracts nothing
+    const auto n = std::size_t(in.gcount());
+    any |= n > 0;
+    if (in.bad() || (&in == &std::cin && std::ferror(stdin))) fail(where, ": read error");
+    if (line.size() + n > max_bytes) fail(where, ": a line longer than the ", max_bytes, "-byte limit");
+    line.append(buf, n);
+    if (in.eof()) return any;
+    if (in.fail()) in.clear();  // the next character is the '\n'
+    if (in.peek() == '\n') {
+      in.ignore();
+      return true;
+    }
+  }
 }
 
 }  // namespace dsv3

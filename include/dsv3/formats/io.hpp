@@ -15,9 +15,6 @@
 #include <string>
 #include <vector>
 
-#include <xtensor/xadapt.hpp>
-#include <xtensor/xnpy.hpp>
-
 #include "../error.hpp"
 
 namespace dsv3 {
@@ -80,6 +77,17 @@ inline void unregister_temp(int slot) {
   temps().used[slot] = 0;
 }
 
+// The process's umask, read once. umask() can only be read by setting it, and
+// setting it for every file raced with threads creating files meanwhile.
+inline mode_t process_umask() {
+  static const mode_t mask = [] {
+    const mode_t m = ::umask(022);
+    ::umask(m);
+    return m;
+  }();
+  return mask;
+}
+
 }  // namespace io_detail
 
 // An output file written whole or not at all. The bytes go to a new file
@@ -91,14 +99,13 @@ inline void unregister_temp(int slot) {
 class OutputFile {
  public:
   explicit OutputFile(const std::string& path) : path_(path) {
+    if (path.empty()) fail("output path is empty");
     std::string tmpl = path + ".XXXXXX.tmp";
     fd_ = ::mkstemps(tmpl.data(), 4);
     if (fd_ < 0) fail(path, ": cannot create a file beside it: ", std::strerror(errno));
     tmp_ = tmpl;
     slot_ = io_detail::register_temp(tmp_);
-    const mode_t mask = ::umask(0);  // mkstemps makes 0600; outputs get the usual 0666 & ~umask
-    ::umask(mask);
-    ::fchmod(fd_, 0666 & ~mask);
+    ::fchmod(fd_, 0666 & ~io_detail::process_umask());  // mkstemps makes 0600; outputs get the usual mode
   }
   OutputFile(const OutputFile&) = delete;
   OutputFile& operator=(const OutputFile&) = delete;
@@ -157,11 +164,45 @@ inline void write_file_atomic(const std::string& path, const std::string& bytes)
   f.commit();
 }
 
-// A [rows, cols] float32 .npy (xtensor's own npy writer).
+// A [rows, cols] float32 little-endian .npy (format 1.0), written row by row
+// as the rows come: `forward` streams its logits here instead of holding
+// copies of [L, V]. commit() checks that exactly `rows` rows were written.
+class NpyF32Writer {
+ public:
+  NpyF32Writer(const std::string& path, std::size_t rows, std::size_t cols) : f_(path), path_(path), rows_(rows), cols_(cols) {
+    std::string h = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " +
+                    std::to_string(cols) + "), }";
+    while ((10 + h.size() + 1) % 64 != 0) h += ' ';
+    h += '\n';
+    const std::string pre = std::string("\x93NUMPY\x01\x00", 8) + char(h.size() & 0xff) + char(h.size() >> 8);
+    f_.write(pre.data(), pre.size());
+    f_.write(h.data(), h.size());
+    row_.resize(cols);
+  }
+  template <class T>
+  void write_row(const T* x) {
+    if (written_ == rows_) fail(path_, ": more than the ", rows_, " rows announced");
+    for (std::size_t i = 0; i < cols_; ++i) row_[i] = float(x[i]);
+    f_.write(row_.data(), cols_ * sizeof(float));
+    ++written_;
+  }
+  void commit() {
+    if (written_ != rows_) fail(path_, ": ", written_, " rows written of the ", rows_, " announced");
+    f_.commit();
+  }
+
+ private:
+  OutputFile f_;
+  std::string path_;
+  std::size_t rows_, cols_, written_ = 0;
+  std::vector<float> row_;
+};
+
 inline void write_npy_f32(const std::string& path, const std::vector<float>& data, std::size_t rows,
                           std::size_t cols) {
-  auto a = xt::adapt(data, std::vector<std::size_t>{rows, cols});
-  write_file_atomic(path, xt::dump_npy(a));
+  NpyF32Writer w(path, rows, cols);
+  for (std::size_t r = 0; r < rows; ++r) w.write_row(data.data() + r * cols);
+  w.commit();
 }
 
 }  // namespace dsv3

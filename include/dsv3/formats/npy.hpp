@@ -254,20 +254,11 @@ inline NpyArray parse_npy(const uint8_t* p, std::size_t n, const std::string& fi
       fail(file, ": .npy array ", npy_detail::shape_text(a.shape),
            " is in Fortran order (expected C order: save with np.ascontiguousarray)");
   }
-  // prod(shape) * itemsize, with every intermediate bounded (dims <= 2^48).
-  const uint64_t item = dtype_size(a.dtype);
+  // prod(shape) * itemsize, with every intermediate bounded (formats/checked.hpp).
   const uint64_t data = n - pre - hlen;
-  // The non-zero dims are bounded even when another dim is 0, so numel() and
-  // every product of dims stay far from overflow.
-  uint64_t need = item;
-  bool zero = false;
-  for (int64_t d : a.shape) {
-    if (d == 0) { zero = true; continue; }
-    if (uint64_t(d) > (uint64_t(1) << 62) / need)
-      fail(file, ": .npy shape ", npy_detail::shape_text(a.shape), " is absurd (its byte size overflows)");
-    need *= uint64_t(d);
-  }
-  if (zero) need = 0;
+  uint64_t need = 0;
+  if (!checked_bytes(a.shape, dtype_size(a.dtype), need))
+    fail(file, ": .npy shape ", npy_detail::shape_text(a.shape), " is absurd (its byte size overflows)");
   if (need != data)
     fail(file, ": .npy shape ", npy_detail::shape_text(a.shape), " x ", descr, " needs ", need,
          " bytes of data but the file has ", data, need > data ? " (truncated?)" : " (trailing bytes)");

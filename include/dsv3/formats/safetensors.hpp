@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "checked.hpp"
 #include "dtype.hpp"
 #include "../error.hpp"
 #include "file.hpp"
@@ -164,14 +165,13 @@ class SafetensorsFile {
       const std::string ds = t["dtype"].get<std::string>();
       if (!parse_dtype(ds, v.dtype)) bad("unknown dtype \"" + ds + "\"");
       if (!t.contains("shape") || !t["shape"].is_array()) bad("missing array 'shape'");
-      uint64_t numel = 1;
       for (const auto& d : t["shape"]) {
         if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("shape must hold non-negative integers");
-        const uint64_t dv = uint64_t(d.get<int64_t>());
-        if (dv != 0 && numel > (uint64_t(1) << 62) / dv) bad("shape " + t["shape"].dump() + " overflows");
-        numel *= dv;
-        v.shape.push_back(int64_t(dv));
+        v.shape.push_back(d.get<int64_t>());
       }
+      uint64_t want = 0;  // bytes; the element count alone may pass while count x item size wraps
+      if (!checked_bytes(v.shape, dtype_size(v.dtype), want))
+        bad("shape " + shape_str(v.shape) + " x " + ds + " is absurd (its byte size passes 2^62)");
       if (!t.contains("data_offsets") || !t["data_offsets"].is_array() ||
           t["data_offsets"].size() != 2 || !t["data_offsets"][0].is_number_unsigned() ||
           !t["data_offsets"][1].is_number_unsigned())
@@ -183,7 +183,6 @@ class SafetensorsFile {
         bad("data_offsets [" + std::to_string(b) + ", " + std::to_string(e) +
             "] run past the end of the data (" + std::to_string(data_size) +
             " bytes; file truncated?)");
-      const uint64_t want = numel * dtype_size(v.dtype);
       if (e - b != want)
         bad("shape " + shape_str(v.shape) + " x " + ds + " needs " + std::to_string(want) +
             " bytes but data_offsets span " + std::to_string(e - b));

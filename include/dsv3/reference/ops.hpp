@@ -63,7 +63,7 @@ inline void dequant_row(const Linear& W, int64_t o, const Variants& v, T* row) {
 template <class T>
 inline Mat<T> linear_w8a8(const Mat<T>& x, const Linear& W) {
   const Linear::Fp8Blocks& f = *W.fp8();
-  const int64_t n = rows(x), K = W.in(), O = W.out(), bc = f.block_cols, nb = (K + bc - 1) / bc;
+  const int64_t n = rows(x), K = W.in(), O = W.out(), bc = f.block_cols, nb = ceil_div(K, bc);
   std::vector<float> xq(static_cast<std::size_t>(n * K)), sx(static_cast<std::size_t>(n * nb));
   for (int64_t i = 0; i < n; ++i)
     for (int64_t b = 0; b < nb; ++b) {

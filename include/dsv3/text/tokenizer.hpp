@@ -24,8 +24,9 @@
 // decode: ids -> token strings -> ByteLevel decoder (bytes, then UTF-8 with
 // invalid sequences replaced by U+FFFD exactly like Rust's
 // String::from_utf8_lossy). skip_special drops only added tokens with
-// "special": true. Unlike HF (which silently drops unknown ids) an id outside
-// the vocabulary is an error naming the id and the valid range.
+// "special": true. An id without a token is an error naming the id and the
+// valid range, except below set_model_vocab_size(n), where it decodes to nothing
+// as in HF (ids between the tokenizer's size and the model's embedding rows).
 #pragma once
 
 #include <oniguruma.h>
@@ -185,10 +186,19 @@ inline void onig_init_once() {
 }
 
 // Owning wrapper around a compiled Oniguruma regex (UTF-8).
+//
+// Patterns come from tokenizer.json, which may be hostile: a pattern with
+// catastrophic backtracking (\w*\w*\W\W on 2,000 letters: about 4e9 steps)
+// would run for minutes. Each search is bounded to kStepsPerByte backtracking
+// steps per byte of its range (plus a floor); the pre-tokenizer regexes of
+// real tokenizers take 2-4 per byte. Past the bound the search is an error
+// naming the pattern, never a hang.
 class OnigRegex {
  public:
+  static constexpr unsigned long kStepsPerByte = 64, kMinSteps = 1ul << 20;
+
   OnigRegex() = default;
-  OnigRegex(const std::string& pattern, bool literal, const std::string& what) {
+  OnigRegex(const std::string& pattern, bool literal, const std::string& what) : pattern_(pattern), what_(what) {
     onig_init_once();
     regex_t* r = nullptr;
     OnigErrorInfo einfo;
@@ -208,9 +218,10 @@ class OnigRegex {
   bool search(std::string_view s, size_t from, OnigRegion* region, size_t& mb, size_t& me) const {
     const auto* base = reinterpret_cast<const OnigUChar*>(s.data());
     const auto* end = base + s.size();
-    int r = onig_search(re_.get(), base, end, base + from, end, region, ONIG_OPTION_NONE);
+    int r = onig_search_with_param(re_.get(), base, end, base + from, end, region, ONIG_OPTION_NONE,
+                                   bounded(s.size() - from));
     if (r == ONIG_MISMATCH) return false;
-    if (r < 0) throw Error("tokenizer: regex search failed (code " + std::to_string(r) + ")");
+    if (r < 0) failed(r, s.size(), from);
     mb = size_t(region->beg[0]);
     me = size_t(region->end[0]);
     return true;
@@ -218,12 +229,39 @@ class OnigRegex {
   // Anchored match at s[at]; returns match length or -1.
   long match_at(std::string_view s, size_t at, OnigRegion* region) const {
     const auto* base = reinterpret_cast<const OnigUChar*>(s.data());
-    int r = onig_match(re_.get(), base, base + s.size(), base + at, region, ONIG_OPTION_NONE);
-    return r >= 0 ? long(r) : -1;
+    int r = onig_match_with_param(re_.get(), base, base + s.size(), base + at, region, ONIG_OPTION_NONE,
+                                  bounded(s.size() - at));
+    if (r == ONIG_MISMATCH) return -1;
+    if (r < 0) failed(r, s.size(), at);
+    return long(r);
   }
 
  private:
+  static OnigMatchParam* bounded(size_t range) {
+    struct Param {
+      OnigMatchParam* p = onig_new_match_param();
+      ~Param() { onig_free_match_param(p); }
+    };
+    thread_local Param mp;
+    onig_initialize_match_param(mp.p);
+    const unsigned long steps = std::max<unsigned long>(kMinSteps, kStepsPerByte * range);
+    onig_set_retry_limit_in_match_of_match_param(mp.p, steps);
+    onig_set_retry_limit_in_search_of_match_param(mp.p, steps);
+    return mp.p;
+  }
+  [[noreturn]] void failed(int code, size_t n, size_t at) const {
+    if (code == ONIGERR_RETRY_LIMIT_IN_MATCH_OVER || code == ONIGERR_RETRY_LIMIT_IN_SEARCH_OVER)
+      throw Error(what_ + ": regex /" + pattern_ + "/ gave up at byte " + std::to_string(at) + " of a " +
+                  std::to_string(n) + "-byte piece after " + std::to_string(kStepsPerByte) +
+                  " backtracking steps per byte (catastrophic backtracking; a tokenizer regex must not need that)");
+    OnigUChar buf[ONIG_MAX_ERROR_MESSAGE_LEN];
+    onig_error_code_to_str(buf, code);
+    throw Error(what_ + ": regex /" + pattern_ + "/ failed at byte " + std::to_string(at) + ": " +
+                reinterpret_cast<char*>(buf));
+  }
+
   std::shared_ptr<regex_t> re_;
+  std::string pattern_, what_;
 };
 
 struct RegionGuard {
@@ -431,6 +469,14 @@ class Tokenizer {
   bool add_bos_default() const { return add_bos_default_; }
   // Number of ids with a token (base vocab + added tokens): 128,815 for V3.
   size_t vocab_size() const { return id_to_token_.size(); }
+  // The model's vocabulary (embedding rows) can be larger than the tokenizer's:
+  // DeepSeek-V3 has 129,280 rows and 128,815 tokens, and sampling can pick an id
+  // in between. HF tokenizers' decode drops an id it has no token for (its
+  // id_to_token is None); once this is set, decode and StreamDecoder drop the
+  // ids in [0, n) without a token the same way. Ids outside [0, n) stay errors.
+  // Unset (0), every id without a token is an error naming it.
+  void set_model_vocab_size(int64_t n) { model_vocab_size_ = n; }
+  int64_t model_vocab_size() const { return model_vocab_size_; }
   std::optional<int32_t> token_to_id(std::string_view tok) const {
     auto it = added_by_content_.find(std::string(tok));
     if (it != added_by_content_.end()) return it->second;
@@ -528,6 +574,8 @@ class Tokenizer {
   std::shared_ptr<Cache> cache_ = std::make_shared<Cache>();
   static constexpr size_t kCacheMax = 200000, kCacheMaxWord = 128;
 
+  int64_t model_vocab_size_ = 0;  // set_model_vocab_size
+
   void check_id(int32_t id) const {
     if (id < 0 || size_t(id) >= id_valid_.size() || !id_valid_[size_t(id)])
       throw Error("tokenizer: token id " + std::to_string(id) +
@@ -535,6 +583,8 @@ class Tokenizer {
                                std::to_string(int64_t(id_valid_.size()) - 1) + ")");
   }
   void append_token_bytes(int32_t id, bool skip_special, std::string& out) const {
+    if (id >= 0 && id < model_vocab_size_ && (size_t(id) >= id_valid_.size() || !id_valid_[size_t(id)]))
+      return;  // an embedding row without a token: dropped, as HF does (set_model_vocab_size)
     check_id(id);
     if (skip_special && id_special_[size_t(id)]) return;
     out += id_bytes_[size_t(id)];

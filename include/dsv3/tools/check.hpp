@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../formats/dtype.hpp"
+#include "../cpu/parallel.hpp"
 #include "../formats/safetensors.hpp"
 
 namespace dsv3 {
@@ -86,8 +87,11 @@ inline std::vector<NonFiniteTensor> check_weights(const Checkpoint& ck) {
   std::vector<const TensorView*> views;  // looked up first: nothing may throw inside the parallel loop
   for (const auto& name : ck.names()) views.push_back(&ck.get(name));
   std::vector<NonFiniteTensor> all(views.size());
+  cpu::ThreadErrors errs;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < int64_t(views.size()); ++i) all[std::size_t(i)] = check_tensor(*views[std::size_t(i)]);
+  for (int64_t i = 0; i < int64_t(views.size()); ++i)
+    errs.run([&] { all[std::size_t(i)] = check_tensor(*views[std::size_t(i)]); });
+  errs.rethrow();
   std::vector<NonFiniteTensor> bad;
   for (auto& r : all)
     if (r.count > 0) bad.push_back(std::move(r));

@@ -174,6 +174,9 @@ inline const std::array<uint8_t, 65536>& fp8_normal_table() {
 inline uint64_t make_model(const std::string& dir, const ModelSpec& spec) {
   using make_detail::Rng;
   using make_detail::name_seed;
+  if (!std::isfinite(spec.bias_mean) || std::fabs(spec.bias_mean) > 1e3)
+    fail("make-model: bias_mean = ", spec.bias_mean, " must be a finite number in [-1000, 1000]");
+  if (spec.shard_bytes == 0) fail("make-model: shard size must be positive");
   nlohmann::json cj = spec.config;
   if (spec.mtp && cj.value("num_nextn_predict_layers", 0) == 0) cj["num_nextn_predict_layers"] = 1;
   const Config c = Config::from_json(cj, "make-model config");

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -95,17 +96,27 @@ inline std::vector<TraceEntry> read_trace(const std::string& path) {
   const nlohmann::json man = parse_json(md["dsv3_manifest"].get<std::string>(), path + ": dsv3_manifest");
   if (!man.is_array()) fail(path, ": dsv3_manifest must be a list");
   std::vector<TraceEntry> out;
+  std::set<std::string> seen;  // a key listed twice would be read (and its memory held) twice
   for (const auto& m : man) {
     if (!m.is_object() || !m.contains("key") || !m["key"].is_string())
-      fail(path, ": dsv3_manifest entry without a 'key'");
+      fail(path, ": dsv3_manifest entry without a string 'key'");
     TraceEntry e;
     e.key = m["key"].get<std::string>();
+    const std::string w = path + ": dsv3_manifest entry '" + e.key + "'";
+    if (!seen.insert(e.key).second) fail(w, " is listed twice");
+    if (m.contains("name") && !m["name"].is_string()) fail(w, ": 'name' must be a string");
+    if (m.contains("layer") && !m["layer"].is_number_integer()) fail(w, ": 'layer' must be an integer");
     e.name = m.value("name", e.key);
     e.layer = m.value("layer", int64_t(-1));
-    if (m.contains("positions") && m["positions"].is_array() && !m["positions"].empty())
-      e.start = m["positions"][0].get<int64_t>();
+    if (m.contains("positions")) {
+      const auto& p = m["positions"];
+      if (!p.is_array() || p.empty() || !p[0].is_number_integer() || p[0].get<int64_t>() < 0)
+        fail(w, ": 'positions' must be [first, end) with a non-negative first position");
+      e.start = p[0].get<int64_t>();
+    }
     const TensorView& t = f.get(e.key);
     if (t.shape.size() != 2) fail(path, ": trace tensor '", e.key, "' must be 2-D [tokens, width]");
+    if (t.shape[1] == 0) fail(path, ": trace tensor '", e.key, "' has width 0 (expected [tokens, width >= 1])");
     e.rows = t.shape[0];
     e.cols = t.shape[1];
     e.data.resize(std::size_t(t.numel()));

@@ -1,0 +1,55 @@
+// dsv3/cpu/parallel.hpp — exceptions out of OpenMP regions.
+//
+// An exception may not leave an OpenMP structured block: the runtime calls
+// std::terminate ("terminate called without an active exception"), so a
+// std::bad_alloc in a thread's scratch buffer would abort the process instead
+// of printing one error line. Every parallel region in dsv3 runs its
+// throwing parts through ThreadErrors::run, which keeps the first exception
+// (later work is skipped); after the region, rethrow() raises it on the
+// calling thread, where the usual error handling sees it.
+//
+// Every thread still reaches every worksharing construct and barrier (an
+// error never makes one thread leave a region early), so a failure cannot
+// deadlock the others:
+//
+//   ThreadErrors errs;
+//   #pragma omp parallel
+//   {
+//     std::vector<float> scratch;
+//     errs.run([&] { scratch.resize(n); });
+//   #pragma omp for
+//     for (int64_t i = 0; i < m; ++i) errs.run([&] { work(i, scratch); });
+//   }
+//   errs.rethrow();
+#pragma once
+
+#include <atomic>
+#include <exception>
+#include <mutex>
+
+namespace dsv3::cpu {
+
+class ThreadErrors {
+ public:
+  template <class F>
+  void run(F&& f) noexcept {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!first_) first_ = std::current_exception();
+      failed_.store(true, std::memory_order_relaxed);
+    }
+  }
+  void rethrow() const {
+    if (first_) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::mutex mu_;
+  std::exception_ptr first_;
+};
+
+}  // namespace dsv3::cpu
