@@ -6,7 +6,7 @@
 #
 #   scripts/fuzz.sh [seconds-per-target (default 60)] [target ...]
 #
-# Targets: safetensors checkpoint config tokenizer_json encode chat npy.
+# Targets: safetensors checkpoint config tokenizer_json encode chat npy trace json.
 # DSV3_FUZZ_JOBS targets run at once (default: nproc; each uses one core).
 # Inputs found during a run go to build-fuzz/corpus/<target>/ (kept between
 # runs); a failing input is saved as build-fuzz/artifacts/<target>/crash-* etc.
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-60}
 shift || true
-ALL="safetensors checkpoint config tokenizer_json encode chat npy"
+ALL="safetensors checkpoint config tokenizer_json encode chat npy trace json"
 TARGETS=${*:-$ALL}
 BUILD=${DSV3_FUZZ_BUILD:-build-fuzz}
 JOBS=${DSV3_JOBS:-$(nproc)}

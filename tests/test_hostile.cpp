@@ -25,6 +25,7 @@
 #include <dsv3/config.hpp>
 #include <dsv3/cpu/parallel.hpp>
 #include <dsv3/formats/file.hpp>
+#include <dsv3/formats/json.hpp>
 #include <dsv3/formats/io.hpp>
 #include <dsv3/formats/npy.hpp>
 #include <dsv3/formats/safetensors.hpp>
@@ -414,4 +415,14 @@ TEST_CASE("tokenizer: ids between the tokenizer and the embedding decode as HF d
   CHECK(streamed == tok.decode(without));
   expect_throw([&] { tok.decode({129280}); }, {"token id 129280 is outside the vocabulary"});
   expect_throw([&] { tok.decode({-1}); }, {"token id -1"});
+}
+
+TEST_CASE("JSON nesting: 128 levels are read, 129 are refused (arrays and objects alike)") {
+  CHECK_NOTHROW(parse_json(std::string(128, '[') + std::string(128, ']'), "t"));
+  CHECK_NOTHROW(parse_json(std::string(127, '[') + "{\"a\": 1}" + std::string(127, ']'), "t"));
+  expect_throw([] { parse_json(std::string(129, '[') + std::string(129, ']'), "t"); }, {"t: JSON nested deeper than 128 levels"});
+  std::string objs;
+  for (int i = 0; i < 129; ++i) objs += "{\"a\":";
+  objs += "1" + std::string(129, '}');
+  expect_throw([&] { parse_json(objs, "t"); }, {"nested deeper than 128"});
 }

@@ -169,4 +169,32 @@ put("npy", "i4-v2", npy("<i4", [1, 3], struct.pack("<3i", 7, 8, 9), version=(2, 
 put("npy", "f8-scalar-v3", npy("<f8", [], struct.pack("<d", 2.5), version=(3, 0)))
 put("npy", "f4-empty", npy("<f4", [0, 129280], b""))
 put("npy", "f4-fortran-1d", npy("<f4", [1, 2], struct.pack("<2f", 1, 2), fortran=True))
+
+# -- traces (dsv3 trace files: safetensors + __metadata__.dsv3_manifest) ------
+def trace(entries):
+    """entries: list of (key, name, layer, start, dtype, [rows, cols], values)."""
+    tensors, man = [], []
+    for key, name, layer, start, dt, shape, vals in entries:
+        fmt = "<%d%s" % (len(vals), "f" if dt == "F32" else "i")
+        tensors.append((key, dt, shape, struct.pack(fmt, *vals)))
+        man.append({"key": key, "name": name, "layer": layer, "shape": shape,
+                    "positions": [start, start + shape[0]], "dtype": dt})
+    return safetensors(tensors, {"format": "dsv3-trace", "dsv3_manifest": json.dumps(man)})
+
+
+put("trace", "logits-routing", trace([
+    ("layers.1.topk_ids", "topk_ids", 1, 0, "I32", [2, 2], [3, 5, 1, 7]),
+    ("layers.1.topk_margin", "topk_margin", 1, 0, "F32", [2, 1], [0.5, 0.01]),
+    ("layers.1.hidden", "hidden", 1, 0, "F32", [2, 3], [1, -2, 3, 0.5, 0, -1]),
+    ("logits", "logits", -1, 0, "F32", [2, 4], [1, 2, 3, 4, 4, 3, 2, 1]),
+]))
+put("trace", "decode-start", trace([("logits", "logits", -1, 5, "F32", [1, 6], [0, 0, 1, 0, 0, 0])]))
+put("trace", "empty-rows", trace([("embed", "embed", -1, 0, "F32", [0, 4], [])]))
+
+# -- json (the bounded reader of every JSON input) ------------------------------
+put("json", "object", r'{"a": [1, 2.5, -3e10, true, null], "b": {"c": "\u00e9\ud83d\ude00"}, "": {}}')
+put("json", "deep-ok", "[" * 128 + "]" * 128)
+put("json", "deep-refused", "[" * 129 + "]" * 129)
+put("json", "deep-objects", '{"a":' * 100 + "1" + "}" * 100)
+put("json", "numbers", "[18446744073709551615, -9223372036854775808, 1e400, 0.1, -0]")
 print("corpus written to", OUT)

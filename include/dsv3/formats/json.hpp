@@ -24,8 +24,12 @@ constexpr int kMaxJsonDepth = 128;
 // Parses [first, last) as JSON; `what` names the input in errors.
 template <class It>
 inline nlohmann::json parse_json(It first, It last, const std::string& what, int max_depth = kMaxJsonDepth) {
-  auto bound = [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
-    if (depth > max_depth) fail(what, ": JSON nested deeper than ", max_depth, " levels");
+  // nlohmann calls an array or object start with the number of containers
+  // already open around it: the max_depth-th level opens at max_depth - 1.
+  auto bound = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json&) {
+    const bool opens = event == nlohmann::json::parse_event_t::array_start ||
+                       event == nlohmann::json::parse_event_t::object_start;
+    if (opens && depth >= max_depth) fail(what, ": JSON nested deeper than ", max_depth, " levels");
     return true;
   };
   try {
