@@ -259,6 +259,29 @@ for spec in "2 700000" "2 1000000" "1 900000" "1 1000000"; do
   [ $rc -eq 1 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -q "^dsv3: error: .*\(out of memory\|address space\)" "$T/err" && [ ! -e "$T/lim.npy" ] \
     && ok || bad "forward under ulimit -v $lim, $th threads: rc=$rc $(cat "$T/err")"
 done
+# formats mixed up: an AWQ checkpoint carrying MLX-named tensors (one module, the stacked experts),
+# or an AWQ checkpoint whose config also says MLX: an error naming a tensor, never a crash
+mix() {  # mix NAME PY: $T/mix-NAME from the AWQ tensors A and the MLX tensors M, through PY
+  rm -rf "$T/mix-$1"; mkdir -p "$T/mix-$1"; cp "$T/awq/config.json" "$T/mix-$1/"
+  python3 - "$T/awq/model.safetensors" "$T/mlx4/model.safetensors" "$T/mix-$1/model.safetensors" "$2" <<'PY'
+import json, struct, sys
+def load(p):
+    b = open(p, 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n]); d = b[8 + n:]
+    return {k: (v['dtype'], v['shape'], d[v['data_offsets'][0]:v['data_offsets'][1]]) for k, v in h.items() if k != '__metadata__'}
+A, M = load(sys.argv[1]), load(sys.argv[2])
+out = eval(sys.argv[4])
+h, off, blob = {}, 0, b''
+for k, (dt, sh, by) in out.items():
+    h[k] = {'dtype': dt, 'shape': sh, 'data_offsets': [off, off + len(by)]}; off += len(by); blob += by
+hs = json.dumps(h).encode(); open(sys.argv[3], 'wb').write(struct.pack('<Q', len(hs)) + hs + blob)
+PY
+}
+mix one "{**{k: v for k, v in A.items() if 'layers.0.self_attn.o_proj' not in k}, **{k: v for k, v in M.items() if 'layers.0.self_attn.o_proj' in k}}"
+expect_error "tensor 'model.layers.0.self_attn.o_proj.weight' has shape [160, 12], expected [160, 96]" "$DSV3" forward --model "$T/mix-one" --ids 0,1 --out "$T/x.npy"
+mix stacked "{**{k: v for k, v in A.items() if '.experts.' not in k}, **{k: v for k, v in M.items() if 'switch_mlp' in k}}"
+expect_error "missing tensor 'model.layers.1.mlp.experts.0.gate_proj.weight'" "$DSV3" forward --model "$T/mix-stacked" --ids 0,1 --out "$T/x.npy"
+mix both "A"; python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['quantization']={'bits': 4, 'group_size': 32}; json.dump(c, open(sys.argv[1],'w'))" "$T/mix-both/config.json"
+expect_error "(MLX 4-bit g32 module 'model.layers.0.self_attn.q_a_proj')" "$DSV3" forward --model "$T/mix-both" --ids 0,1 --out "$T/x.npy"
 # outputs: a planted symlink at the old fixed temporary name is never followed
 echo "precious" >"$T/victim"
 ln -sf "$T/victim" "$T/out.npy.tmp"
