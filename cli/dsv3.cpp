@@ -15,6 +15,9 @@
 #include "cmd_compare.hpp"
 #include "cmd_model.hpp"
 #include "cmd_text.hpp"
+#ifdef DSV3_CUDA
+#include <dsv3/cuda/backend.hpp>
+#endif
 
 
 using namespace dsv3;
@@ -28,6 +31,9 @@ static int run(int argc, char** argv);
 // every rank exits 1 and only one prints it.
 int main(int argc, char** argv) {
   retune_openblas(argv);
+#ifdef DSV3_CUDA
+  dsv3::cuda::register_backend();  // --backend cuda
+#endif
 #ifdef DSV3_MPI
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -69,7 +75,8 @@ static int run(int argc, char** argv) {
                  "of MemAvailable) | on | off (pages come in as first used)")
       ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   app.add_option("--backend", g_backend, "Backend for the model's ops: cpu (fast, the default) | reference (the "
-                 "literal definition of each op, single-threaded and slow; every other backend is tested against it)")
+                 "literal definition of each op, single-threaded and slow; every other backend is tested against it) | cuda "
+                 "(builds with -DDSV3_CUDA=ON: embed, linear F32/BF16/FP8, RMSNorm, RoPE on the GPU; the rest on the CPU)")
       ->capture_default_str();
 #ifdef DSV3_MPI
   std::string mpi_stats;

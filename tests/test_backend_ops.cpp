@@ -570,3 +570,39 @@ TEST_CASE("the op suite runs on a backend holding its own activations") {
   CHECK(t.unsupported > 0);  // it declines the quantized formats: reported, not passed
 }
 }  // TEST_SUITE
+
+// -- the CUDA backend (backends/cuda, -DDSV3_CUDA=ON) ---------------------------
+// ctest runs this suite as backend_ops_cuda, which exits 77 (skipped) before
+// it gets here when no device is visible (tests/main.cpp).
+#ifdef DSV3_CUDA
+#include <dsv3/cuda/backend.hpp>
+
+TEST_SUITE("backend_ops_cuda") {
+TEST_CASE("CUDA: every op it claims matches the reference, in every stored format") {
+  REQUIRE_MESSAGE(cuda::device_count() > 0, "no CUDA device is visible");
+  const Tally t = run_suite(NamedBackend<float>{"cuda", cuda::make_backend()}, false);
+  MESSAGE(t.report());
+  CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
+  CHECK_MESSAGE(t.passed > 0, t.backend, ": no case ran");
+}
+
+TEST_CASE("CUDA: deterministic: identical logits run to run, and a row's result independent of its batch") {
+  REQUIRE_MESSAGE(cuda::device_count() > 0, "no CUDA device is visible");
+  const auto be = cuda::make_backend();
+  const std::vector<int32_t> ids = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3};
+  for (const char* fmt : {"f32", "bf16", "fp8"}) {
+    Model<float> m(model_dir(fmt));
+    m.set_backend(be);
+    auto c1 = m.new_cache(), c2 = m.new_cache();
+    const Mat<float> a = m.forward(ids, c1), b = m.forward(ids, c2);
+    CHECK_MESSAGE(std::equal(a.begin(), a.end(), b.begin()), fmt, ": two runs differ");
+    // the lm_head over 16 rows at once, and row 11 alone: the same bits
+    const Linear& head = m.weights().lm_head;
+    const Mat<float> x = check::random_rows<float>(16, head.in(), 5);
+    const Mat<float> all = be->download(be->linear(be->upload(x), head, {}));
+    const Mat<float> one = be->download(be->linear(be->upload(take_rows(x, 11, 12)), head, {}));
+    CHECK_MESSAGE(std::equal(one.begin(), one.end(), &all(11, 0)), fmt, ": a row's logits depend on its batch");
+  }
+}
+}  // TEST_SUITE
+#endif

@@ -10,8 +10,11 @@
 // inside a CPU-run attention still go to the primary when it has them.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend.hpp"
@@ -131,13 +134,32 @@ class Dispatch : public Backend<T> {
   CpuBackend<T> cpu_;
 };
 
+// Backends built outside the header-only core (backends/cuda) register a
+// factory under their name; backend_named finds them there.
+template <class T>
+using BackendFactory = std::function<std::shared_ptr<const Backend<T>>()>;
+template <class T>
+inline std::map<std::string, BackendFactory<T>>& backend_registry() {
+  static std::map<std::string, BackendFactory<T>> r;
+  return r;
+}
+
 // A backend by name (the CLI's global --backend): "cpu", the fast default
-// (nullptr: Dispatch's own CPU backend), or "reference", the literal one.
+// (nullptr: Dispatch's own CPU backend), "reference", the literal one, or a
+// registered one.
 template <class T>
 inline std::shared_ptr<const Backend<T>> backend_named(const std::string& name) {
   if (name == "cpu") return nullptr;
   if (name == "reference") return std::make_shared<ReferenceBackend<T>>();
-  fail("--backend '", name, "': expected cpu or reference");
+  auto it = backend_registry<T>().find(name);
+  if (it != backend_registry<T>().end()) return it->second();
+  if (!std::is_same_v<T, float> && backend_registry<float>().count(name))
+    fail("--backend '", name, "' computes in f32 only (use --precision f32)");
+  std::string known = "cpu, reference";
+  for (const auto& kv : backend_registry<T>()) known += ", " + kv.first;
+  if (name == "cuda")
+    fail("--backend 'cuda': this build has no CUDA backend (configure with -DDSV3_CUDA=ON); expected ", known);
+  fail("--backend '", name, "': expected ", known);
 }
 
 }  // namespace dsv3
