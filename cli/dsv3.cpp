@@ -76,7 +76,7 @@ static int run(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   app.add_option("--backend", g_backend, "Backend for the model's ops: cpu (fast, the default) | reference (the "
                  "literal definition of each op, single-threaded and slow; every other backend is tested against it) | cuda "
-                 "(builds with -DDSV3_CUDA=ON: embed, linear F32/BF16/FP8, RMSNorm, RoPE on the GPU; the rest on the CPU)")
+                 "(builds with -DDSV3_CUDA=ON: F32/BF16/FP8 checkpoints on the GPU; what it declines runs on the CPU)")
       ->capture_default_str();
 #ifdef DSV3_MPI
   std::string mpi_stats;

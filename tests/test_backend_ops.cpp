@@ -596,6 +596,18 @@ TEST_CASE("CUDA: deterministic: identical logits run to run, and a row's result 
     auto c1 = m.new_cache(), c2 = m.new_cache();
     const Mat<float> a = m.forward(ids, c1), b = m.forward(ids, c2);
     CHECK_MESSAGE(std::equal(a.begin(), a.end(), b.begin()), fmt, ": two runs differ");
+    // a prefill split 5 + 11 gives the same bits as one call, in either form
+    // (every kernel computes a row from that row and the cache alone)
+    for (AttnForm form : {AttnForm::absorb, AttnForm::naive}) {
+      ForwardOptions opt;
+      opt.attn = form;
+      auto cw = m.new_cache(), cs = m.new_cache();
+      const Mat<float> whole = m.forward(ids, cw, opt);
+      const Mat<float> p1 = m.forward({ids.begin(), ids.begin() + 5}, cs, opt);
+      const Mat<float> p2 = m.forward({ids.begin() + 5, ids.end()}, cs, opt);
+      CHECK_MESSAGE((std::equal(p1.begin(), p1.end(), whole.begin()) && std::equal(p2.begin(), p2.end(), &whole(5, 0))),
+                    fmt, ": a prefill in two chunks differs from one call (", form == AttnForm::absorb ? "absorb" : "naive", ")");
+    }
     // the lm_head over 16 rows at once, and row 11 alone: the same bits
     const Linear& head = m.weights().lm_head;
     const Mat<float> x = check::random_rows<float>(16, head.in(), 5);

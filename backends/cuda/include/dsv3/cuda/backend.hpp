@@ -3,14 +3,15 @@
 // headers stay inside the library, so a program including this needs no CUDA
 // toolkit to compile, only the library and the CUDA runtime to link.
 //
-// What it runs on the device (supports()): the embedding gather, linear over
-// F32 / BF16 / F16 and FP8 e4m3 with block scales (decoded in the kernel: no
-// full-precision copy of a matrix exists on the device), RMSNorm, RoPE and the
-// glue (residual add, row slices, concatenation), in f32, with the default
-// knobs. Weights are uploaded once, at first use, in their stored dtype, and
-// stay resident; activations between two device ops stay on the device.
-// Attention, the MoE and the dense MLP are declined: Dispatch runs them on
-// the CPU backend, and the linears inside them come back here.
+// What it runs on the device (supports()): the whole forward pass for F32,
+// BF16, F16 and FP8 (block-scaled) checkpoints, in f32 — the embedding,
+// linears (FP8 decoded in the kernel: no full-precision copy of a matrix
+// exists on the device), RMSNorm, RoPE, MLA (absorbed and naive forms, over a
+// latent cache on the device), the MoE (router logits on the device, the
+// selection by reference::select_experts on the host, experts on the device)
+// and the dense MLP. Weights are uploaded once, at first use, in their stored
+// dtype, and stay resident. AWQ/MLX weights and the bf16/W8A8 knobs are
+// declined: Dispatch runs those ops on the CPU backend.
 // docs/backends.md says what remains and how a backend plugs in.
 #pragma once
 
