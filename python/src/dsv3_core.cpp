@@ -215,9 +215,10 @@ struct PyModel {
     return entries(col);
   }
 
-  static std::vector<PyEntry> entries(const dsv3::TraceCollector& col) {
+  static std::vector<PyEntry> entries(const dsv3::TraceCollector& col) { return entries(col.entries()); }
+  static std::vector<PyEntry> entries(const std::vector<dsv3::TraceRecord>& records) {
     std::vector<PyEntry> out;
-    for (const dsv3::TraceRecord& r : col.entries())
+    for (const dsv3::TraceRecord& r : records)
       out.emplace_back(dsv3::trace_key(r.name, r.layer), r.name, r.layer, r.start_pos,
                        entry_array(r.name, r.data, r.shape[0], r.shape[1]));
     return out;
@@ -353,7 +354,16 @@ NB_MODULE(_core, mod) {
       .def("generate", &PyModel::generate, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_p"_a, "top_k"_a,
            "seed"_a, "bf16_cache"_a)
       .def("trace", &PyModel::trace, "ids"_a, "names"_a, "mode"_a, "prefill_len"_a, "chunk"_a)
-      .def("last_routing", [](const PyModel& p) { return PyModel::entries(p.last_routing); });
+      .def("last_routing", [](const PyModel& p) {
+        // a copy under the model's lock: a forward call in another thread rewrites it
+        std::vector<dsv3::TraceRecord> records;
+        {
+          nb::gil_scoped_release nogil;
+          std::lock_guard<std::mutex> lock(p.mu);
+          records = p.last_routing.entries();
+        }
+        return PyModel::entries(records);
+      });
 
   nb::class_<dsv3::Tokenizer>(mod, "Tokenizer")
       .def("__init__", [](dsv3::Tokenizer* t, const std::string& dir) { new (t) dsv3::Tokenizer(dsv3::Tokenizer::from_dir(dir)); },

@@ -28,11 +28,13 @@ void check(cudaError_t e, const char* what) {
 struct DevBuf {
   void* p = nullptr;
   std::size_t bytes = 0;
+  // Stream-ordered on the default stream, where every launch and copy goes:
+  // a buffer freed while a kernel that reads it is queued is freed after it.
   explicit DevBuf(std::size_t n) : bytes(n) {
-    if (n) check(cudaMalloc(&p, n), "cudaMalloc");
+    if (n) check(cudaMallocAsync(&p, n, 0), "cudaMallocAsync");
   }
   ~DevBuf() {
-    if (p) cudaFree(p);
+    if (p) cudaFreeAsync(p, 0);
   }
   DevBuf(const DevBuf&) = delete;
   DevBuf& operator=(const DevBuf&) = delete;
@@ -46,7 +48,7 @@ struct DeviceLatentCache final : LayerCache {
   bool bf16 = false;
   int64_t width = 0, len = 0, cap = 0;
   std::shared_ptr<DevBuf> rows;
-  std::size_t bytes() const override { return std::size_t(len * width) * sizeof(float); }
+  std::size_t bytes() const override { return std::size_t(cap * width) * sizeof(float); }  // what it holds
   void truncate(int64_t keep, int64_t) override { len = std::min(len, keep); }
   void reserve(int64_t need) {
     if (need <= cap) return;
@@ -95,24 +97,30 @@ class CudaBackend final : public Backend<float> {
       case Op::linear: return q.weight && linear_ok(*q.weight);
       case Op::rms_norm: return q.vector && decodable(q.vector->dtype);
       case Op::rope: case Op::glue: return true;
-      case Op::mlp: case Op::moe: return q.weight && linear_ok(*q.weight);  // the gate_proj: the experts' format
+      // the gate_proj: the experts' format. A linear inside in another format
+      // (mlx-lm leaves some unquantized) runs on the CPU (linear below). No
+      // weight: Dispatch asking whether the MoE runs here (expert parallelism).
+      case Op::mlp: case Op::moe: return !q.weight || linear_ok(*q.weight);
       case Op::attention_mla: return q.weight && kvb_ok(*q.weight);           // kv_b_proj, read per head in-kernel
     }
     return false;
   }
 
   Act<float> upload(const Mat<float>& x) const override {
+    on();
     auto b = buffer(rows(x), cols(x));
     check(cudaMemcpy(b->p, x.data(), b->bytes, cudaMemcpyHostToDevice), "upload");
     return wrap(std::move(b), rows(x), cols(x));
   }
   Mat<float> download(const Act<float>& x) const override {
+    on();
     Mat<float> m = empty<float>(x.rows(), x.cols());
     check(cudaMemcpy(m.data(), dev(x), std::size_t(x.rows() * x.cols()) * sizeof(float), cudaMemcpyDeviceToHost),
           "download");
     return m;
   }
   std::unique_ptr<LayerCache> new_cache(const Config& c, bool bf16) const override {
+    on();
     auto cache = std::make_unique<DeviceLatentCache>();
     cache->bf16 = bf16;
     cache->width = c.kv_lora_rank + c.qk_rope_head_dim;
@@ -120,6 +128,7 @@ class CudaBackend final : public Backend<float> {
   }
 
   Act<float> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants&) const override {
+    on();
     const int64_t n = int64_t(ids.size()), d = table.in();
     for (int32_t id : ids)
       if (id < 0 || id >= table.out()) fail("embed: token id ", id, " is outside [0, ", table.out(), ")");
@@ -132,7 +141,11 @@ class CudaBackend final : public Backend<float> {
     return wrap(std::move(y), n, d);
   }
 
-  Act<float> linear(const Act<float>& x, const Linear& w, const Variants&) const override {
+  Act<float> linear(const Act<float>& x, const Linear& w, const Variants& v) const override {
+    on();
+    // A format the kernels do not read (AWQ, MLX), reached from a composite op
+    // this backend took with itself as `ops`: the CPU backend runs it.
+    if (!linear_ok(w)) return upload(home(cpu_.linear(Act<float>(download(x)), w, v)));
     const int64_t n = x.rows(), K = w.in(), O = w.out();
     if (x.cols() != K) fail("linear '", w.name(), "': input has ", x.cols(), " columns, expected ", K);
     auto y = buffer(n, O);
@@ -150,6 +163,7 @@ class CudaBackend final : public Backend<float> {
   }
 
   Act<float> rms_norm(const Act<float>& x, const TensorView& w, double eps, const Variants&) const override {
+    on();
     if (w.numel() != x.cols()) fail("rms_norm '", w.name, "': weight has ", w.numel(), " elements, expected ", x.cols());
     auto y = buffer(x.rows(), x.cols());
     k::rms_norm(dev(x), x.rows(), x.cols(), resident(w), elem_of(w.dtype, w.name), eps, y->f());
@@ -159,6 +173,7 @@ class CudaBackend final : public Backend<float> {
 
   void rope(Act<float>& x, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
             bool interleave) const override {
+    on();
     const int64_t n = x.rows(), h = width / 2;
     if (int64_t(r.size()) < n) fail("rope: ", r.size(), " rows of angles for ", n, " rows");
     std::vector<float> cs(std::size_t(n * h)), sn(std::size_t(n * h));
@@ -178,6 +193,7 @@ class CudaBackend final : public Backend<float> {
   Act<float> attention_mla(const Backend<float>& ops, const Config& c, const AttentionWeights& w, const Act<float>& x,
                            LayerCache& cache_base, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,
                            const Trace& trace, int64_t layer, const Variants& v) const override {
+    on();
     auto* cache = dynamic_cast<DeviceLatentCache*>(&cache_base);
     if (!cache) fail("backend '", name(), "' was given a layer cache it did not make");
     const int64_t n = x.rows(), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim;
@@ -212,7 +228,11 @@ class CudaBackend final : public Backend<float> {
     cache->len += n;
     const int64_t t = cache->len;
     const float* KV = cache->rows->f();                                            // [t, dc + dr]
+    const bool naive_was_auto = form == AttnForm::automatic;
     if (form == AttnForm::automatic) form = attn_form_for(c, n, start_pos);
+    // automatic: the naive form expands every cached position for every head
+    // ([t, H, dn + dv] floats); past 4 GiB, the absorbed form (equal algebra).
+    if (form == AttnForm::naive && t * H * (dn + dv) > 4 * kChunkFloats && naive_was_auto) form = AttnForm::absorb;
     const float scale = float(c.softmax_scale(v.yarn_enabled(c.rope_scaling.original_max_position_embeddings)));
     const k::WeightRef W = weight_ref(w.kv_b_proj);
     auto o = buffer(n, H * dv);
@@ -261,6 +281,7 @@ class CudaBackend final : public Backend<float> {
   // each, and each token sums its terms in ascending expert id.
   Act<float> moe(const Backend<float>& ops, const Config& c, const MoEWeights& w, const Act<float>& x,
                  const Trace& trace, int64_t layer, int64_t start_pos, const Variants& v) const override {
+    on();
     const int64_t n = x.rows(), d = x.cols(), K = reference::experts_per_token(c, v);
     Linear gate;
     gate.weight = w.gate.weight;
@@ -310,6 +331,7 @@ class CudaBackend final : public Backend<float> {
 
   // SwiGLU MLP: down(silu(gate(x)) ⊙ up(x)) (reference::mlp).
   Act<float> mlp(const Backend<float>& ops, const MLPWeights& w, const Act<float>& x, const Variants& v) const override {
+    on();
     Act<float> g = mine(ops.linear(x, w.gate_proj, v));
     const Act<float> u = mine(ops.linear(x, w.up_proj, v));
     k::swiglu(dev_mut(g), dev(u), g.rows() * g.cols());
@@ -318,22 +340,26 @@ class CudaBackend final : public Backend<float> {
   }
 
   void add(Act<float>& h, const Act<float>& f, const Variants&) const override {
+    on();
     if (h.rows() != f.rows() || h.cols() != f.cols()) fail("add: shapes differ");
     k::add(dev_mut(h), dev(f), h.rows() * h.cols());
     done("add");
   }
   Act<float> take_rows(const Act<float>& x, int64_t r0, int64_t r1) const override {
+    on();
     auto y = buffer(r1 - r0, x.cols());
     check(cudaMemcpy(y->p, dev(x) + r0 * x.cols(), y->bytes, cudaMemcpyDeviceToDevice), "take_rows");
     return wrap(std::move(y), r1 - r0, x.cols());
   }
   Act<float> concat_cols(const Act<float>& a, const Act<float>& b) const override {
+    on();
     auto y = buffer(a.rows(), a.cols() + b.cols());
     k::concat_cols(dev(a), a.cols(), dev(b), b.cols(), a.rows(), y->f());
     done("concat_cols");
     return wrap(std::move(y), a.rows(), a.cols() + b.cols());
   }
   void zero_rows(Act<float>& x, int64_t r0, int64_t r1) const override {
+    on();
     check(cudaMemset(dev_mut(x) + r0 * x.cols(), 0, std::size_t((r1 - r0) * x.cols()) * sizeof(float)), "zero_rows");
   }
 
@@ -409,12 +435,14 @@ class CudaBackend final : public Backend<float> {
   const void* resident(const TensorView& t) const {
     const WeightKey key{t.file, t.name, t.data, t.nbytes()};
     std::lock_guard<std::mutex> lock(mu_);
+    on();
     auto it = weights_.find(key);
     if (it != weights_.end()) return it->second->p;
     auto b = std::make_shared<DevBuf>(t.nbytes());
     check(cudaMemcpy(b->p, t.data, t.nbytes(), cudaMemcpyHostToDevice), "upload weight");
     return weights_.emplace(key, std::move(b)).first->second->p;
   }
+  void on() const { check(cudaSetDevice(device_), "cudaSetDevice"); }  // the current device is per host thread
   // A launch error at once; an error while running surfaces at the next
   // synchronising call (every download), or here with DSV3_CUDA_SYNC=1.
   void done(const char* op) const {
@@ -422,6 +450,7 @@ class CudaBackend final : public Backend<float> {
   }
   static constexpr int64_t kChunkFloats = int64_t(1) << 28;
 
+  CpuBackend<float> cpu_;  // formats the kernels do not read
   int device_;
   bool sync_each_op_ = std::getenv("DSV3_CUDA_SYNC") != nullptr;
   std::string name_;
