@@ -1,6 +1,7 @@
 // Tokenizer and chat-template tests against HF goldens (tolerance: exact).
 // Goldens: tests/golden/tokenizer/*.jsonl, made by
 // tests/golden/make_tokenizer_goldens.py with HF tokenizers / transformers<5.
+#include "source_dir.hpp"
 #include <doctest/doctest.h>
 
 #include <dsv3/text/chat_template.hpp>

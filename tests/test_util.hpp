@@ -1,6 +1,8 @@
 // Helpers shared by the test files: temp dirs, file I/O, the V3 config.
 #pragma once
 
+#include "source_dir.hpp"
+
 #include <unistd.h>
 
 #include <cstdlib>
