@@ -31,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "checked.hpp"
 #include "dtype.hpp"
 #include "../error.hpp"
 
