@@ -50,7 +50,11 @@ void run_forward(const ForwardArgs& a) {
     mo.attn = popt.attn;
     auto mcache = m.new_mtp_cache();
     Mat<T> ml = m.mtp_forward(take_rows(h_all, 0, L - 1), std::vector<int32_t>(ids.begin() + 1, ids.end()), mcache, mo);
-    if (writer()) write_npy_f32(a.mtp_out, std::vector<float>(ml.begin(), ml.end()), std::size_t(L - 1), std::size_t(V));
+    if (writer()) {  // rows straight from the model's matrix, as the main logits
+      NpyF32Writer mtp(a.mtp_out, std::size_t(L - 1), std::size_t(V));
+      for (int64_t r = 0; r < L - 1; ++r) mtp.write_row(&ml(r, 0));
+      mtp.commit();
+    }
   }
   if (out) out->commit();
 }

@@ -101,7 +101,7 @@ class CudaBackend final : public Backend<float> {
       // (mlx-lm leaves some unquantized) runs on the CPU (linear below). No
       // weight: Dispatch asking whether the MoE runs here (expert parallelism).
       case Op::mlp: case Op::moe: return !q.weight || linear_ok(*q.weight);
-      case Op::attention_mla: return q.weight && kvb_ok(*q.weight);           // kv_b_proj, read per head in-kernel
+      case Op::attention_mla: return q.weight && linear_ok(*q.weight);        // kv_b_proj, read per head in-kernel
     }
     return false;
   }
@@ -285,7 +285,7 @@ class CudaBackend final : public Backend<float> {
     const int64_t n = x.rows(), d = x.cols(), K = reference::experts_per_token(c, v);
     Linear gate;
     gate.weight = w.gate.weight;
-    Mat<float> logits = download(mine(ops.linear(x, gate, Variants{})));
+    Mat<float> logits = ops.linear(x, gate, Variants{}).to_host();  // downloaded once, wherever it ran
     round_bf16_if(v.router_precision == RouterPrecision::bf16, logits.begin(), logits.end());
     const std::vector<float> bias = reference::router_bias<float>(w.gate, c);
     std::vector<reference::TokenRoute<float>> routes;
@@ -364,7 +364,6 @@ class CudaBackend final : public Backend<float> {
   }
 
  private:
-  static bool kvb_ok(const Linear& w) { return linear_ok(w); }  // dense or FP8 blocks (not MLX's split halves)
   k::WeightRef weight_ref(const Linear& w) const {
     k::WeightRef r;
     r.w = resident(w.weight);
@@ -382,7 +381,6 @@ class CudaBackend final : public Backend<float> {
     if (a.owner() == this) return std::move(a);
     return upload(std::move(a).to_host());
   }
-  Act<float> mine(const Act<float>& a) const { return mine(Act<float>(a)); }
   // Columns [c0, c0 + width) of every row.
   Act<float> take_cols(const Act<float>& x, int64_t c0, int64_t width) const {
     auto y = buffer(x.rows(), width);
