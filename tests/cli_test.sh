@@ -226,6 +226,22 @@ surgery "$T/ta.safetensors" "$T/tnm.safetensors" "
 import json as J
 m = J.loads(h['__metadata__']['dsv3_manifest']); m[0]['positions'] = ['x']; h['__metadata__']['dsv3_manifest'] = J.dumps(m)"
 expect_error "'positions' must be [first, end)" "$DSV3" compare "$T/tnm.safetensors" "$T/ta.safetensors"
+# non-finite values: an infinity in A and B at the same place is agreement (masked
+# vocabulary); an overflowing square made the self-comparison fail; a NaN fails
+setval() {  # setval SRC DST KEY VALUE: the first value of tensor KEY (F32)
+  surgery "$1" "$2" "
+k = '$3'; o = h[k]['data_offsets'][0]
+data = data[:o] + struct.pack('<f', float('$4')) + data[o + 4:]"
+}
+setval "$T/ta.safetensors" "$T/tinf.safetensors" logits -inf
+"$DSV3" compare "$T/tinf.safetensors" "$T/tinf.safetensors" --tol exact >"$T/inf.txt" && ok || bad "a trace with -inf logits differs from itself: $(grep FAIL "$T/inf.txt")"
+setval "$T/ta.safetensors" "$T/tbig.safetensors" layers.0.attn_out 3e38
+"$DSV3" compare "$T/tbig.safetensors" "$T/tbig.safetensors" --tol exact >"$T/big.txt" && ok || bad "a trace with 3e38 differs from itself: $(grep FAIL "$T/big.txt")"
+setval "$T/ta.safetensors" "$T/tnan.safetensors" logits nan
+"$DSV3" compare "$T/ta.safetensors" "$T/tnan.safetensors" --tol f32 >"$T/nan.txt"
+[ $? -eq 1 ] && grep -q "^logits .*FAIL (1 NaN or unmatched Inf)" "$T/nan.txt" && ok || bad "a NaN in B's logits was not named: $(grep logits "$T/nan.txt")"
+"$DSV3" compare "$T/ta.safetensors" "$T/tinf.safetensors" --tol f32 >"$T/inf2.txt"
+[ $? -eq 1 ] && grep -q "^logits .*FAIL (1 NaN or unmatched Inf)" "$T/inf2.txt" && ok || bad "an -inf only in B's logits passed: $(grep logits "$T/inf2.txt")"
 # a tokenizer regex with catastrophic backtracking (about 4e9 steps on 3,000 letters: minutes)
 # gives up after 64 steps per byte, naming the pattern; the real regexes on 2 MB of text do not
 TOK=$ROOT/data/tokenizer/deepseek-v3

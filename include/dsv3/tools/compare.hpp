@@ -68,7 +68,10 @@ inline CompareResult compare_traces(const std::vector<TraceEntry>& A, const std:
       r.note = "positions differ";
     } else {
       r.s = diff_stats(a, b);
-      if (is_index_trace(a.name)) {
+      if (r.s.nonfinite) {
+        r.pass = false;
+        r.note = std::to_string(r.s.nonfinite) + " NaN or unmatched Inf";
+      } else if (is_index_trace(a.name)) {
         r.pass = r.s.max_abs == 0;
         if (!r.pass) r.note = "different ids";
       } else if (a.name == "topk_margin") {
@@ -114,7 +117,8 @@ inline nlohmann::json compare_json(const CompareResult& res, const std::string& 
                       {"tensors", nlohmann::json::array()}, {"only_in_a", res.only_a}};
   for (const auto& r : res.rows) {
     nlohmann::json t = {{"key", r.a->key}, {"layer", r.a->layer}, {"max_abs", r.s.max_abs}, {"max_rel", r.s.max_rel},
-                        {"nmse", r.s.nmse}, {"cosine", r.s.cosine}, {"calc_diff", r.s.calc_diff}, {"pass", r.pass}};
+                        {"nmse", r.s.nmse}, {"cosine", r.s.cosine}, {"calc_diff", r.s.calc_diff},
+                        {"nonfinite", r.s.nonfinite}, {"pass", r.pass}};
     if (!r.note.empty()) t["note"] = r.note;
     if (r.s.is_logits)
       t.update({{"kl_mean", r.s.kl_mean}, {"kl_max", r.s.kl_max}, {"top1", r.s.top1}, {"top5", r.s.top5}});

@@ -128,49 +128,80 @@ inline std::vector<TraceEntry> read_trace(const std::string& path) {
 
 // ---------------------------------------------------------------------------
 // Metrics of B against the reference A.
+//
+// Non-finite values: the same infinity at the same position in A and B is
+// agreement (masked vocabulary rows hold -inf in some engines); a NaN, or an
+// infinity the other side lacks, is counted in `nonfinite` and fails the
+// tensor whatever the tolerance (NaN is never within tolerance). The sums run
+// on values divided by the largest finite magnitude, so huge finite values
+// cannot overflow them (nmse, cosine and calc_diff do not depend on scale).
 struct DiffStats {
   double max_abs = 0, max_rel = 0, nmse = 0, cosine = 1, calc_diff = 0;
-  // logits only
+  int64_t nonfinite = 0;  // positions holding NaN, or an infinity not matched in the other trace
+  // logits only (KL is NaN for a row whose maximum is not finite)
   double kl_mean = 0, kl_max = 0, top1 = 1, top5 = 1;
   bool is_logits = false;
 };
 
 inline DiffStats diff_stats(const TraceEntry& a, const TraceEntry& b) {
   DiffStats s;
+  double scale = 0;
+  for (std::size_t i = 0; i < a.data.size(); ++i) {
+    if (std::isfinite(a.data[i])) scale = std::max(scale, std::fabs(a.data[i]));
+    if (std::isfinite(b.data[i])) scale = std::max(scale, std::fabs(b.data[i]));
+  }
+  if (scale == 0) scale = 1;
   double sab = 0, saa = 0, sbb = 0, sdd = 0, amax = 0;
   for (std::size_t i = 0; i < a.data.size(); ++i) {
-    const double x = a.data[i], y = b.data[i], d = x - y;
-    sab += x * y; saa += x * x; sbb += y * y; sdd += d * d;
-    s.max_abs = std::max(s.max_abs, std::fabs(d));
+    const double x = a.data[i], y = b.data[i];
+    if (!std::isfinite(x) || !std::isfinite(y)) {
+      if (x != y) ++s.nonfinite;  // NaN != NaN, so every NaN lands here
+      continue;
+    }
+    s.max_abs = std::max(s.max_abs, std::fabs(x - y));
     amax = std::max(amax, std::fabs(x));
+    const double xs = x / scale, ys = y / scale, d = xs - ys;
+    sab += xs * ys; saa += xs * xs; sbb += ys * ys; sdd += d * d;
   }
   s.max_rel = amax > 0 ? s.max_abs / amax : (s.max_abs > 0 ? INFINITY : 0);
   s.nmse = saa > 0 ? sdd / saa : (sdd > 0 ? INFINITY : 0);
   s.cosine = (saa > 0 && sbb > 0) ? sab / std::sqrt(saa * sbb) : (saa == sbb ? 1 : 0);
   // DeepGEMM tests' calc_diff: 1 − 2·Σxy / Σ(x² + y²)
   s.calc_diff = (saa + sbb) > 0 ? 1 - 2 * sab / (saa + sbb) : 0;
+  if (s.nonfinite) s.max_abs = s.max_rel = s.nmse = INFINITY;
   if (a.name == "logits") {
     s.is_logits = true;
     double kl_sum = 0;
     int64_t agree1 = 0;
     double agree5 = 0;
+    // Ranking order for top-k: NaN below everything, ties by lower id, so the
+    // order is strict and weak whatever the data.
+    auto rank = [](double v) { return v != v ? -INFINITY : v; };
     for (int64_t r = 0; r < a.rows; ++r) {
       const double* x = a.data.data() + r * a.cols;
       const double* y = b.data.data() + r * b.cols;
-      const double mx = *std::max_element(x, x + a.cols), my = *std::max_element(y, y + a.cols);
-      double zx = 0, zy = 0;
-      for (int64_t v = 0; v < a.cols; ++v) { zx += std::exp(x[v] - mx); zy += std::exp(y[v] - my); }
-      double kl = 0;  // KL(P_A || P_B)
-      for (int64_t v = 0; v < a.cols; ++v) {
-        const double lp = x[v] - mx - std::log(zx), lq = y[v] - my - std::log(zy);
-        kl += std::exp(lp) * (lp - lq);
+      double mx = -INFINITY, my = -INFINITY;
+      for (int64_t v = 0; v < a.cols; ++v) { mx = std::max(mx, rank(x[v])); my = std::max(my, rank(y[v])); }
+      double kl = NAN;  // KL(P_A || P_B); undefined unless both rows have a finite maximum
+      if (std::isfinite(mx) && std::isfinite(my)) {
+        double zx = 0, zy = 0;
+        for (int64_t v = 0; v < a.cols; ++v) { zx += std::exp(x[v] - mx); zy += std::exp(y[v] - my); }
+        kl = 0;
+        for (int64_t v = 0; v < a.cols; ++v) {
+          const double lp = x[v] - mx - std::log(zx), lq = y[v] - my - std::log(zy);
+          if (lp == -INFINITY) continue;  // p = 0 adds nothing (0 · log 0 = 0)
+          kl += std::exp(lp) * (lp - lq);
+        }
       }
       kl_sum += kl;
-      s.kl_max = std::max(s.kl_max, kl);
+      s.kl_max = (kl != kl || s.kl_max != s.kl_max) ? NAN : std::max(s.kl_max, kl);
       auto top = [&](const double* z, int k) {
         std::vector<int64_t> idx(static_cast<std::size_t>(a.cols));
         for (int64_t v = 0; v < a.cols; ++v) idx[std::size_t(v)] = v;
-        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t p, int64_t q) { return z[p] > z[q]; });
+        std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t p, int64_t q) {
+          const double zp = rank(z[p]), zq = rank(z[q]);
+          return zp > zq || (zp == zq && p < q);
+        });
         idx.resize(std::size_t(k));
         return idx;
       };
