@@ -117,6 +117,18 @@ def llama_run(a, path, prompt, gen):
     return res[0]["avg_ts"], rss
 
 
+def cpu_model():
+    """The CPU's name as /proc/cpuinfo gives it (results differ by host: AMD EPYC and Intel Xeon hosts
+    both serve this project's machines)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
@@ -139,6 +151,8 @@ def main():
     ap.add_argument("--max-busy", type=float, default=0.25)
     ap.add_argument("--max-wait", type=float, default=120)
     ap.add_argument("--tag", default="mid")
+    ap.add_argument("--llama-build-note", default="",
+                    help="how llama.cpp was built (flags, what was turned off and why): written into the results")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
     a.formats = [f for f in a.formats.split(",") if f]
@@ -191,15 +205,17 @@ def main():
     R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), preset=a.preset, seed=a.seed,
              threads=a.threads, rounds=a.rounds, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
              decode_prompt_len=a.decode_prompt_len, dsv3=a.dsv3, llama_cpp=getattr(a, "llama_build", None), median=med,
-             raw=rounds, quiet_waited_s=quiet.waited_s)
+             raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note)
     L = [f"# dsv3 formats beside llama.cpp: {a.tag} ({R['date']})\n",
          f"`{a.preset}` preset (seed {a.seed}), {a.threads} threads, {a.rounds} interleaved rounds, medians. "
          f"Prefill: one call on {a.prompt_len} tokens. Decode: {a.new_tokens} one-token calls (dsv3 after a "
          f"{a.decode_prompt_len}-token prompt; llama-bench from an empty context). GB/s: stored bytes one decoded "
          "token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E). "
-         "`vs bf16`: that GB/s over dsv3 bf16's in the same run."
+         "`vs bf16`: that GB/s over dsv3 bf16's in the same run. "
+         f"CPU: {R['cpu']}."
          + (f" llama.cpp: commit {a.llama_build['build_commit']}, {a.llama_build['backends']} backend, "
-            "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)." if getattr(a, "llama_build", None)
+            "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)."
+            + (f" Build: {a.llama_build_note}" if a.llama_build_note else "") if getattr(a, "llama_build", None)
             else "") + "\n",
          "| engine | format | file MB | MB read / token | prefill tok/s | decode tok/s | GB/s | vs bf16 | peak RSS MB |",
          "|---|---|---|---|---|---|---|---|---|"]
