@@ -227,7 +227,8 @@ import json as J
 m = J.loads(h['__metadata__']['dsv3_manifest']); m[0]['positions'] = ['x']; h['__metadata__']['dsv3_manifest'] = J.dumps(m)"
 expect_error "'positions' must be [first, end)" "$DSV3" compare "$T/tnm.safetensors" "$T/ta.safetensors"
 # non-finite values: an infinity in A and B at the same place is agreement (masked
-# vocabulary); an overflowing square made the self-comparison fail; a NaN fails
+# vocabulary); a NaN or a one-sided infinity fails; values whose squares overflow a
+# double (an F64 trace tensor holding 1e300) made the self-comparison fail
 setval() {  # setval SRC DST KEY VALUE: the first value of tensor KEY (F32)
   surgery "$1" "$2" "
 k = '$3'; o = h[k]['data_offsets'][0]
@@ -235,8 +236,16 @@ data = data[:o] + struct.pack('<f', float('$4')) + data[o + 4:]"
 }
 setval "$T/ta.safetensors" "$T/tinf.safetensors" logits -inf
 "$DSV3" compare "$T/tinf.safetensors" "$T/tinf.safetensors" --tol exact >"$T/inf.txt" && ok || bad "a trace with -inf logits differs from itself: $(grep FAIL "$T/inf.txt")"
-setval "$T/ta.safetensors" "$T/tbig.safetensors" layers.0.attn_out 3e38
-"$DSV3" compare "$T/tbig.safetensors" "$T/tbig.safetensors" --tol exact >"$T/big.txt" && ok || bad "a trace with 3e38 differs from itself: $(grep FAIL "$T/big.txt")"
+surgery "$T/ta.safetensors" "$T/tbig.safetensors" "
+k = 'layers.0.attn_out'; b0, e0 = h[k]['data_offsets']
+v = list(struct.unpack('<%df' % ((e0 - b0) // 4), data[b0:e0])); v[0] = 1e300
+new = struct.pack('<%dd' % len(v), *v); grow = len(new) - (e0 - b0)
+data = data[:b0] + new + data[e0:]
+h[k]['dtype'] = 'F64'; h[k]['data_offsets'] = [b0, b0 + len(new)]
+for t in h.values():
+    if isinstance(t, dict) and 'data_offsets' in t and t['data_offsets'][0] > b0:
+        t['data_offsets'] = [t['data_offsets'][0] + grow, t['data_offsets'][1] + grow]"
+"$DSV3" compare "$T/tbig.safetensors" "$T/tbig.safetensors" --tol exact >"$T/big.txt" && ok || bad "an F64 trace holding 1e300 differs from itself: $(grep FAIL "$T/big.txt")"
 setval "$T/ta.safetensors" "$T/tnan.safetensors" logits nan
 "$DSV3" compare "$T/ta.safetensors" "$T/tnan.safetensors" --tol f32 >"$T/nan.txt"
 [ $? -eq 1 ] && grep -q "^logits .*FAIL (1 NaN or unmatched Inf)" "$T/nan.txt" && ok || bad "a NaN in B's logits was not named: $(grep logits "$T/nan.txt")"
