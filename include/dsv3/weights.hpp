@@ -108,6 +108,10 @@ struct Linear {
   struct KvbHalf {
     std::shared_ptr<const MlxWeight> q;  // null: `dense` holds it
     TensorView dense;                    // [H, out, in] F32 / BF16 / F16
+    // head h alone as an [out, in] Linear (an MLX slice, or a view into
+    // `dense`), made once at load (kvb_heads below): the CPU backend's
+    // absorbed decode multiplies by each head every token.
+    std::vector<Linear> heads;
     int64_t out() const { return q ? q->out() : dense.shape[1]; }
     int64_t in() const { return q ? q->in() : dense.shape[2]; }
     // rows [r0, r1) of head h, row-major into dst[(r1-r0) * in]
@@ -208,6 +212,25 @@ struct Linear {
     }
   }
 };
+
+// Fills half.heads: head h of an [H, out, in] half as a Linear of its own.
+inline void kvb_heads(Linear::KvbHalf& half, int64_t H) {
+  half.heads.clear();
+  for (int64_t h = 0; h < H; ++h) {
+    Linear l;
+    if (half.q) {
+      l.weight = half.q->weight;
+      l.storage = Linear::Mlx{std::make_shared<MlxWeight>(half.q->slice(h))};
+      l.rows_ = half.out();
+      l.cols_ = half.in();
+    } else {
+      l.weight = half.dense;
+      l.weight.shape = {half.out(), half.in()};
+      l.weight.data = half.dense.data + std::size_t(h * half.out() * half.in()) * dtype_size(half.dense.dtype);
+    }
+    half.heads.push_back(std::move(l));
+  }
+}
 
 struct MLPWeights {          // SwiGLU: down(silu(gate(x)) * up(x))
   Linear gate_proj, up_proj, down_proj;
@@ -573,8 +596,11 @@ inline Linear need_linear(const Checkpoint& ck, const Config& cfg, const QuantPa
                shape_str(want), ", got ", dtype_name(h.dense.dtype), " ", shape_str(h.dense.shape));
         return h;
       };
-      l.storage = Linear::MlxSplitKvb{half(kv_b_split(p, "embed_q"), cfg.kv_lora_rank, cfg.qk_nope_head_dim),
-                                      half(kv_b_split(p, "unembed_out"), cfg.v_head_dim, cfg.kv_lora_rank)};
+      Linear::MlxSplitKvb split{half(kv_b_split(p, "embed_q"), cfg.kv_lora_rank, cfg.qk_nope_head_dim),
+                                half(kv_b_split(p, "unembed_out"), cfg.v_head_dim, cfg.kv_lora_rank)};
+      kvb_heads(split.embed_q, H);
+      kvb_heads(split.unembed_out, H);
+      l.storage = std::move(split);
       break;
     }
     case Format::dense_stacked: {

@@ -195,7 +195,8 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
     const uint16_t* bf16 = nullptr;  // BF16 weights at T = float: the one-pass kernel above
     bool fused = false;              // FP8 / AWQ / MLX at T = float: quant.hpp's kernel
     bool round_w = false;
-    FusedInput in;                   // the activations as that kernel reads them
+    FusedInput own;                  // the activations as that kernel reads them
+    const FusedInput* in = &own;     // own, or an earlier job's when x and the layout are the same
     int64_t part0 = 0, part1 = 0;    // AWQ: its units' partial outputs, in group order
   };
   // A unit: output rows [r0, r1) of a job; for AWQ (stored [in, out]) input
@@ -214,7 +215,19 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       if (W.weight.dtype == DType::BF16 && W.is_dense() && reinterpret_cast<uintptr_t>(W.weight.data) % 2 == 0)
         info[j].bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
       info[j].fused = !info[j].round_w && has_fused_kernel<T>(W);
-      if (info[j].fused) fused_prepare(W, jobs[j].x->data(), rows(*jobs[j].x), info[j].in);
+      if (info[j].fused) {
+        // A decode step's experts all read the same row (copied per expert),
+        // gate and up the same x: an earlier job's prepared input is reused
+        // when its weight reads x the same way and x holds the same bits.
+        std::size_t same = j;
+        for (std::size_t k = 0; k < j && same == j; ++k)
+          if (info[k].fused && same_fused_input(*jobs[k].w, W) && rows(*jobs[k].x) == rows(*jobs[j].x) &&
+              (jobs[k].x == jobs[j].x ||
+               std::memcmp(jobs[k].x->data(), jobs[j].x->data(), jobs[j].x->size() * sizeof(T)) == 0))
+            same = k;
+        if (same < j) info[j].in = info[same].in;
+        else fused_prepare(W, jobs[j].x->data(), rows(*jobs[j].x), info[j].own);
+      }
     }
     if (info[j].fused && W.awq()) {  // a unit per group of input rows, each with its partial y
       info[j].part0 = int64_t(parts.size());
@@ -224,10 +237,15 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       }
       info[j].part1 = int64_t(parts.size());
     } else {
-      // AWQ without the fused kernel (T = double) decodes bands of 128 output
-      // columns: each input row's packed words are read once per band.
-      const int64_t band = W.awq() ? 128 : 16;
-      if (!info[j].direct && !info[j].bf16 && !info[j].fused) buf_elems = std::max(buf_elems, std::size_t(band * K));
+      // A unit is 64 output rows: rows read in place or by a fused kernel
+      // need no buffer, and a thread takes a unit at a time (fewer, larger
+      // units: less to hand out per token). Rows decoded to a buffer first
+      // go 16 at a time; AWQ without the fused kernel (T = double) decodes
+      // bands of 128 output columns, each input row's packed words read
+      // once per band.
+      const bool buffered = !info[j].direct && !info[j].bf16 && !info[j].fused;
+      const int64_t band = W.awq() ? 128 : buffered ? 16 : 64;
+      if (buffered) buf_elems = std::max(buf_elems, std::size_t(band * K));
       for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
     }
     ys[j] = empty<T>(rows(*jobs[j].x), O);
@@ -238,7 +256,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
     std::vector<T> buf;
     std::vector<float> scratch;
     errs.run([&] { buf.resize(buf_elems); });
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, 1)
     for (std::size_t u = 0; u < units.size(); ++u) errs.run([&] {
       const Unit& un = units[u];
       const Linear& W = *jobs[un.job].w;
@@ -251,7 +269,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
           if (un.part >= 0)
             awq_group_partial(*W.awq(), x.data(), n, K, un.r0, un.r1, scratch, parts[std::size_t(un.part)].data());
           else
-            fused_rows(W, x.data(), n, J.in, un.r0, un.r1, scratch, y.data(), O);
+            fused_rows(W, x.data(), n, *J.in, un.r0, un.r1, scratch, y.data(), O);
         }
         return;
       }

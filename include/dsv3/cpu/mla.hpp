@@ -106,24 +106,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   // bytes; nothing is decoded to a matrix.
   const auto* split = std::get_if<Linear::MlxSplitKvb>(&w.kv_b_proj.storage);
   const bool fused_heads = std::is_same_v<T, float> && absorb && split && n <= kFusedMaxRows && !round_w;
-  std::vector<Linear> uk, uv;  // per head: embed_q[h], unembed_out[h] as Linears
-  if (fused_heads) {
-    auto head = [](const Linear::KvbHalf& half, int64_t h) {
-      Linear l;
-      if (half.q) {
-        l.weight = half.q->weight;
-        l.storage = Linear::Mlx{std::make_shared<MlxWeight>(half.q->slice(h))};
-        l.rows_ = half.out();
-        l.cols_ = half.in();
-      } else {
-        l.weight = half.dense;
-        l.weight.shape = {half.out(), half.in()};
-        l.weight.data = half.dense.data + std::size_t(h * half.out() * half.in()) * dtype_size(half.dense.dtype);
-      }
-      return l;
-    };
-    for (int64_t h = 0; h < H; ++h) uk.push_back(head(split->embed_q, h)), uv.push_back(head(split->unembed_out, h));
-  }
+  // per head: embed_q[h], unembed_out[h] as Linears (made at load)
+  const std::vector<Linear>* uk = fused_heads ? &split->embed_q.heads : nullptr;
+  const std::vector<Linear>* uv = fused_heads ? &split->unembed_out.heads : nullptr;
   // Query rows are taken kAttnRowBlock at a time; a block attends only to the
   // positions its last row can see, so the causal upper triangle is skipped.
   const int64_t B = std::min(n, kAttnRowBlock);
@@ -177,7 +162,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           if (fused_heads) {
             if constexpr (std::is_same_v<T, float>) {
               for (int64_t i = 0; i < nb; ++i) std::copy_n(qh + i * H * dq, dn, qn.data() + i * dn);
-              rows_dot(uk[std::size_t(h)], qn.data(), nb, qcat.data(), dl, fin, fscratch);
+              rows_dot((*uk)[std::size_t(h)], qn.data(), nb, qcat.data(), dl, fin, fscratch);
             }
           } else {
             gemm(false, false, nb, r, dn, T(1), qh, H * dq, W_UK, r, T(0), qcat.data(), dl);
@@ -205,7 +190,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           gemm(false, false, nb, r, tv, T(1), scores.data(), tv, KV, dl, T(0), olat.data(), r);
           rnd(olat.data(), nb * r);
           if (fused_heads) {
-            if constexpr (std::is_same_v<T, float>) rows_dot(uv[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
+            if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
           } else {
             gemm(false, true, nb, dv, r, T(1), olat.data(), r, W_UV, r, T(0), oh, H * dv);
           }

@@ -36,8 +36,9 @@ class Sampler {
   int32_t sample(const T* logits, int64_t V) {
     if (o_.temperature == 0.0) {
       int64_t best = 0;
+      T top = logits[0];  // (held in a register: the loop does not reload logits[best])
       for (int64_t i = 1; i < V; ++i)
-        if (logits[i] > logits[best]) best = i;
+        if (logits[i] > top) top = logits[i], best = i;
       return int32_t(best);
     }
     std::vector<int64_t> idx(static_cast<std::size_t>(V));
