@@ -39,6 +39,7 @@ namespace dsv3::cpu {
 // bit-identical for any count, and OpenBLAS's own threads never compete with
 // OpenMP's (OpenBLAS is only told so when it is the BLAS linked in).
 extern "C" __attribute__((weak)) void openblas_set_num_threads(int);
+extern "C" __attribute__((weak)) int blas_thread_shutdown_(void);  // OpenBLAS's (stops its thread pool)
 
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
@@ -83,6 +84,12 @@ inline void warm_blas_buffers() {
 inline void blas_single_threaded() {
   static const bool once = [] {
     if (openblas_set_num_threads) openblas_set_num_threads(1);
+    // OpenBLAS started a pool of threads when it loaded, which dsv3 never
+    // uses; each polls (sched_yield) for a while before it sleeps, taking
+    // time from dsv3's threads (about 0.1 s of a core, a third of a short
+    // benchmark's decode on 2 cores). Stopping the pool changes no result;
+    // OpenBLAS starts it again if some caller later asks for more threads.
+    if (openblas_set_num_threads && blas_thread_shutdown_) blas_thread_shutdown_();
     return true;
   }();
   (void)once;
