@@ -28,6 +28,12 @@ class CpuBackend : public Backend<T> {
   const ExpertGroup* expert_group() const { return group_.get(); }
 
   Act<T> embed(const Linear& table, const std::vector<int32_t>& ids, const Variants& v) const override {
+    // A forward's first op: the threads and BLAS's buffers are taken here,
+    // after checking that the address space has room (cpu/linear.hpp),
+    // before anything else can run a parallel region. (Under a tight
+    // `ulimit -v`, libgomp failing to start a thread ends the process with
+    // its own message.)
+    cpu::blas_single_threaded();
     return reference::embed<T>(table, ids, v);  // a row lookup: nothing to make faster
   }
   Act<T> linear(const Act<T>& x, const Linear& w, const Variants& v) const override {
