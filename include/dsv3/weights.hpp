@@ -110,7 +110,8 @@ struct Linear {
     TensorView dense;                    // [H, out, in] F32 / BF16 / F16
     // head h alone as an [out, in] Linear (an MLX slice, or a view into
     // `dense`), made once at load (kvb_heads below): the CPU backend's
-    // absorbed decode multiplies by each head every token.
+    // absorbed decode multiplies by each head every token (without them,
+    // it decodes each head's rows instead).
     std::vector<Linear> heads;
     int64_t out() const { return q ? q->out() : dense.shape[1]; }
     int64_t in() const { return q ? q->in() : dense.shape[2]; }

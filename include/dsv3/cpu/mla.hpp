@@ -105,7 +105,8 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   // unembed_out[h]·o_lat), which the fused kernels compute from the stored
   // bytes; nothing is decoded to a matrix.
   const auto* split = std::get_if<Linear::MlxSplitKvb>(&w.kv_b_proj.storage);
-  const bool fused_heads = std::is_same_v<T, float> && absorb && split && n <= kFusedMaxRows && !round_w;
+  const bool fused_heads = std::is_same_v<T, float> && absorb && split && n <= kFusedMaxRows && !round_w &&
+                           int64_t(split->embed_q.heads.size()) == H && int64_t(split->unembed_out.heads.size()) == H;
   // per head: embed_q[h], unembed_out[h] as Linears (made at load)
   const std::vector<Linear>* uk = fused_heads ? &split->embed_q.heads : nullptr;
   const std::vector<Linear>* uv = fused_heads ? &split->unembed_out.heads : nullptr;
