@@ -228,7 +228,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
         // when its weight reads x the same way and x holds the same bits.
         std::size_t same = j;
         for (std::size_t k = 0; k < j && same == j; ++k)
-          if (info[k].fused && same_fused_input(*jobs[k].w, W) && rows(*jobs[k].x) == rows(*jobs[j].x) &&
+          if (info[k].fused && same_fused_input(*jobs[k].w, W) && jobs[k].x->shape() == jobs[j].x->shape() &&
               (jobs[k].x == jobs[j].x ||
                std::memcmp(jobs[k].x->data(), jobs[j].x->data(), jobs[j].x->size() * sizeof(T)) == 0))
             same = k;

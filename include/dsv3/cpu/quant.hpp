@@ -297,13 +297,13 @@ inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput
   }
 }
 
-// Whether fused_prepare gives A and B the same FusedInput for the same x:
-// no preparation (not MLX) for both, or MLX with the same bits, group size,
-// width and kernel.
+// Whether fused_prepare makes A and B the same FusedInput from the same x:
+// both MLX with the same bits, group size, width and kernel. (The other
+// formats prepare nothing.)
 inline bool same_fused_input(const Linear& A, const Linear& B) {
   const MlxWeight *a = A.mlx(), *b = B.mlx();
-  if (!a || !b) return !a && !b;
-  return a->bits == b->bits && a->group_size == b->group_size && A.in() == B.in() && mlx_avx512(*a) == mlx_avx512(*b);
+  return a && b && a->bits == b->bits && a->group_size == b->group_size && A.in() == B.in() &&
+         mlx_avx512(*a) == mlx_avx512(*b);
 }
 
 // Scales and biases of one MLX row (slice-aware) widened to f32, per group;
