@@ -45,6 +45,24 @@ namespace avx512 {
 
 DSV3_AVX512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+// out[r] = the sum of v[r]'s 16 lanes, for R ≤ 4 vectors at once, in one
+// order whatever R is (halves, then quarters, then pairs of lanes):
+// 512 → 256 for two vectors per shuffle pair, 256 → 128 for four, then
+// within each 128-bit lane.
+template <int R>
+DSV3_AVX512 inline void hsum_rows(const __m512* v, float* out) {
+  const __m512 z = _mm512_setzero_ps();
+  const __m512 a0 = v[0], a1 = R > 1 ? v[1] : z, a2 = R > 2 ? v[2] : z, a3 = R > 3 ? v[3] : z;
+  const __m512 b01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));  // [lo+hi of a0 | of a1]
+  const __m512 b23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+  const __m512 c = _mm512_add_ps(_mm512_shuffle_f32x4(b01, b23, 0x88), _mm512_shuffle_f32x4(b01, b23, 0xDD));  // 128-bit lane r: row r
+  const __m512 d = _mm512_add_ps(c, _mm512_permute_ps(c, 0x4E));
+  const __m512 e = _mm512_add_ps(d, _mm512_permute_ps(d, 0xB1));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, e);
+  for (int r = 0; r < R; ++r) out[r] = lanes[4 * r];
+}
+
 // 32 FP8 e4m3 codes → two vectors of 16 floats, each 2^-8 times the code's
 // value: the code's sign, exponent and mantissa fields moved into an f16
 // (exponent bias 15 instead of 7, subnormals included), then vcvtph2ps.
@@ -238,17 +256,78 @@ DSV3_AVX512 inline void awq_decode_krow(const uint32_t* row, int64_t nw, const f
   }
 }
 
-// The order 4-bit rows want x in, per 64 values: byte b of the 32 holds
-// values 2b (low nibble) and 2b+1 (high); vpmovzxbd of bytes [0,16) and
-// [16,32) then and/shift give values 0,2,..,30 | 1,3,..,31 | 32,34,..,62 |
-// 33,35,..,63.
+// The order 4-bit rows want x in, per 16 values (8 bytes, nibble m is value
+// m): mlx4_x16 gives lane 2m value m and lane 2m + 1 value 8 + m.
 inline void mlx4_permute(const float* x, int64_t K, float* xp) {
-  for (int64_t c = 0; c < K; c += 64)
-    for (int h = 0; h < 2; ++h)
-      for (int j = 0; j < 16; ++j) {
-        xp[c + 32 * h + j] = x[c + 32 * h + 2 * j];
-        xp[c + 32 * h + 16 + j] = x[c + 32 * h + 2 * j + 1];
-      }
+  for (int64_t c = 0; c < K; c += 16)
+    for (int m = 0; m < 8; ++m) {
+      xp[c + 2 * m] = x[c + m];
+      xp[c + 2 * m + 1] = x[c + 8 + m];
+    }
+}
+
+// 16 4-bit values at p → 16 floats, exactly: the 8 bytes broadcast to every
+// 64-bit lane (a load, no shuffle), each 32-bit lane shifted right to its
+// nibble (lanes 2m, 2m + 1: nibbles m, 8 + m), and vpermps, which reads only
+// an index's low 4 bits, looks the nibble up in 0, 1, …, 15.
+DSV3_AVX512 inline __m512 mlx4_x16(const uint8_t* p, __m512i shifts, __m512 iota) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);  // (no alignment in the mapping)
+  return _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi64(static_cast<long long>(v)), shifts), iota);
+}
+
+// 5-bit: for 16 values (10 bytes, the 16·j-th to 16·j + 15-th of a run of
+// 64), vpermb gives 32-bit lane v the two bytes that hold value v (from byte
+// 10·j + ⌊5v/8⌋), a shift by 5v mod 8 puts it at the bottom, and vpermt2ps,
+// which reads an index's low 5 bits, looks it up in 0, 1, …, 31.
+struct Mlx5Tables {
+  alignas(64) uint8_t idx[4][64];
+  alignas(64) uint32_t sh[16];
+  constexpr Mlx5Tables() : idx(), sh() {
+    for (int j = 0; j < 4; ++j)
+      for (int v = 0; v < 16; ++v)
+        for (int b = 0; b < 4; ++b) idx[j][4 * v + b] = uint8_t(10 * j + 5 * v / 8 + (b < 2 ? b : 1));
+    for (int v = 0; v < 16; ++v) sh[v] = uint32_t(5 * v % 8);
+  }
+};
+
+DSV3_AVX512 inline __m512 mlx5_x16(__m512i raw, const uint8_t* idx, __m512i sh, __m512 lo, __m512 hi) {
+  return _mm512_permutex2var_ps(lo, _mm512_srlv_epi32(_mm512_permutexvar_epi8(_mm512_load_si512(idx), raw), sh), hi);
+}
+
+// 64 values of a 5- or 8-bit row → four vectors of 16 floats, in order.
+template <int BITS>
+DSV3_AVX512 inline void mlx_x64_ps(const uint8_t* p, __m512& q0, __m512& q1, __m512& q2, __m512& q3) {
+  if constexpr (BITS == 5) {
+    static constexpr Mlx5Tables t{};
+    const __m512i raw = _mm512_maskz_loadu_epi8((__mmask64(1) << 40) - 1, p);
+    const __m512i sh = _mm512_load_si512(t.sh);
+    const __m512 lo = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 hi = _mm512_add_ps(lo, _mm512_set1_ps(16));
+    q0 = mlx5_x16(raw, t.idx[0], sh, lo, hi);
+    q1 = mlx5_x16(raw, t.idx[1], sh, lo, hi);
+    q2 = mlx5_x16(raw, t.idx[2], sh, lo, hi);
+    q3 = mlx5_x16(raw, t.idx[3], sh, lo, hi);
+  } else if constexpr (BITS == 8) {  // one byte a value
+    q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+    q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32))));
+    q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 48))));
+  } else {  // vpermb + vpmultishiftqb
+    const __m512i q = mlx_x64<BITS>(p);
+    q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q)));
+    q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1)));
+    q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 2)));
+    q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 3)));
+  }
+}
+
+// Up to 16 scales or biases from p (m: which), widened to f32: BF16 as the
+// published checkpoints store them, or f32 (F16 and F32 files, widened by
+// the caller). Masked loads: nothing past the last is read.
+DSV3_AVX512 inline __m512 widen_scales16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+DSV3_AVX512 inline __m512 widen_scales16(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
 // R consecutive rows (R ≤ 4) of an MLX matrix against n rows of x (x in its
@@ -256,17 +335,12 @@ inline void mlx4_permute(const float* x, int64_t K, float* xp) {
 // Σ_g s_rg·Σ_{k in g} x_k·q_rk + Σ_g b_rg·xs[i·ng + g] (quant.hpp's
 // mlx_dot_row_t computes the same with x permuted). w: row 0's words, `pk`
 // words a row; sf / bf: the R rows' scales and biases (BF16 as stored, or
-// widened to f32), ng a row. Rows share each load of x; each row's sums run in the same order
-// whatever R is, so its result does not depend on how rows are grouped.
-inline float widen_scale(const float* p) { return *p; }
-inline float widen_scale(const uint16_t* p) {  // BF16 (the published checkpoints' dtype), read unaligned
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return bf16_to_f32(h);
-}
-DSV3_AVX512 inline __m512 widen_scales16(const float* p) { return _mm512_loadu_ps(p); }
-DSV3_AVX512 inline __m512 widen_scales16(const uint16_t* p) { return bf16x16(p); }
-
+// widened to f32), ng a row. Per row, one vector of lanes: a group's
+// products go into t in order, s·t into acc, then b·xs 16 groups at a time,
+// and one horizontal sum. Rows share each load of x; each row's sums run in
+// the same order whatever R is, so its result does not depend on how rows
+// are grouped. Scales are widened 16 groups at a time into `sc`, so that a
+// group's scale is one broadcast load.
 template <int BITS, int R, class S>
 DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
                                      const uint32_t* w, int64_t pk, const S* sf, const S* bf, float* out,
@@ -274,60 +348,55 @@ DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n,
   const int64_t ng = K / G;
   const auto* p = reinterpret_cast<const uint8_t*>(w);
   const int64_t row_bytes = pk * 4;
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i shifts = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+  alignas(64) float sc[R][16];
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     __m512 acc[R];
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
-      __m512 ta[R], tb[R];
-      for (int r = 0; r < R; ++r) ta[r] = _mm512_setzero_ps(), tb[r] = _mm512_setzero_ps();
+      if (g % 16 == 0) {
+        const __mmask16 m = ng - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (ng - g)) - 1u);
+        for (int r = 0; r < R; ++r) _mm512_store_ps(sc[r], widen_scales16(sf + r * ng + g, m));
+      }
+      __m512 t[R];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) t[r] = _mm512_setzero_ps();
       for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
         const __m512 x0 = _mm512_loadu_ps(xi + k), x1 = _mm512_loadu_ps(xi + k + 16);
         const __m512 x2 = _mm512_loadu_ps(xi + k + 32), x3 = _mm512_loadu_ps(xi + k + 48);
+#pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           const uint8_t* pr = p + r * row_bytes + k / 8 * BITS;
-          if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(pr) + R * row_bytes + 1024, _MM_HINT_T0);  // the next rows
+          _mm_prefetch(reinterpret_cast<const char*>(pr) + R * row_bytes + 1024, _MM_HINT_T0);  // the next rows
           __m512 q0, q1, q2, q3;
-          if constexpr (BITS == 4) {  // bytes → dwords; low and high nibbles (x is permuted to match)
-            const __m512i d0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr)));
-            const __m512i d1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 16)));
-            q0 = _mm512_cvtepi32_ps(_mm512_and_si512(d0, _mm512_set1_epi32(15)));
-            q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(d0, 4));
-            q2 = _mm512_cvtepi32_ps(_mm512_and_si512(d1, _mm512_set1_epi32(15)));
-            q3 = _mm512_cvtepi32_ps(_mm512_srli_epi32(d1, 4));
-          } else if constexpr (BITS == 8) {  // one byte a value, in order
-            q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr))));
-            q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 16))));
-            q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 32))));
-            q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + 48))));
-          } else {  // 5-bit: vpermb + vpmultishiftqb, in order
-            const __m512i q = mlx_x64<BITS>(pr);
-            q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q)));
-            q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1)));
-            q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 2)));
-            q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 3)));
+          if constexpr (BITS == 4) {
+            q0 = mlx4_x16(pr, shifts, iota);
+            q1 = mlx4_x16(pr + 8, shifts, iota);
+            q2 = mlx4_x16(pr + 16, shifts, iota);
+            q3 = mlx4_x16(pr + 24, shifts, iota);
+          } else {
+            mlx_x64_ps<BITS>(pr, q0, q1, q2, q3);
           }
-          ta[r] = _mm512_fmadd_ps(x0, q0, ta[r]);
-          tb[r] = _mm512_fmadd_ps(x1, q1, tb[r]);
-          ta[r] = _mm512_fmadd_ps(x2, q2, ta[r]);
-          tb[r] = _mm512_fmadd_ps(x3, q3, tb[r]);
+          t[r] = _mm512_fmadd_ps(x0, q0, t[r]);
+          t[r] = _mm512_fmadd_ps(x1, q1, t[r]);
+          t[r] = _mm512_fmadd_ps(x2, q2, t[r]);
+          t[r] = _mm512_fmadd_ps(x3, q3, t[r]);
         }
       }
-      for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(widen_scale(sf + r * ng + g)), _mm512_add_ps(ta[r], tb[r]), acc[r]);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][g % 16]), t[r], acc[r]);
     }
-    for (int r = 0; r < R; ++r) {  // Σ_g b_rg·xs_g: 16 groups a step, then the rest
-      float bias = 0;
-      int64_t g = 0;
-      if (ng >= 16) {
-        __m512 bv = _mm512_setzero_ps();
-        for (; g + 16 <= ng; g += 16)
-          bv = _mm512_fmadd_ps(widen_scales16(bf + r * ng + g), _mm512_loadu_ps(xs + i * ng + g), bv);
-        bias = hsum(bv);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {  // + Σ_g b_rg·xs_g, 16 groups a step
+      for (int64_t g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (ng - g)) - 1u);
+        acc[r] = _mm512_fmadd_ps(widen_scales16(bf + r * ng + g, m), _mm512_maskz_loadu_ps(m, xs + i * ng + g), acc[r]);
       }
-      for (; g < ng; ++g) bias += widen_scale(bf + r * ng + g) * xs[i * ng + g];
-      out[i * ldy + r] = hsum(acc[r]) + bias;
     }
+    hsum_rows<R>(acc, out + i * ldy);
   }
 }
 
