@@ -160,7 +160,7 @@ TEST_CASE("the suite catches a broken kernel and reports unsupported cases") {
 // (q − z)·s rounds and small enough to be f16-subnormal; MLX 4/5/8-bit at
 // group 32/64/128 (the AVX-512 kernel takes groups of 64 and more, the plain
 // loops the rest), 5-bit rows with and without a whole run of 16 units,
-// F16/BF16/F32 scales, a slice of stacked experts; F16 dense rows with a tail.
+// F16/BF16/F32 scales, a slice of stacked experts; F16 and BF16 dense rows with a tail.
 // Each at 1–4 rows (fused decode) and 5, 64 rows (prefill bands), with the
 // AVX-512 kernels and with the plain loops, against the reference.
 namespace {
@@ -189,8 +189,8 @@ struct SyntheticLinears {
   std::vector<std::pair<std::string, Linear>> linears;
   std::mt19937_64 g{2025};
 
-  Blob& blob(const std::string& name, DType dt, std::vector<int64_t> shape) {
-    blobs.push_back(std::make_unique<Blob>(name, dt, std::move(shape), blobs.size() % 2));
+  Blob& blob(const std::string& name, DType dt, std::vector<int64_t> shape, int odd = -1) {
+    blobs.push_back(std::make_unique<Blob>(name, dt, std::move(shape), odd >= 0 ? std::size_t(odd) : blobs.size() % 2));
     return *blobs.back();
   }
   Blob& random_words(const std::string& name, DType dt, std::vector<int64_t> shape) {
@@ -200,8 +200,9 @@ struct SyntheticLinears {
     return b;
   }
   // scales (or biases) drawn as log-uniform magnitudes in [lo, hi], sign +
-  Blob& scales(const std::string& name, DType dt, std::vector<int64_t> shape, double lo, double hi, bool sign = false) {
-    Blob& b = blob(name, dt, std::move(shape));
+  Blob& scales(const std::string& name, DType dt, std::vector<int64_t> shape, double lo, double hi, bool sign = false,
+               int odd = -1) {
+    Blob& b = blob(name, dt, std::move(shape), odd);
     std::uniform_real_distribution<double> u(std::log(lo), std::log(hi));
     for (int64_t i = 0; i < b.view.numel(); ++i) {
       const float v = float(std::exp(u(g))) * (sign && (g() & 1) ? -1.0f : 1.0f);
@@ -253,10 +254,12 @@ struct SyntheticLinears {
     l.cols_ = in;
     linears.emplace_back(n, l);
   }
-  void f16(int64_t out, int64_t in) {
-    const std::string n = "f16." + std::to_string(out) + "x" + std::to_string(in);
+  // (odd: at an odd address, which the one-pass F16 / BF16 kernels leave to the general path)
+  void half(DType dt, int64_t out, int64_t in, int odd = 0) {
+    const std::string n = std::string(dt == DType::F16 ? "f16." : "bf16.") + std::to_string(out) + "x" + std::to_string(in) +
+                          (odd ? ".odd" : "");
     Linear l;
-    l.weight = scales(n, DType::F16, {out, in}, 1e-3, 1.0, true).view;
+    l.weight = scales(n, dt, {out, in}, 1e-3, 1.0, true, odd).view;
     linears.emplace_back(n, l);
   }
 
@@ -272,7 +275,11 @@ struct SyntheticLinears {
       mlx(bits, 128, 19, 384, DType::F32);
       mlx(bits, 64, 16, 512, DType::BF16, 3);
     }
-    f16(70, 100);
+    half(DType::F16, 70, 100);   // 64 + 36
+    half(DType::F16, 70, 100, 1);
+    half(DType::BF16, 70, 100);  // 64 + 32 + 4: every loop of the BF16 kernel
+    half(DType::BF16, 9, 30);    // shorter than one run of 32
+    half(DType::BF16, 9, 30, 1);
   }
 };
 }  // namespace

@@ -66,33 +66,47 @@ DSV3_AVX512 inline void hsum_rows(const __m512* v, float* out) {
 // 32 FP8 e4m3 codes → two vectors of 16 floats, each 2^-8 times the code's
 // value: the code's sign, exponent and mantissa fields moved into an f16
 // (exponent bias 15 instead of 7, subnormals included), then vcvtph2ps.
+// Sign-extended to 16 bits and shifted left by 7, the sign lands on bit 15
+// (and 14, cleared), exponent and mantissa on bits 7..13.
 DSV3_AVX512 inline void fp8x32_scaled(__m256i b, __m512& lo, __m512& hi) {
-  // b << 7 puts exponent and mantissa at f16's bits 7..13 and the sign at bit
-  // 14; adding bit 14 to itself carries the sign into bit 15.
-  const __m512i a = _mm512_slli_epi16(_mm512_cvtepu8_epi16(b), 7);
-  const __m512i h = _mm512_add_epi16(a, _mm512_and_si512(a, _mm512_set1_epi16(0x4000)));
+  const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7), _mm512_set1_epi16(short(0xBFFF)));
   lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
   hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }
+DSV3_AVX512 inline void fp8x32_scaled(const uint8_t* p, __m512& lo, __m512& hi) {
+  fp8x32_scaled(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), lo, hi);
+}
 
 // FP8 row · x rows, as quant.hpp's fp8_dot_row: per column block
-// s·Σ x·q. Whole 32-code runs in vectors; a block's last < 32 codes one at a
-// time. Any NaN code (0x7f / 0xff) makes the result NaN, as in the reference.
+// s·Σ x·q. Runs of 64 codes, then of 32, in vectors; a block's last < 32
+// codes one at a time. Any NaN code (0x7f / 0xff) makes the result NaN, as
+// in the reference (the largest of code & 0x7f, kept per byte lane).
 DSV3_AVX512 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
                                     int64_t bc, float* out, int64_t stride, float (*scalar)(uint8_t)) {
+  const __m512i low7 = _mm512_set1_epi8(0x7f);
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     float tail = 0;
-    __m256i big = _mm256_setzero_si256();
+    __m512i big = _mm512_setzero_si512();
     for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
       const int64_t c1 = std::min(K, c0 + bc);
       __m512 t0 = _mm512_setzero_ps(), t1 = _mm512_setzero_ps();
       int64_t k = c0;
+      for (; k + 64 <= c1; k += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
+        big = _mm512_max_epu8(big, _mm512_and_si512(_mm512_loadu_si512(w + k), low7));  // 0x7f: a NaN code
+        __m512 q0, q1, q2, q3;
+        fp8x32_scaled(w + k, q0, q1);
+        fp8x32_scaled(w + k + 32, q2, q3);
+        t0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k), q0, t0);
+        t1 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 16), q1, t1);
+        t0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 32), q2, t0);
+        t1 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 48), q3, t1);
+      }
       for (; k + 32 <= c1; k += 32) {
-        if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-        big = _mm256_max_epu8(big, _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));  // 0x7f: a NaN code
+        big = _mm512_max_epu8(big, _mm512_zextsi256_si512(_mm256_and_si256(b, _mm256_set1_epi8(0x7f))));
         __m512 lo, hi;
         fp8x32_scaled(b, lo, hi);
         t0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k), lo, t0);
@@ -105,7 +119,7 @@ DSV3_AVX512 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const 
       for (; k < c1; ++k) t += xi[k] * scalar(w[k]);
       tail += s[cb] * t;
     }
-    const bool nan = _mm256_cmpeq_epi8_mask(big, _mm256_set1_epi8(0x7f)) != 0;
+    const bool nan = _mm512_cmpeq_epi8_mask(big, low7) != 0;
     out[i * stride] = nan ? std::numeric_limits<float>::quiet_NaN() : hsum(_mm512_add_ps(acc0, acc1)) + tail;
   }
 }
