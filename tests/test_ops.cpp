@@ -5,12 +5,15 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
+#include <set>
 
 #include <dsv3/cpu/backend.hpp>
 #include <dsv3/tools/make_model.hpp>
 #include <dsv3/reference/backend.hpp>
 #include <dsv3/rope.hpp>
+#include <dsv3/tools/sampler.hpp>
 
 #include "test_util.hpp"
 
@@ -188,4 +191,55 @@ TEST_CASE("make-model is deterministic from the seed and independent of sharding
     REQUIRE(x.nbytes() == y.nbytes());
     CHECK_MESSAGE(std::memcmp(x.data, y.data, x.nbytes()) == 0, n);
   }
+}
+
+// Greedy choice: the first index of the largest logit, as a plain loop with
+// a strict > finds it (ties: lowest id; a NaN never wins; NaN at 0 gives 0),
+// at lengths around the vectorised passes' 16-wide blocks.
+TEST_CASE("greedy sampling is the plain loop's argmax: ties, NaN, signed zeros, tails") {
+  auto plain = [](const std::vector<float>& l) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < int64_t(l.size()); ++i)
+      if (l[std::size_t(i)] > l[std::size_t(best)]) best = i;
+    return best;
+  };
+  Sampler greedy(SamplerOptions{});
+  std::mt19937 g(5);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  int64_t checked = 0;
+  for (int64_t V : {1, 2, 15, 16, 17, 31, 33, 100, 32000, 32007}) {
+    for (int trial = 0; trial < 12; ++trial) {
+      std::vector<float> l(static_cast<std::size_t>(V));
+      std::uniform_int_distribution<int> few(-3, 3);  // few distinct values: many ties
+      for (auto& v : l) v = trial % 2 ? float(few(g)) : std::normal_distribution<float>()(g);
+      const auto at = [&](int64_t i) -> float& { return l[std::size_t(i % V)]; };
+      if (trial == 2) at(V - 1) = 100;                      // the largest in the tail
+      if (trial == 3) at(V / 2) = nan, at(V - 1) = 50;      // a NaN elsewhere is passed over
+      if (trial == 4) at(0) = nan;                          // NaN at 0: 0, as the plain loop
+      if (trial == 5) std::fill(l.begin(), l.end(), 0.0f), at(V / 3) = -0.0f, at(V - 1) = 0.0f;
+      if (trial == 6) std::fill(l.begin(), l.end(), -1.0f), at(V - 1) = -0.0f, at(V / 2) = 0.0f;
+      CHECK_MESSAGE(greedy.sample(l.data(), V) == plain(l), "V=", V, " trial ", trial);
+      ++checked;
+    }
+  }
+  CHECK(checked == 120);
+}
+
+TEST_CASE("sampling: a seed gives the same draws; top_k = 1 is greedy; bad options are refused") {
+  std::vector<float> l(1000);
+  std::mt19937 g(9);
+  for (auto& v : l) v = std::normal_distribution<float>()(g);
+  SamplerOptions o;
+  o.temperature = 0.8, o.top_p = 0.9, o.seed = 42;
+  Sampler a(o), b(o);
+  std::vector<int32_t> da, db;
+  for (int i = 0; i < 50; ++i) da.push_back(a.sample(l.data(), 1000)), db.push_back(b.sample(l.data(), 1000));
+  CHECK(da == db);
+  CHECK(std::set<int32_t>(da.begin(), da.end()).size() > 1);  // it does draw, not always the top
+  o.top_k = 1;
+  Sampler k1(o);
+  CHECK(k1.sample(l.data(), 1000) == Sampler(SamplerOptions{}).sample(l.data(), 1000));
+  SamplerOptions bad;
+  bad.top_p = 0;
+  CHECK_THROWS_WITH_AS(Sampler{bad}, doctest::Contains("top_p"), Error);
 }

@@ -34,13 +34,7 @@ class Sampler {
 
   template <class T>
   int32_t sample(const T* logits, int64_t V) {
-    if (o_.temperature == 0.0) {
-      int64_t best = 0;
-      T top = logits[0];  // (held in a register: the loop does not reload logits[best])
-      for (int64_t i = 1; i < V; ++i)
-        if (logits[i] > top) top = logits[i], best = i;
-      return int32_t(best);
-    }
+    if (o_.temperature == 0.0) return int32_t(argmax(logits, V));
     std::vector<int64_t> idx(static_cast<std::size_t>(V));
     std::iota(idx.begin(), idx.end(), 0);
     std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return logits[a] > logits[b]; });
@@ -67,6 +61,29 @@ class Sampler {
   }
 
  private:
+  // The first index of the largest logit (a NaN never wins a comparison; a
+  // NaN at 0 gives 0). Two passes the compiler vectorises: the largest value,
+  // 16 lanes of running maxima, then the first index that holds it.
+  template <class T>
+  static int64_t argmax(const T* logits, int64_t V) {
+    T lane[16];
+    std::fill_n(lane, 16, logits[0]);
+    int64_t i = 0;
+    for (; i + 16 <= V; i += 16)
+      for (int l = 0; l < 16; ++l) lane[l] = logits[i + l] > lane[l] ? logits[i + l] : lane[l];
+    T top = lane[0];
+    for (int l = 1; l < 16; ++l) top = lane[l] > top ? lane[l] : top;
+    for (; i < V; ++i) top = logits[i] > top ? logits[i] : top;
+    if (!(top == top)) return 0;  // NaN at 0, and nothing compares greater
+    for (i = 0; i + 16 <= V; i += 16) {  // a block at a time, then its first match
+      int hit = 0;
+      for (int l = 0; l < 16; ++l) hit |= logits[i + l] == top;
+      if (hit) break;
+    }
+    for (; i < V; ++i)
+      if (logits[i] == top) return i;
+    return 0;
+  }
   double uniform() {
     uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
