@@ -244,14 +244,19 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       }
       info[j].part1 = int64_t(parts.size());
     } else {
-      // A unit is 64 output rows: rows read in place or by a fused kernel
-      // need no buffer, and a thread takes a unit at a time (fewer, larger
-      // units: less to hand out per token). Rows decoded to a buffer first
+      // A unit of rows read in place or by a fused kernel (no buffer) is a
+      // multiple of 64 rows, about 4096·64 weights: 256 rows at K = 1024, a
+      // whole 1024 × 192 expert down_proj. A thread takes a unit at a time;
+      // handing one out costs as much as a few thousand weights of kernel
+      // work: the mid model's expert down_proj (K = 192) in 64-row units ran
+      // 17% slower, and its decode 6–10% (2 threads). A unit's size depends
+      // on the matrix only, and a row's sums do not depend on the unit it is
+      // in, so results stay the same for every thread count. Rows decoded to a buffer first
       // go 16 at a time; AWQ without the fused kernel (T = double) decodes
       // bands of 128 output columns, each input row's packed words read
       // once per band.
       const bool buffered = !info[j].direct && !info[j].bf16 && !info[j].fused;
-      const int64_t band = W.awq() ? 128 : buffered ? 16 : 64;
+      const int64_t band = W.awq() ? 128 : buffered ? 16 : 64 * std::max<int64_t>(1, (4096 + K - 1) / K);
       if (buffered) buf_elems = std::max(buf_elems, std::size_t(band * K));
       for (int64_t r0 = 0; r0 < O; r0 += band) units.push_back({j, r0, std::min(O, r0 + band)});
     }
