@@ -258,6 +258,29 @@ DSV3_AVX512 inline void awq_group_lut(const float* x, int64_t n, int64_t K, int6
   }
 }
 
+// A band's zero points and F16 scales for one group, widened in the layout
+// awq_group_lut reads (nibble order): zq[16·j + l] = nibble j of zero-point
+// word l, sq[16·j + l] = the scale of column 8·l + order[j]; lanes l ≥ nw
+// are 0. zw: the band's zero-point words; s16: the band's first column's
+// scale (F16, any alignment).
+DSV3_AVX512 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint8_t* s16, const int* order,
+                                        float* zq, float* sq) {
+  const __mmask16 m = __mmask16((1u << nw) - 1u);
+  const __m512i z = _mm512_maskz_loadu_epi32(m, zw);
+  alignas(64) float s[128];
+  for (int c = 0; c < 8; ++c) {  // the band's 8·nw scales, 16 at a time
+    const int64_t left = 8 * nw - 16 * c;
+    const __mmask16 mc = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1u) : __mmask16(0);
+    _mm512_store_ps(s + 16 * c, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mc, s16 + 32 * c)));
+  }
+  const __m512i col = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
+  for (int j = 0; j < 8; ++j) {
+    const __m512i q = _mm512_and_si512(_mm512_srl_epi32(z, _mm_cvtsi32_si128(4 * j)), _mm512_set1_epi32(15));
+    _mm512_storeu_ps(zq + 16 * j, _mm512_cvtepi32_ps(q));
+    _mm512_storeu_ps(sq + 16 * j, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(col, _mm512_set1_epi32(order[j])), s, 4));
+  }
+}
+
 // AWQ prefill: one input row's band of nw ≤ 16 words decoded to f32,
 // f16((q − z)·s) as the reference rounds it, in nibble order: dst[16·j + l]
 // is column 8·l + kAwqOrder[j] of the band (lanes l ≥ nw are 0).
@@ -448,6 +471,7 @@ inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, 
 inline void awq_group_lut(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
                           const float*, const float*, float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
+inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 template <int BITS>
 inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
 }  // namespace avx512
