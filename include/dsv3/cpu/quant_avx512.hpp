@@ -183,10 +183,10 @@ DSV3_AVX512 inline void half_dot_row(const float* x, int64_t n, int64_t K, const
   }
 }
 
-// MLX 4/5/8-bit, groups a multiple of 64: 64 values (8·BITS bytes) at a
-// time, in order. 8-bit: the bytes themselves. 4 and 5-bit: vpermb gives
-// each 64-bit lane l the 8 bytes from BITS·l, vpmultishiftqb takes the 8
-// bits at offset BITS·i of that lane into byte i (value 8·l + i), & mask.
+// MLX 4-bit in order (mlx_x64_ps, for decoding rows), groups a multiple of
+// 64: 64 values (8·BITS bytes) at a time. vpermb gives each 64-bit lane l
+// the 8 bytes from BITS·l, vpmultishiftqb takes the 8 bits at offset BITS·i
+// of that lane into byte i (value 8·l + i), & mask.
 template <int BITS>
 struct MlxTables {
   alignas(64) uint8_t idx[64], sh[64];
@@ -201,8 +201,8 @@ struct MlxTables {
 
 template <int BITS>
 DSV3_AVX512 inline __m512i mlx_x64(const uint8_t* p) {
-  const __m512i raw = _mm512_maskz_loadu_epi8(BITS == 8 ? ~__mmask64(0) : (__mmask64(1) << (8 * BITS)) - 1, p);
-  if constexpr (BITS == 8) return raw;
+  static_assert(BITS < 8, "8-bit values are the bytes themselves");
+  const __m512i raw = _mm512_maskz_loadu_epi8((__mmask64(1) << (8 * BITS)) - 1, p);
   static constexpr MlxTables<BITS> t{};
   const __m512i lanes = _mm512_permutexvar_epi8(_mm512_load_si512(t.idx), raw);
   return _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_load_si512(t.sh), lanes),
@@ -332,7 +332,8 @@ DSV3_AVX512 inline __m512 mlx5_x16(__m512i raw, const uint8_t* idx, __m512i sh, 
   return _mm512_permutex2var_ps(lo, _mm512_srlv_epi32(_mm512_permutexvar_epi8(_mm512_load_si512(idx), raw), sh), hi);
 }
 
-// 64 values of a 5- or 8-bit row → four vectors of 16 floats, in order.
+// 64 values of a row → four vectors of 16 floats, in order (the decode
+// kernel reads 4-bit rows with mlx4_x16 instead, in its own lane order).
 template <int BITS>
 DSV3_AVX512 inline void mlx_x64_ps(const uint8_t* p, __m512& q0, __m512& q1, __m512& q2, __m512& q3) {
   if constexpr (BITS == 5) {
@@ -350,7 +351,7 @@ DSV3_AVX512 inline void mlx_x64_ps(const uint8_t* p, __m512& q0, __m512& q1, __m
     q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
     q2 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32))));
     q3 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 48))));
-  } else {  // vpermb + vpmultishiftqb
+  } else {  // 4-bit: vpermb + vpmultishiftqb
     const __m512i q = mlx_x64<BITS>(p);
     q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q)));
     q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1)));
@@ -446,11 +447,12 @@ DSV3_AVX512 inline void mlx_decode_row(int64_t K, int64_t G, const uint32_t* w, 
   for (int64_t g = 0; g < K / G; ++g) {
     const __m512 s = _mm512_set1_ps(sg[g]), b = _mm512_set1_ps(bg[g]);
     for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
-      const __m512i q = mlx_x64<BITS>(p + k / 8 * BITS);
-      _mm512_storeu_ps(dst + k, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q))), b));
-      _mm512_storeu_ps(dst + k + 16, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1))), b));
-      _mm512_storeu_ps(dst + k + 32, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 2))), b));
-      _mm512_storeu_ps(dst + k + 48, _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 3))), b));
+      __m512 q0, q1, q2, q3;
+      mlx_x64_ps<BITS>(p + k / 8 * BITS, q0, q1, q2, q3);
+      _mm512_storeu_ps(dst + k, _mm512_fmadd_ps(s, q0, b));
+      _mm512_storeu_ps(dst + k + 16, _mm512_fmadd_ps(s, q1, b));
+      _mm512_storeu_ps(dst + k + 32, _mm512_fmadd_ps(s, q2, b));
+      _mm512_storeu_ps(dst + k + 48, _mm512_fmadd_ps(s, q3, b));
     }
   }
 }
