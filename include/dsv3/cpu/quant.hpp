@@ -426,15 +426,17 @@ inline void awq_group_partial(const AwqWeight& a, const float* x, int64_t n, int
   float* lut = acc + n * 128;
   for (int64_t w0 = 0; w0 < words; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
     const int64_t nw = std::min<int64_t>(16, words - w0), c0 = 8 * w0;
-    std::fill(zq, acc + n * 128, 0.0f);
-    if (avx512_kernels() && a.scales.dtype == DType::F16)
+    std::fill(acc, acc + n * 128, 0.0f);
+    if (avx512_kernels() && a.scales.dtype == DType::F16)  // (writes every lane, 0 past nw)
       avx512::awq_band_params(qz + g * words + w0, nw, a.scales.data + std::size_t(g * O + c0) * 2, kAwqOrder, zq, sq);
-    else
+    else {
+      std::fill(zq, acc, 0.0f);
       for (int j = 0; j < 8; ++j)
         for (int l = 0; l < nw; ++l) {
           zq[j * 16 + l] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
           sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + c0 + 8 * l + kAwqOrder[j]);
         }
+    }
     if (avx512_kernels())
       avx512::awq_group_lut(x, n, K, k0, k1, qw + w0, words, nw, zq, sq, lut, acc);
     else

@@ -45,6 +45,11 @@ namespace avx512 {
 
 DSV3_AVX512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+// The first min(n, 16) of 16 lanes (none for n ≤ 0): masked loads of a tail.
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n > 0 ? __mmask16((1u << n) - 1u) : __mmask16(0);
+}
+
 // out[r] = the sum of v[r]'s 16 lanes, for R ≤ 4 vectors at once, in one
 // order whatever R is (halves, then quarters, then pairs of lanes):
 // 512 → 256 for two vectors per shuffle pair, 256 → 128 for four, then
@@ -265,13 +270,11 @@ DSV3_AVX512 inline void awq_group_lut(const float* x, int64_t n, int64_t K, int6
 // scale (F16, any alignment).
 DSV3_AVX512 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint8_t* s16, const int* order,
                                         float* zq, float* sq) {
-  const __mmask16 m = __mmask16((1u << nw) - 1u);
+  const __mmask16 m = first_lanes(nw);
   const __m512i z = _mm512_maskz_loadu_epi32(m, zw);
   alignas(64) float s[128];
   for (int c = 0; c < 8; ++c) {  // the band's 8·nw scales, 16 at a time
-    const int64_t left = 8 * nw - 16 * c;
-    const __mmask16 mc = left >= 16 ? __mmask16(0xFFFF) : left > 0 ? __mmask16((1u << left) - 1u) : __mmask16(0);
-    _mm512_store_ps(s + 16 * c, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mc, s16 + 32 * c)));
+    _mm512_store_ps(s + 16 * c, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(8 * nw - 16 * c), s16 + 32 * c)));
   }
   const __m512i col = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
   for (int j = 0; j < 8; ++j) {
@@ -285,7 +288,7 @@ DSV3_AVX512 inline void awq_band_params(const uint32_t* zw, int64_t nw, const ui
 // f16((q − z)·s) as the reference rounds it, in nibble order: dst[16·j + l]
 // is column 8·l + kAwqOrder[j] of the band (lanes l ≥ nw are 0).
 DSV3_AVX512 inline void awq_decode_krow(const uint32_t* row, int64_t nw, const float* zq, const float* sq, float* dst) {
-  const __m512i q = _mm512_maskz_loadu_epi32(__mmask16((1u << nw) - 1u), row);
+  const __m512i q = _mm512_maskz_loadu_epi32(first_lanes(nw), row);
   for (int j = 0; j < 8; ++j) {
     const __m512 qf = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(q, 4 * j), _mm512_set1_epi32(0xF)));
     const __m512 v = _mm512_mul_ps(_mm512_sub_ps(qf, _mm512_loadu_ps(zq + 16 * j)), _mm512_loadu_ps(sq + 16 * j));
@@ -396,8 +399,7 @@ DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n,
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
       if (g % 16 == 0) {
-        const __mmask16 m = ng - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (ng - g)) - 1u);
-        for (int r = 0; r < R; ++r) _mm512_store_ps(sc[r], widen_scales16(sf + r * ng + g, m));
+        for (int r = 0; r < R; ++r) _mm512_store_ps(sc[r], widen_scales16(sf + r * ng + g, first_lanes(ng - g)));
       }
       __m512 t[R];
 #pragma GCC unroll 4
@@ -430,7 +432,7 @@ DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n,
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {  // + Σ_g b_rg·xs_g, 16 groups a step
       for (int64_t g = 0; g < ng; g += 16) {
-        const __mmask16 m = ng - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (ng - g)) - 1u);
+        const __mmask16 m = first_lanes(ng - g);
         acc[r] = _mm512_fmadd_ps(widen_scales16(bf + r * ng + g, m), _mm512_maskz_loadu_ps(m, xs + i * ng + g), acc[r]);
       }
     }
