@@ -18,6 +18,7 @@
 #include "../rope.hpp"
 #include "../trace.hpp"
 #include "../weights.hpp"
+#include "few_rows.hpp"
 #include "linear.hpp"
 
 namespace dsv3::cpu {
@@ -42,6 +43,25 @@ inline void rows_dot(const Linear& W, const float* x, int64_t n, float* y, int64
     decode_band(W, o, o + 1, scratch.data());
     dot_rows_f32(x, n, K, scratch.data(), y + o, ldy);
   }
+}
+
+// One head's products: C[M, N] = A·Bᵀ (head_abt) or A·B (head_ab), K the
+// inner length, as gemm's arguments. A block of a few query rows (decode) at
+// T = float runs few_rows.hpp's direct loops; a BLAS call costs more than
+// the arithmetic at those sizes.
+template <class T>
+inline void head_abt(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                     int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    if (M <= kFusedMaxRows) return rows_dot_rows(A, lda, M, K, B, ldb, N, C, ldc);
+  gemm(false, true, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
+}
+template <class T>
+inline void head_ab(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    if (M <= kFusedMaxRows) return rows_mix_rows(A, lda, M, K, B, ldb, N, C, ldc);
+  gemm(false, false, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
 }
 
 template <class T>
@@ -166,7 +186,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
               rows_dot((*uk)[std::size_t(h)], qn.data(), nb, qcat.data(), dl, fin, fscratch);
             }
           } else {
-            gemm(false, false, nb, r, dn, T(1), qh, H * dq, W_UK, r, T(0), qcat.data(), dl);
+            head_ab(nb, r, dn, qh, H * dq, W_UK, r, qcat.data(), dl);
           }
           for (int64_t i = 0; i < nb; ++i) {
             rnd(qcat.data() + i * dl, r);
@@ -176,7 +196,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           ldq = dl;
         }
         // scores[nb, tv] = q·k over nope and rope parts together
-        gemm(false, true, nb, tv, dk, T(1), Q, ldq, K, dk, T(0), scores.data(), tv);
+        head_abt(nb, tv, dk, Q, ldq, K, dk, scores.data(), tv);
         // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
         for (int64_t i = 0; i < nb; ++i) {
           T* s = scores.data() + i * tv;
@@ -188,15 +208,15 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
         T* oh = o.data() + i0 * H * dv + h * dv;                    // rows stride H*dv
         if (absorb) {
           // o_lat[nb, r] = P @ C;  o_h = o_lat @ W_UV^T
-          gemm(false, false, nb, r, tv, T(1), scores.data(), tv, KV, dl, T(0), olat.data(), r);
+          head_ab(nb, r, tv, scores.data(), tv, KV, dl, olat.data(), r);
           rnd(olat.data(), nb * r);
           if (fused_heads) {
             if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
           } else {
-            gemm(false, true, nb, dv, r, T(1), olat.data(), r, W_UV, r, T(0), oh, H * dv);
+            head_abt(nb, dv, r, olat.data(), r, W_UV, r, oh, H * dv);
           }
         } else {
-          gemm(false, false, nb, dv, tv, T(1), scores.data(), tv, vh.data(), dv, T(0), oh, H * dv);
+          head_ab(nb, dv, tv, scores.data(), tv, vh.data(), dv, oh, H * dv);
         }
       }
     });
