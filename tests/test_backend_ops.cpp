@@ -269,6 +269,8 @@ struct SyntheticLinears {
     awq(200, 256, 128, 1e-3, 1e-1);  // 25 words: a band of 16 and one of 9
     awq(64, 192, 64, 50, 3000);      // (q − z)·s rounds in f16
     awq(128, 128, -1, 1e-7, 1e-5);   // one group; f16-subnormal scales
+    awq(136, 1088, 64, 1e-3, 1e-1);  // 17 groups: units of 4 groups and one of 1; a band of 16 words and one of 1
+    awq(40, 1040, 40, 1e-3, 1e-1);   // 26 groups of 40 rows: 2·16 + 8 a group through the tables one row at a time
     for (int64_t bits : {4, 5, 8}) {
       mlx(bits, 64, 37, 1536, DType::BF16);  // 5-bit: 48 units = 3 runs of 16
       mlx(bits, 32, 21, 320, DType::F16);    // plain loops (group < 64); 5-bit: 10 units, all tail
@@ -303,6 +305,56 @@ TEST_CASE("the quantized-format kernels match the reference at awkward shapes, w
   cpu::avx512_kernels() = had;
   const std::string which = had ? "yes (both paths ran)" : "no (plain loops only)";
   MESSAGE("AVX-512 kernels on this CPU: ", which);
+}
+
+// few_rows.hpp's products (MLA's per-head products in decode) against sums in
+// double, at lengths that leave every kind of tail (K and width not multiples
+// of 16, rows of b not a multiple of 4), with AVX-512 and without. Bound: a
+// sum of K products in f32, in any order, is within K·2^-24·Σ|a·b| of the
+// exact sum (the standard bound γ_K; the products are rounded too, hence K + 1).
+TEST_CASE("few_rows products match sums in double, with AVX-512 and without") {
+  const bool had = cpu::avx512_kernels();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (bool use : {true, false}) {
+    cpu::avx512_kernels() = use && had;
+    for (int64_t n : {1, 3, 4})
+      for (int64_t K : {5, 16, 160, 173})
+        for (int64_t m : {1, 6, 9}) {
+          const int64_t lda = K + 3, ldb = K + 7, lds = m + 2;
+          std::vector<float> a(std::size_t(n * lda)), b(std::size_t(m * ldb)), s(std::size_t(n * lds), -1.0f);
+          for (float& v : a) v = nd(rng);
+          for (float& v : b) v = nd(rng);
+          cpu::rows_dot_rows(a.data(), lda, n, K, b.data(), ldb, m, s.data(), lds);
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < m; ++j) {
+              double exact = 0, mag = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                exact += double(a[i * lda + k]) * b[j * ldb + k];
+                mag += std::fabs(double(a[i * lda + k]) * b[j * ldb + k]);
+              }
+              CHECK(std::fabs(s[i * lds + j] - exact) <= double(K + 1) * 0x1p-24 * mag);
+            }
+          for (int64_t i = 0; i < n; ++i) CHECK(s[i * lds + m] == -1.0f);  // nothing past m written
+          // p·b over the same b: m rows mixed, `width` = K columns of each
+          const int64_t ldp = m + 1, ldo = K + 5;
+          std::vector<float> p(std::size_t(n * ldp)), o(std::size_t(n * ldo), -1.0f);
+          for (float& v : p) v = nd(rng);
+          cpu::rows_mix_rows(p.data(), ldp, n, m, b.data(), ldb, K, o.data(), ldo);
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t c = 0; c < K; ++c) {
+              double exact = 0, mag = 0;
+              for (int64_t j = 0; j < m; ++j) {
+                exact += double(p[i * ldp + j]) * b[j * ldb + c];
+                mag += std::fabs(double(p[i * ldp + j]) * b[j * ldb + c]);
+              }
+              CHECK(std::fabs(o[i * ldo + c] - exact) <= double(m + 1) * 0x1p-24 * mag);
+            }
+            CHECK(o[i * ldo + K] == -1.0f);
+          }
+        }
+  }
+  cpu::avx512_kernels() = had;
 }
 
 TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") {

@@ -409,38 +409,48 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
 }
 
 // AWQ decode works along the input instead (its storage is [in, out]): a
-// unit is one group of input rows [k0, k1) — a contiguous block of the file —
-// against every output column, giving a partial y that the caller sums over
-// the groups in their order (so the result does not depend on the threads).
-// part[i·out + c] = Σ_{k in [k0, k1)} x[i,k]·f16((q_kc − z_c)·s_c), for n ≤ 4
-// rows; the group's zero points and scales are widened once.
+// unit is a run of whole groups of input rows [k0, k1) — a contiguous block
+// of the file — against every output column, giving a partial y that the
+// caller sums over the units in their order. A unit's groups depend on the
+// matrix only (awq_groups_per_unit), so the result does not depend on the
+// threads. part[i·out + c] = Σ_{k in [k0, k1)} x[i,k]·f16((q_kc − z_c)·s_c),
+// for n ≤ 4 rows; each group's zero points and scales are widened once a band.
+// Four groups a unit where the matrix has 16 or more: a column's sum then
+// ends in a horizontal step once per four groups, not once per group.
+inline int64_t awq_groups_per_unit(int64_t groups) { return std::clamp<int64_t>(groups / 4, 1, 4); }
+
 inline void awq_group_partial(const AwqWeight& a, const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
                               std::vector<float>& scratch, float* part) {
-  const int64_t words = a.qweight.shape[1], G = a.group_size, O = a.out(), g = k0 / G;
+  const int64_t words = a.qweight.shape[1], G = a.group_size, O = a.out();
+  const int64_t ng = (k1 - k0 + G - 1) / G;  // groups in [k0, k1), the first at k0 (a multiple of G)
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
   const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data);
-  scratch.resize(std::size_t(256 + n * 128 + 2048));
-  float* zq = scratch.data();
-  float* sq = zq + 128;
-  float* acc = sq + 128;
-  float* lut = acc + n * 128;
+  scratch.resize(std::size_t(ng * 256 + n * 128));
+  float* params = scratch.data();  // per group: 128 zero points, 128 scales (nibble order)
+  float* acc = params + ng * 256;
   for (int64_t w0 = 0; w0 < words; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
     const int64_t nw = std::min<int64_t>(16, words - w0), c0 = 8 * w0;
     std::fill(acc, acc + n * 128, 0.0f);
-    if (avx512_kernels() && a.scales.dtype == DType::F16)  // (writes every lane, 0 past nw)
-      avx512::awq_band_params(qz + g * words + w0, nw, a.scales.data + std::size_t(g * O + c0) * 2, kAwqOrder, zq, sq);
-    else {
-      std::fill(zq, acc, 0.0f);
-      for (int j = 0; j < 8; ++j)
-        for (int l = 0; l < nw; ++l) {
-          zq[j * 16 + l] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
-          sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + c0 + 8 * l + kAwqOrder[j]);
-        }
+    for (int64_t gi = 0; gi < ng; ++gi) {
+      const int64_t g = k0 / G + gi;
+      float *zq = params + gi * 256, *sq = zq + 128;
+      if (avx512_kernels() && a.scales.dtype == DType::F16)  // (writes every lane, 0 past nw)
+        avx512::awq_band_params(qz + g * words + w0, nw, a.scales.data + std::size_t(g * O + c0) * 2, kAwqOrder, zq, sq);
+      else {
+        std::fill(zq, zq + 256, 0.0f);
+        for (int j = 0; j < 8; ++j)
+          for (int l = 0; l < nw; ++l) {
+            zq[j * 16 + l] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
+            sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + c0 + 8 * l + kAwqOrder[j]);
+          }
+      }
     }
     if (avx512_kernels())
-      avx512::awq_group_lut(x, n, K, k0, k1, qw + w0, words, nw, zq, sq, lut, acc);
+      avx512::awq_groups_lut(x, n, K, k0, k1, G, qw + w0, words, nw, params, acc);
     else
-      awq_dot_group(x, n, K, k0, k1, qw + w0, words, nw, zq, sq, acc);
+      for (int64_t gi = 0; gi < ng; ++gi)
+        awq_dot_group(x, n, K, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw, params + gi * 256,
+                      params + gi * 256 + 128, acc);
     for (int64_t i = 0; i < n; ++i)
       for (int j = 0; j < 8; ++j)
         for (int l = 0; l < nw; ++l) part[i * O + c0 + 8 * l + kAwqOrder[j]] = acc[i * 128 + j * 16 + l];

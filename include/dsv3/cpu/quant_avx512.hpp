@@ -214,57 +214,68 @@ DSV3_AVX512 inline __m512i mlx_x64(const uint8_t* p) {
                           _mm512_set1_epi8(char((1 << BITS) - 1)));
 }
 
-// AWQ along the input: one group of input rows [k0, k1) against a band of
-// nw ≤ 16 words (8·nw output columns). A group holds each column's 16
-// possible weights f16((q − z)·s) (q = 0..15) as a table in one register;
-// vpermps looks them up for 16 input rows at a time (a gather brings the 16
-// rows' words of one column word, and vpermps reads only an index's low 4
-// bits, so a shift isolates a nibble). acc[i][j][l] += Σ_k x[i,k]·w, in
-// nibble order (column 8·l + kAwqOrder[j]); a group of fewer than 16 rows
-// left over (group_size −1) runs through the scalar table.
-DSV3_AVX512 inline void awq_group_lut(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
-                                      const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
-                                      float* lut, float* acc) {
+// AWQ along the input: input rows [k0, k1), groups of G from k0, against a
+// band of nw ≤ 16 words (8·nw output columns). For each column word l and
+// nibble j, a group's 16 possible weights f16((q − z)·s) (q = 0..15) are a
+// table in one register; vpermps looks them up for 16 input rows at a time
+// (a gather brings the 16 rows' words of column word l, and vpermps reads
+// only an index's low 4 bits, so a shift isolates a nibble). The 8 columns'
+// sums of a word stay in lanes across all the groups, and end in two
+// horizontal steps: acc[i][j][l] += Σ_k x[i,k]·w, in nibble order (column
+// 8·l + kAwqOrder[j]). params: per group (in order from k0) 128 zero points
+// then 128 scales, as awq_band_params lays them out. Rows of a group past
+// its last multiple of 16 (a group size not a multiple of 16) go one at a
+// time through the same tables.
+DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1, int64_t G,
+                                       const uint32_t* qw, int64_t words, int64_t nw, const float* params,
+                                       float* acc) {
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int64_t l = 0; l < nw; ++l)
-    for (int j = 0; j < 8; ++j) {
-      const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zq[j * 16 + l])), _mm512_set1_ps(sq[j * 16 + l]));
-      _mm512_storeu_ps(lut + (l * 8 + j) * 16, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-    }
   const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                           _mm512_set1_epi32(int(words)));
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     for (int64_t l = 0; l < nw; ++l) {
       __m512 a[8];
+#pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_ps();
-      const float* t = lut + l * 8 * 16;
-      int64_t k = k0;
-      for (; k + 16 <= k1; k += 16) {
-        const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + k * words + l), 4);
-        const __m512 xv = _mm512_loadu_ps(xi + k);
-        a[0] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(q, _mm512_loadu_ps(t)), a[0]);
-        a[1] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), _mm512_loadu_ps(t + 16)), a[1]);
-        a[2] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 8), _mm512_loadu_ps(t + 32)), a[2]);
-        a[3] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 12), _mm512_loadu_ps(t + 48)), a[3]);
-        a[4] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 16), _mm512_loadu_ps(t + 64)), a[4]);
-        a[5] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 20), _mm512_loadu_ps(t + 80)), a[5]);
-        a[6] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 24), _mm512_loadu_ps(t + 96)), a[6]);
-        a[7] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 28), _mm512_loadu_ps(t + 112)), a[7]);
-      }
       float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (; k < k1; ++k) {
-        uint32_t q;
-        std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
-        for (int j = 0; j < 8; ++j) tail[j] += xi[k] * t[j * 16 + ((q >> (4 * j)) & 15u)];
+      const float* zq = params;
+      for (int64_t g0 = k0; g0 < k1; g0 += G, zq += 256) {
+        const int64_t g1 = std::min(k1, g0 + G);
+        __m512 t[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zq[j * 16 + l])), _mm512_set1_ps(zq[128 + j * 16 + l]));
+          t[j] = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+        int64_t k = g0;
+        for (; k + 16 <= g1; k += 16) {
+          const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + k * words + l), 4);
+          const __m512 xv = _mm512_loadu_ps(xi + k);
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j)
+            a[j] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), t[j]), a[j]);
+        }
+        if (k < g1) {
+          alignas(64) float tb[8][16];
+          for (int j = 0; j < 8; ++j) _mm512_store_ps(tb[j], t[j]);
+          for (; k < g1; ++k) {
+            uint32_t q;
+            std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
+            for (int j = 0; j < 8; ++j) tail[j] += xi[k] * tb[j][(q >> (4 * j)) & 15u];
+          }
+        }
       }
-      for (int j = 0; j < 8; ++j) acc[i * 128 + j * 16 + l] += hsum(a[j]) + tail[j];
+      float sum[8];
+      hsum_rows<4>(a, sum);
+      hsum_rows<4>(a + 4, sum + 4);
+      for (int j = 0; j < 8; ++j) acc[i * 128 + j * 16 + l] += sum[j] + tail[j];
     }
   }
 }
 
 // A band's zero points and F16 scales for one group, widened in the layout
-// awq_group_lut reads (nibble order): zq[16·j + l] = nibble j of zero-point
+// awq_groups_lut reads (nibble order): zq[16·j + l] = nibble j of zero-point
 // word l, sq[16·j + l] = the scale of column 8·l + order[j]; lanes l ≥ nw
 // are 0. zw: the band's zero-point words; s16: the band's first column's
 // scale (F16, any alignment).
@@ -472,8 +483,8 @@ inline void mlx4_permute(const float*, int64_t, float*) {}
 template <int BITS, int R, class S>
 inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
                          const S*, const S*, float*, int64_t) {}
-inline void awq_group_lut(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
-                          const float*, const float*, float*, float*) {}
+inline void awq_groups_lut(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
+                           int64_t, const float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 template <int BITS>
