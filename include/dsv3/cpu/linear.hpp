@@ -238,7 +238,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
     }
     if (info[j].fused && W.awq()) {  // a unit per run of groups of input rows, each with its partial y
       info[j].part0 = int64_t(parts.size());
-      const int64_t G = W.awq()->group_size, span = G * awq_groups_per_unit(K / G);
+      const int64_t G = W.awq()->group_size, span = G * awq_groups_per_unit(*W.awq());
       for (int64_t k0 = 0; k0 < K; k0 += span) {
         units.push_back({j, k0, std::min(K, k0 + span), int64_t(parts.size())});
         parts.emplace_back(std::size_t(rows(*jobs[j].x) * O));
