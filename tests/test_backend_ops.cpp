@@ -107,6 +107,25 @@ TEST_SUITE("backend_ops") {
 TEST_CASE("every backend matches the reference op by op (f32)") { every_backend_matches<float>(false); }
 TEST_CASE("every backend matches the reference op by op (f64)") { every_backend_matches<double>(true); }
 
+// The formats whose decode has AVX-512 kernels beyond the linears (AWQ's and
+// MLX's per-head products in MLA), with the plain loops instead.
+TEST_CASE("the CPU backend's plain loops match the reference op by op (f32, quick)") {
+  const bool had = cpu::avx512_kernels();
+  cpu::avx512_kernels() = false;
+  CpuBackend<float> cpu;
+  Tally t;
+  t.backend = "cpu plain (f32)";
+  BackendCheck<float> s{cpu, {}, t, {}};
+  for (const char* fmt : {"awq", "mlx4", "fp8"}) {
+    Model<float> m(model_dir(fmt));
+    s.run(fmt, m, true);
+  }
+  cpu::avx512_kernels() = had;
+  MESSAGE(t.report());
+  CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
+  CHECK(t.passed > 0);
+}
+
 // The suite can fail: a CPU backend with one deliberately broken kernel (the
 // last FP8 column block's scale ignored, i.e. the edge block mis-scaled) is
 // caught, and a backend that declines FP8 is reported as not supported.

@@ -127,6 +127,12 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   const auto* split = std::get_if<Linear::MlxSplitKvb>(&w.kv_b_proj.storage);
   const bool fused_heads = std::is_same_v<T, float> && absorb && split && n <= kFusedMaxRows && !round_w &&
                            int64_t(split->embed_q.heads.size()) == H && int64_t(split->unembed_out.heads.size()) == H;
+  // AWQ kv_b: a head's W_UK and W_UV are column slices of the stored [r,
+  // out] matrix (its words h·(dn + dv)/8 ..), taken from the stored bytes by
+  // awq_rows_dot (q_lat) and awq_cols_partial (o_h), nothing decoded.
+  const AwqWeight* awq_kvb = w.kv_b_proj.awq();
+  const bool awq_heads = std::is_same_v<T, float> && absorb && awq_kvb && n <= kFusedMaxRows && dn % 8 == 0 &&
+                         dv % 8 == 0;
   // per head: embed_q[h], unembed_out[h] as Linears (made at load)
   const std::vector<Linear>* uk = fused_heads ? &split->embed_q.heads : nullptr;
   const std::vector<Linear>* uv = fused_heads ? &split->unembed_out.heads : nullptr;
@@ -145,7 +151,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     FusedInput fin;
     std::vector<float> fscratch;
     errs.run([&] {
-      wkv.resize(kv_b || fused_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
+      wkv.resize(kv_b || fused_heads || awq_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
       qn.resize(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
       scores.resize(static_cast<std::size_t>(B * t));
       qcat.resize(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
@@ -155,7 +161,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) errs.run([&] {
-      if (!kv_b && !fused_heads) {
+      if (!kv_b && !fused_heads && !awq_heads) {
         decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
         if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
       }
@@ -185,6 +191,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
               for (int64_t i = 0; i < nb; ++i) std::copy_n(qh + i * H * dq, dn, qn.data() + i * dn);
               rows_dot((*uk)[std::size_t(h)], qn.data(), nb, qcat.data(), dl, fin, fscratch);
             }
+          } else if (awq_heads) {
+            if constexpr (std::is_same_v<T, float>)
+              awq_rows_dot(*awq_kvb, qh, H * dq, nb, h * (dn + dv) / 8, dn / 8, fscratch, qcat.data(), dl);
           } else {
             head_ab(nb, r, dn, qh, H * dq, W_UK, r, qcat.data(), dl);
           }
@@ -212,6 +221,11 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           rnd(olat.data(), nb * r);
           if (fused_heads) {
             if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
+          } else if (awq_heads) {
+            if constexpr (std::is_same_v<T, float>) {
+              const int64_t wv = (h * (dn + dv) + dn) / 8;  // W_UV's first word
+              awq_cols_partial(*awq_kvb, olat.data(), r, nb, 0, r, wv, wv + dv / 8, fscratch, oh, H * dv);
+            }
           } else {
             head_abt(nb, dv, r, olat.data(), r, W_UV, r, oh, H * dv);
           }

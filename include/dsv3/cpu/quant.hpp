@@ -426,42 +426,91 @@ inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   return std::clamp<int64_t>(std::min(a.in() / G / 4, (32 << 10) / (G * row_bytes)), 1, 4);
 }
 
-inline void awq_group_partial(const AwqWeight& a, const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
-                              std::vector<float>& scratch, float* part) {
-  const int64_t words = a.qweight.shape[1], G = a.group_size, O = a.out();
+// Zero points and scales of group g for the nw ≤ 16 words from w0, in
+// nibble order: zq[16·j + l] = nibble j of zero-point word w0 + l, sq[16·j
+// + l] = the scale of column 8·(w0 + l) + kAwqOrder[j]; lanes l ≥ nw are 0.
+inline void awq_group_params(const AwqWeight& a, int64_t g, int64_t w0, int64_t nw, float* zq, float* sq) {
+  const int64_t words = a.qweight.shape[1], O = a.out();
+  const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data) + g * words + w0;
+  if (avx512_kernels() && a.scales.dtype == DType::F16) {  // (writes every lane)
+    avx512::awq_band_params(qz, nw, a.scales.data + std::size_t(g * O + 8 * w0) * 2, kAwqOrder, zq, sq);
+    return;
+  }
+  std::fill(zq, zq + 128, 0.0f);
+  std::fill(sq, sq + 128, 0.0f);
+  for (int j = 0; j < 8; ++j)
+    for (int l = 0; l < nw; ++l) {
+      zq[j * 16 + l] = float((qk::word(qz + l) >> (4 * j)) & 0xFu);
+      sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + 8 * (w0 + l) + kAwqOrder[j]);
+    }
+}
+
+// The partial product of input rows [k0, k1) (whole groups from k0) with the
+// output columns of words [wb, we): part[i·ldp + c − 8·wb] = Σ_{k in [k0,
+// k1)} x[i·ldx + k]·f16((q_kc − z_c)·s_c), for n ≤ 4 rows of x. A linear's
+// unit takes every word; MLA's absorbed decode takes one head's W_UV.
+inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, int64_t n, int64_t k0, int64_t k1,
+                             int64_t wb, int64_t we, std::vector<float>& scratch, float* part, int64_t ldp) {
+  const int64_t words = a.qweight.shape[1], G = a.group_size;
   const int64_t ng = (k1 - k0 + G - 1) / G;  // groups in [k0, k1), the first at k0 (a multiple of G)
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
-  const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data);
   scratch.resize(std::size_t(ng * 256 + n * 128));
   float* params = scratch.data();  // per group: 128 zero points, 128 scales (nibble order)
   float* acc = params + ng * 256;
-  for (int64_t w0 = 0; w0 < words; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
-    const int64_t nw = std::min<int64_t>(16, words - w0), c0 = 8 * w0;
+  for (int64_t w0 = wb; w0 < we; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
+    const int64_t nw = std::min<int64_t>(16, we - w0), c0 = 8 * (w0 - wb);
     std::fill(acc, acc + n * 128, 0.0f);
-    for (int64_t gi = 0; gi < ng; ++gi) {
-      const int64_t g = k0 / G + gi;
-      float *zq = params + gi * 256, *sq = zq + 128;
-      if (avx512_kernels() && a.scales.dtype == DType::F16)  // (writes every lane, 0 past nw)
-        avx512::awq_band_params(qz + g * words + w0, nw, a.scales.data + std::size_t(g * O + c0) * 2, kAwqOrder, zq, sq);
-      else {
-        std::fill(zq, zq + 256, 0.0f);
-        for (int j = 0; j < 8; ++j)
-          for (int l = 0; l < nw; ++l) {
-            zq[j * 16 + l] = float((qk::word(qz + g * words + w0 + l) >> (4 * j)) & 0xFu);
-            sq[j * 16 + l] = qk::load_scale(a.scales.data, a.scales.dtype, g * O + c0 + 8 * l + kAwqOrder[j]);
-          }
-      }
-    }
+    for (int64_t gi = 0; gi < ng; ++gi) awq_group_params(a, k0 / G + gi, w0, nw, params + gi * 256, params + gi * 256 + 128);
     if (avx512_kernels())
-      avx512::awq_groups_lut(x, n, K, k0, k1, G, qw + w0, words, nw, params, acc);
+      avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
     else
       for (int64_t gi = 0; gi < ng; ++gi)
-        awq_dot_group(x, n, K, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw, params + gi * 256,
+        awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw, params + gi * 256,
                       params + gi * 256 + 128, acc);
     for (int64_t i = 0; i < n; ++i)
       for (int j = 0; j < 8; ++j)
-        for (int l = 0; l < nw; ++l) part[i * O + c0 + 8 * l + kAwqOrder[j]] = acc[i * 128 + j * 16 + l];
+        for (int l = 0; l < nw; ++l) part[i * ldp + c0 + 8 * l + kAwqOrder[j]] = acc[i * 128 + j * 16 + l];
   }
+}
+
+inline void awq_group_partial(const AwqWeight& a, const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1,
+                              std::vector<float>& scratch, float* part) {
+  awq_cols_partial(a, x, K, n, k0, k1, 0, a.qweight.shape[1], scratch, part, a.out());
+}
+
+// AWQ's storage read along its rows: y[i·ldy + c] = Σ_{m < 8·nw} x[i·ldx +
+// m]·W[8·w0 + m, c] for every input index c of W [out, in] (storage row c,
+// the nw words from w0), for n ≤ 4 rows of x. MLA's absorbed decode takes
+// q_lat = q_nope·W_UK this way from a head's rows of kv_b, whose input index
+// is q_lat's. The AVX-512 kernel takes 16 storage rows at a time in the
+// lanes (a gather of each word), a group's 8·nw columns as tables of their
+// 16 weights; the plain loop adds one column at a time.
+inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_t n, int64_t w0, int64_t nw,
+                         std::vector<float>& scratch, float* y, int64_t ldy) {
+  const int64_t words = a.qweight.shape[1], G = a.group_size, in = a.in();
+  const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
+  scratch.resize(std::size_t(256 + 16 * 128));
+  float *zq = scratch.data(), *sq = zq + 128, *lut = sq + 128;
+  for (int64_t i = 0; i < n; ++i) std::fill(y + i * ldy, y + i * ldy + in, 0.0f);
+  for (int64_t g = 0; g < in / G; ++g)
+    for (int64_t wc = w0; wc < w0 + nw; wc += 16) {  // 16 words (128 columns) a chunk
+      const int64_t cnw = std::min<int64_t>(16, w0 + nw - wc);
+      awq_group_params(a, g, wc, cnw, zq, sq);
+      const float* xc = x + 8 * (wc - w0);
+      int64_t c = g * G;
+      if (avx512_kernels()) c = avx512::awq_rows_lut(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, lut, y, ldy);
+      for (; c < (g + 1) * G; ++c)
+        for (int64_t i = 0; i < n; ++i) {
+          float acc = 0;
+          for (int64_t l = 0; l < cnw; ++l) {
+            const uint32_t q = qk::word(qw + c * words + wc + l);
+            for (int j = 0; j < 8; ++j)
+              acc += xc[i * ldx + 8 * l + kAwqOrder[j]] *
+                     qk::round_f16((float((q >> (4 * j)) & 0xFu) - zq[j * 16 + l]) * sq[j * 16 + l]);
+          }
+          y[i * ldy + c] += acc;
+        }
+    }
 }
 
 // AWQ prefill: the band of nw ≤ 16 words from word w0 (columns 8·w0 ..) for

@@ -274,6 +274,47 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
   }
 }
 
+// AWQ's storage read along its rows (quant.hpp's awq_rows_dot): storage
+// rows [c0, c1) of one group, 16 at a time in the lanes, against the 8·nw
+// columns of the nw ≤ 16 words at qw (zq / sq as awq_band_params lays them
+// out): y[i·ldy + c] += Σ_{l, j} x[i·ldx + 8·l + kAwqOrder[j]]·f16((q − z)·s).
+// Each column's 16 weights are a table (vpermps looks a nibble up), each x
+// value a broadcast. Returns the first row it left (c1 less a remainder of
+// fewer than 16 rows), which the caller finishes.
+DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, int64_t c0, int64_t c1,
+                                        const uint32_t* qw, int64_t words, int64_t nw, const float* zq,
+                                        const float* sq, float* lut, float* y, int64_t ldy) {
+  static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t l = 0; l < nw; ++l)
+    for (int j = 0; j < 8; ++j) {
+      const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zq[j * 16 + l])), _mm512_set1_ps(sq[j * 16 + l]));
+      _mm512_storeu_ps(lut + (l * 8 + j) * 16, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+    }
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(int(words)));
+  int64_t c = c0;
+  for (; c + 16 <= c1; c += 16)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * ldx;
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      for (int64_t l = 0; l < nw; ++l) {
+        const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + c * words + l), 4);
+        const float* t = lut + l * 128;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j += 2) {
+          acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), _mm512_loadu_ps(t + 16 * j)),
+                                 _mm512_set1_ps(xi[8 * l + kOrder[j]]), acc0);
+          acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j + 4), _mm512_loadu_ps(t + 16 * j + 16)),
+                                 _mm512_set1_ps(xi[8 * l + kOrder[j + 1]]), acc1);
+        }
+      }
+      float* yi = y + i * ldy + c;
+      _mm512_storeu_ps(yi, _mm512_add_ps(_mm512_loadu_ps(yi), _mm512_add_ps(acc0, acc1)));
+    }
+  return c;
+}
+
 // A band's zero points and F16 scales for one group, widened in the layout
 // awq_groups_lut reads (nibble order): zq[16·j + l] = nibble j of zero-point
 // word l, sq[16·j + l] = the scale of column 8·l + order[j]; lanes l ≥ nw
@@ -487,6 +528,8 @@ inline void awq_groups_lut(const float*, int64_t, int64_t, int64_t, int64_t, int
                            int64_t, const float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
+inline int64_t awq_rows_lut(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
+                            const float*, const float*, float*, float*, int64_t) { return c0; }
 template <int BITS>
 inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
 }  // namespace avx512
