@@ -335,6 +335,12 @@ TEST_CASE("few_rows products match sums in double, with AVX-512 and without") {
   const bool had = cpu::avx512_kernels();
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
+  // |got − Σ_t a(t)·b(t)| within (len + 1)·2^-24·Σ|a·b|, the sum taken in double
+  auto check_sum = [](float got, int64_t len, const std::function<double(int64_t)>& a, const std::function<double(int64_t)>& b) {
+    double exact = 0, mag = 0;
+    for (int64_t t = 0; t < len; ++t) exact += a(t) * b(t), mag += std::fabs(a(t) * b(t));
+    CHECK(std::fabs(got - exact) <= double(len + 1) * 0x1p-24 * mag);
+  };
   for (bool use : {true, false}) {
     cpu::avx512_kernels() = use && had;
     for (int64_t n : {1, 3, 4})
@@ -346,14 +352,8 @@ TEST_CASE("few_rows products match sums in double, with AVX-512 and without") {
           for (float& v : b) v = nd(rng);
           cpu::rows_dot_rows(a.data(), lda, n, K, b.data(), ldb, m, s.data(), lds);
           for (int64_t i = 0; i < n; ++i)
-            for (int64_t j = 0; j < m; ++j) {
-              double exact = 0, mag = 0;
-              for (int64_t k = 0; k < K; ++k) {
-                exact += double(a[i * lda + k]) * b[j * ldb + k];
-                mag += std::fabs(double(a[i * lda + k]) * b[j * ldb + k]);
-              }
-              CHECK(std::fabs(s[i * lds + j] - exact) <= double(K + 1) * 0x1p-24 * mag);
-            }
+            for (int64_t j = 0; j < m; ++j)
+              check_sum(s[i * lds + j], K, [&](int64_t k) { return a[i * lda + k]; }, [&](int64_t k) { return b[j * ldb + k]; });
           for (int64_t i = 0; i < n; ++i) CHECK(s[i * lds + m] == -1.0f);  // nothing past m written
           // p·b over the same b: m rows mixed, `width` = K columns of each
           const int64_t ldp = m + 1, ldo = K + 5;
@@ -361,14 +361,8 @@ TEST_CASE("few_rows products match sums in double, with AVX-512 and without") {
           for (float& v : p) v = nd(rng);
           cpu::rows_mix_rows(p.data(), ldp, n, m, b.data(), ldb, K, o.data(), ldo);
           for (int64_t i = 0; i < n; ++i) {
-            for (int64_t c = 0; c < K; ++c) {
-              double exact = 0, mag = 0;
-              for (int64_t j = 0; j < m; ++j) {
-                exact += double(p[i * ldp + j]) * b[j * ldb + c];
-                mag += std::fabs(double(p[i * ldp + j]) * b[j * ldb + c]);
-              }
-              CHECK(std::fabs(o[i * ldo + c] - exact) <= double(m + 1) * 0x1p-24 * mag);
-            }
+            for (int64_t c = 0; c < K; ++c)
+              check_sum(o[i * ldo + c], m, [&](int64_t j) { return p[i * ldp + j]; }, [&](int64_t j) { return b[j * ldb + c]; });
             CHECK(o[i * ldo + K] == -1.0f);
           }
         }

@@ -45,23 +45,17 @@ inline void rows_dot(const Linear& W, const float* x, int64_t n, float* y, int64
   }
 }
 
-// One head's products: C[M, N] = A·Bᵀ (head_abt) or A·B (head_ab), K the
-// inner length, as gemm's arguments. A block of a few query rows (decode) at
-// T = float runs few_rows.hpp's direct loops; a BLAS call costs more than
-// the arithmetic at those sizes.
+// One head's product C[M, N] = A·Bᵀ (tb) or A·B, K the inner length, as
+// gemm's arguments. A block of a few query rows (decode) at T = float runs
+// few_rows.hpp's direct loops; a BLAS call costs more than the arithmetic
+// at those sizes.
 template <class T>
-inline void head_abt(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                     int64_t ldc) {
+inline void head_gemm(bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+                      T* C, int64_t ldc) {
   if constexpr (std::is_same_v<T, float>)
-    if (M <= kFusedMaxRows) return rows_dot_rows(A, lda, M, K, B, ldb, N, C, ldc);
-  gemm(false, true, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
-}
-template <class T>
-inline void head_ab(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                    int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>)
-    if (M <= kFusedMaxRows) return rows_mix_rows(A, lda, M, K, B, ldb, N, C, ldc);
-  gemm(false, false, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
+    if (M <= kFusedMaxRows)
+      return tb ? rows_dot_rows(A, lda, M, K, B, ldb, N, C, ldc) : rows_mix_rows(A, lda, M, K, B, ldb, N, C, ldc);
+  gemm(false, tb, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
 }
 
 template <class T>
@@ -195,7 +189,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
             if constexpr (std::is_same_v<T, float>)
               awq_rows_dot(*awq_kvb, qh, H * dq, nb, h * (dn + dv) / 8, dn / 8, fscratch, qcat.data(), dl);
           } else {
-            head_ab(nb, r, dn, qh, H * dq, W_UK, r, qcat.data(), dl);
+            head_gemm(false, nb, r, dn, qh, H * dq, W_UK, r, qcat.data(), dl);
           }
           for (int64_t i = 0; i < nb; ++i) {
             rnd(qcat.data() + i * dl, r);
@@ -205,7 +199,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           ldq = dl;
         }
         // scores[nb, tv] = q·k over nope and rope parts together
-        head_abt(nb, tv, dk, Q, ldq, K, dk, scores.data(), tv);
+        head_gemm(true, nb, tv, dk, Q, ldq, K, dk, scores.data(), tv);
         // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
         for (int64_t i = 0; i < nb; ++i) {
           T* s = scores.data() + i * tv;
@@ -217,7 +211,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
         T* oh = o.data() + i0 * H * dv + h * dv;                    // rows stride H*dv
         if (absorb) {
           // o_lat[nb, r] = P @ C;  o_h = o_lat @ W_UV^T
-          head_ab(nb, r, tv, scores.data(), tv, KV, dl, olat.data(), r);
+          head_gemm(false, nb, r, tv, scores.data(), tv, KV, dl, olat.data(), r);
           rnd(olat.data(), nb * r);
           if (fused_heads) {
             if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
@@ -227,10 +221,10 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
               awq_cols_partial(*awq_kvb, olat.data(), r, nb, 0, r, wv, wv + dv / 8, fscratch, oh, H * dv);
             }
           } else {
-            head_abt(nb, dv, r, olat.data(), r, W_UV, r, oh, H * dv);
+            head_gemm(true, nb, dv, r, olat.data(), r, W_UV, r, oh, H * dv);
           }
         } else {
-          head_ab(nb, dv, tv, scores.data(), tv, vh.data(), dv, oh, H * dv);
+          head_gemm(false, nb, dv, tv, scores.data(), tv, vh.data(), dv, oh, H * dv);
         }
       }
     });
