@@ -290,6 +290,8 @@ struct SyntheticLinears {
     awq(128, 128, -1, 1e-7, 1e-5);   // one group; f16-subnormal scales
     awq(136, 1088, 64, 1e-3, 1e-1);  // 17 groups: units of 4 groups and one of 1; a band of 16 words and one of 1
     awq(40, 1040, 40, 1e-3, 1e-1);   // 26 groups of 40 rows: 2·16 + 8 a group through the tables one row at a time
+    awq(2048, 192, 64, 1e-3, 1e-1);  // 1 KB rows, 4 of L1's sets: the AVX-512 kernel's wide form
+    awq(2048, 120, 40, 1e-3, 1e-1);  // the wide form with groups of 2·16 + 8 rows
     for (int64_t bits : {4, 5, 8}) {
       mlx(bits, 64, 37, 1536, DType::BF16);  // 5-bit: 48 units = 3 runs of 16
       mlx(bits, 32, 21, 320, DType::F16);    // plain loops (group < 64); 5-bit: 10 units, all tail

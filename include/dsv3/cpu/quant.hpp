@@ -421,9 +421,22 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
 // read again for each of its 16 words, stay in L1: rows of 512 bytes in
 // units of 256 fall into 8 of L1's 64 sets and evicted each other (the mid
 // model's 1024 × 1024 AWQ matrices ran 35% slower than a group a unit).
+// Whether a group's rows crowd into few of L1's 64 sets (of 64-byte lines):
+// more than 8 rows a set, where L1 has 12 ways. Rows spaced a multiple of
+// 1 KB apart do (DeepSeek-V3's AWQ widths: 2048, 7168, 24576 columns); the
+// AVX-512 kernel's wide form (awq_groups_lut_wide) then takes 32 rows at a
+// time across the band's words, and its units are not limited by L1.
+inline bool awq_wide(const AwqWeight& a) {
+  if (!avx512_kernels()) return false;
+  const int64_t row_bytes = a.qweight.shape[1] * 4, rows = std::min<int64_t>(a.group_size, 256);
+  uint64_t sets = 0;
+  for (int64_t k = 0; k < rows; ++k) sets |= uint64_t(1) << ((k * row_bytes / 64) % 64);
+  return rows > 8 * __builtin_popcountll(sets);
+}
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  return std::clamp<int64_t>(std::min(a.in() / G / 4, (32 << 10) / (G * row_bytes)), 1, 4);
+  const int64_t fit = awq_wide(a) ? 4 : (32 << 10) / (G * row_bytes);
+  return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
 
 // Zero points and scales of group g for the nw ≤ 16 words from w0, in
@@ -454,14 +467,19 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
   const int64_t words = a.qweight.shape[1], G = a.group_size;
   const int64_t ng = (k1 - k0 + G - 1) / G;  // groups in [k0, k1), the first at k0 (a multiple of G)
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
-  scratch.resize(std::size_t(ng * 256 + n * 128));
+  const bool wide = awq_wide(a);
+  scratch.resize(std::size_t(ng * 256 + n * 128 + (wide ? 2048 + n * 2048 : 0)));
   float* params = scratch.data();  // per group: 128 zero points, 128 scales (nibble order)
   float* acc = params + ng * 256;
+  float* lut = acc + n * 128;      // the wide kernel's tables and lanes
+  float* lanes = lut + 2048;
   for (int64_t w0 = wb; w0 < we; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
     const int64_t nw = std::min<int64_t>(16, we - w0), c0 = 8 * (w0 - wb);
     std::fill(acc, acc + n * 128, 0.0f);
     for (int64_t gi = 0; gi < ng; ++gi) awq_group_params(a, k0 / G + gi, w0, nw, params + gi * 256, params + gi * 256 + 128);
-    if (avx512_kernels())
+    if (wide)
+      avx512::awq_groups_lut_wide(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, lut, lanes, acc);
+    else if (avx512_kernels())
       avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
     else
       for (int64_t gi = 0; gi < ng; ++gi)

@@ -274,6 +274,69 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
   }
 }
 
+// awq_groups_lut for wide rows (quant.hpp picks it above 256 bytes a row):
+// the same sums, the rows taken 32 at a time across every word of the band,
+// each word's 8 vectors of lanes kept in `lanes` ([i][l][j][16]) between
+// chunks and the tables in `lut` ([l][j][16], built once a group). A word's
+// pass over a whole group of rows spaced 512 bytes or more apart would
+// fall into a few of L1's sets and miss L1 on every pass; 32 rows stay in
+// it. acc, params, x as awq_groups_lut.
+DSV3_AVX512 inline void awq_groups_lut_wide(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1, int64_t G,
+                                            const uint32_t* qw, int64_t words, int64_t nw, const float* params,
+                                            float* lut, float* lanes, float* acc) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(int(words)));
+  float tail[4][16][8] = {};
+  for (int64_t e = 0; e < n * 2048; e += 16) _mm512_storeu_ps(lanes + e, _mm512_setzero_ps());
+  for (int64_t g0 = k0; g0 < k1; g0 += G, params += 256) {
+    const int64_t g1 = std::min(k1, g0 + G), full = g0 + (g1 - g0) / 16 * 16;  // rows [g0, full) in blocks of 16
+    for (int64_t l = 0; l < nw; ++l)
+      for (int j = 0; j < 8; ++j) {
+        const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(params[j * 16 + l])),
+                                       _mm512_set1_ps(params[128 + j * 16 + l]));
+        _mm512_storeu_ps(lut + (l * 8 + j) * 16, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+      }
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * K;
+      for (int64_t c0 = g0; c0 < full; c0 += 32) {
+        const int64_t c1 = std::min(full, c0 + 32);
+        for (int64_t l = 0; l < nw; ++l) {
+          float* la = lanes + i * 2048 + l * 128;
+          const float* t = lut + l * 128;
+          __m512 a[8];
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(la + 16 * j);
+          for (int64_t k = c0; k < c1; k += 16) {
+            const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + k * words + l), 4);
+            const __m512 xv = _mm512_loadu_ps(xi + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; ++j)
+              a[j] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), _mm512_loadu_ps(t + 16 * j)), a[j]);
+          }
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) _mm512_storeu_ps(la + 16 * j, a[j]);
+        }
+      }
+      for (int64_t k = full; k < g1; ++k)
+        for (int64_t l = 0; l < nw; ++l) {
+          uint32_t q;
+          std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
+          for (int j = 0; j < 8; ++j) tail[i][l][j] += xi[k] * lut[(l * 8 + j) * 16 + ((q >> (4 * j)) & 15u)];
+        }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t l = 0; l < nw; ++l) {
+      __m512 a[8];
+      for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(lanes + i * 2048 + l * 128 + 16 * j);
+      float sum[8];
+      hsum_rows<4>(a, sum);
+      hsum_rows<4>(a + 4, sum + 4);
+      for (int j = 0; j < 8; ++j) acc[i * 128 + j * 16 + l] += sum[j] + tail[i][l][j];
+    }
+}
+
 // AWQ's storage read along its rows (quant.hpp's awq_rows_dot): storage
 // rows [c0, c1) of one group, 16 at a time in the lanes, against the 8·nw
 // columns of the nw ≤ 16 words at qw (zq / sq as awq_band_params lays them
@@ -526,6 +589,8 @@ inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, 
                          const S*, const S*, float*, int64_t) {}
 inline void awq_groups_lut(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
                            int64_t, const float*, float*) {}
+inline void awq_groups_lut_wide(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
+                                int64_t, const float*, float*, float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 inline int64_t awq_rows_lut(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
