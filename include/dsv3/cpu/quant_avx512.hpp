@@ -214,6 +214,33 @@ DSV3_AVX512 inline __m512i mlx_x64(const uint8_t* p) {
                           _mm512_set1_epi8(char((1 << BITS) - 1)));
 }
 
+// One AWQ column's 16 weights in a group, f16((q − z)·s) for q = 0..15,
+// rounded as the reference rounds them: the table vpermps looks nibbles up in.
+DSV3_AVX512 inline __m512 awq_table(float z, float s) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(z)), _mm512_set1_ps(s));
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+// The tables of nw ≤ 16 words' columns, lut[(8·l + j)·16 + q], from zero
+// points and scales in awq_band_params's layout.
+DSV3_AVX512 inline void awq_tables(const float* zq, const float* sq, int64_t nw, float* lut) {
+  for (int64_t l = 0; l < nw; ++l)
+    for (int j = 0; j < 8; ++j) _mm512_storeu_ps(lut + (l * 8 + j) * 16, awq_table(zq[j * 16 + l], sq[j * 16 + l]));
+}
+// A word's 8 columns of lanes summed (two hsum_rows steps) into acc[16·j]
+// (nibble order, the word's lane), with the rows done one at a time.
+// The gather indices of 16 consecutive storage rows of `words` words.
+DSV3_AVX512 inline __m512i awq_row_offsets(int64_t words) {
+  return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                            _mm512_set1_epi32(int(words)));
+}
+DSV3_AVX512 inline void awq_add_word(const __m512* a, const float* tail, float* acc) {
+  float sum[8];
+  hsum_rows<4>(a, sum);
+  hsum_rows<4>(a + 4, sum + 4);
+  for (int j = 0; j < 8; ++j) acc[j * 16] += sum[j] + tail[j];
+}
+
 // AWQ along the input: input rows [k0, k1), groups of G from k0, against a
 // band of nw ≤ 16 words (8·nw output columns). For each column word l and
 // nibble j, a group's 16 possible weights f16((q − z)·s) (q = 0..15) are a
@@ -229,9 +256,7 @@ DSV3_AVX512 inline __m512i mlx_x64(const uint8_t* p) {
 DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1, int64_t G,
                                        const uint32_t* qw, int64_t words, int64_t nw, const float* params,
                                        float* acc) {
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(int(words)));
+  const __m512i rows = awq_row_offsets(words);
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     for (int64_t l = 0; l < nw; ++l) {
@@ -244,10 +269,7 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
         const int64_t g1 = std::min(k1, g0 + G);
         __m512 t[8];
 #pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) {
-          const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zq[j * 16 + l])), _mm512_set1_ps(zq[128 + j * 16 + l]));
-          t[j] = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        }
+        for (int j = 0; j < 8; ++j) t[j] = awq_table(zq[j * 16 + l], zq[128 + j * 16 + l]);
         int64_t k = g0;
         for (; k + 16 <= g1; k += 16) {
           const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + k * words + l), 4);
@@ -266,10 +288,7 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
           }
         }
       }
-      float sum[8];
-      hsum_rows<4>(a, sum);
-      hsum_rows<4>(a + 4, sum + 4);
-      for (int j = 0; j < 8; ++j) acc[i * 128 + j * 16 + l] += sum[j] + tail[j];
+      awq_add_word(a, tail, acc + i * 128 + l);
     }
   }
 }
@@ -284,19 +303,12 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
 DSV3_AVX512 inline void awq_groups_lut_wide(const float* x, int64_t n, int64_t K, int64_t k0, int64_t k1, int64_t G,
                                             const uint32_t* qw, int64_t words, int64_t nw, const float* params,
                                             float* lut, float* lanes, float* acc) {
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(int(words)));
+  const __m512i rows = awq_row_offsets(words);
   float tail[4][16][8] = {};
   for (int64_t e = 0; e < n * 2048; e += 16) _mm512_storeu_ps(lanes + e, _mm512_setzero_ps());
   for (int64_t g0 = k0; g0 < k1; g0 += G, params += 256) {
     const int64_t g1 = std::min(k1, g0 + G), full = g0 + (g1 - g0) / 16 * 16;  // rows [g0, full) in blocks of 16
-    for (int64_t l = 0; l < nw; ++l)
-      for (int j = 0; j < 8; ++j) {
-        const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(params[j * 16 + l])),
-                                       _mm512_set1_ps(params[128 + j * 16 + l]));
-        _mm512_storeu_ps(lut + (l * 8 + j) * 16, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-      }
+    awq_tables(params, params + 128, nw, lut);
     for (int64_t i = 0; i < n; ++i) {
       const float* xi = x + i * K;
       for (int64_t c0 = g0; c0 < full; c0 += 32) {
@@ -330,10 +342,7 @@ DSV3_AVX512 inline void awq_groups_lut_wide(const float* x, int64_t n, int64_t K
     for (int64_t l = 0; l < nw; ++l) {
       __m512 a[8];
       for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(lanes + i * 2048 + l * 128 + 16 * j);
-      float sum[8];
-      hsum_rows<4>(a, sum);
-      hsum_rows<4>(a + 4, sum + 4);
-      for (int j = 0; j < 8; ++j) acc[i * 128 + j * 16 + l] += sum[j] + tail[i][l][j];
+      awq_add_word(a, tail[i][l], acc + i * 128 + l);
     }
 }
 
@@ -348,14 +357,8 @@ DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, 
                                         const uint32_t* qw, int64_t words, int64_t nw, const float* zq,
                                         const float* sq, float* lut, float* y, int64_t ldy) {
   static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int64_t l = 0; l < nw; ++l)
-    for (int j = 0; j < 8; ++j) {
-      const __m512 v = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(zq[j * 16 + l])), _mm512_set1_ps(sq[j * 16 + l]));
-      _mm512_storeu_ps(lut + (l * 8 + j) * 16, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-    }
-  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(int(words)));
+  awq_tables(zq, sq, nw, lut);
+  const __m512i rows = awq_row_offsets(words);
   int64_t c = c0;
   for (; c + 16 <= c1; c += 16)
     for (int64_t i = 0; i < n; ++i) {
