@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "../weights.hpp"
@@ -408,6 +409,28 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
   fail("fused_rows: '", W.name(), "' has no fused kernel");
 }
 
+// Whether a group's rows crowd into few of L1's 64 sets (of 64-byte lines):
+// more than 8 rows a set, where L1 has 12 ways. Rows spaced a multiple of
+// 1 KB apart do (DeepSeek-V3's AWQ widths: 2048, 7168, 24576 columns); the
+// AVX-512 kernel's wide form (awq_groups_lut_wide) then takes 32 rows at a
+// time across the band's words, and its units are not limited by L1. Row k
+// starts in set ⌊k·row_bytes/64⌋ mod 64; for whole lines (every published
+// width) that is k·L mod 64, L = row_bytes/64, which repeats every
+// 64/gcd(L, 64) rows, so no loop is needed on each call.
+inline bool awq_wide(const AwqWeight& a) {
+  if (!avx512_kernels()) return false;
+  const int64_t row_bytes = a.qweight.shape[1] * 4, rows = std::min<int64_t>(a.group_size, 256);
+  int64_t sets = 0;
+  if (row_bytes % 64 == 0) {
+    sets = std::min<int64_t>(rows, 64 / std::gcd<int64_t>(row_bytes / 64, 64));
+  } else {
+    uint64_t used = 0;
+    for (int64_t k = 0; k < rows; ++k) used |= uint64_t(1) << ((k * row_bytes / 64) % 64);
+    sets = __builtin_popcountll(used);
+  }
+  return rows > 8 * sets;
+}
+
 // AWQ decode works along the input instead (its storage is [in, out]): a
 // unit is a run of whole groups of input rows [k0, k1) — a contiguous block
 // of the file — against every output column, giving a partial y that the
@@ -415,24 +438,14 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
 // matrix only (awq_groups_per_unit), so the result does not depend on the
 // threads. part[i·out + c] = Σ_{k in [k0, k1)} x[i,k]·f16((q_kc − z_c)·s_c),
 // for n ≤ 4 rows; each group's zero points and scales are widened once a band.
-// Up to four groups a unit (where the matrix has 16 or more groups): a
-// column's sum then ends in a horizontal step once per four groups, not
-// once per group. The unit's rows stay within 32 KB, so that a band's rows,
-// read again for each of its 16 words, stay in L1: rows of 512 bytes in
-// units of 256 fall into 8 of L1's 64 sets and evicted each other (the mid
-// model's 1024 × 1024 AWQ matrices ran 35% slower than a group a unit).
-// Whether a group's rows crowd into few of L1's 64 sets (of 64-byte lines):
-// more than 8 rows a set, where L1 has 12 ways. Rows spaced a multiple of
-// 1 KB apart do (DeepSeek-V3's AWQ widths: 2048, 7168, 24576 columns); the
-// AVX-512 kernel's wide form (awq_groups_lut_wide) then takes 32 rows at a
-// time across the band's words, and its units are not limited by L1.
-inline bool awq_wide(const AwqWeight& a) {
-  if (!avx512_kernels()) return false;
-  const int64_t row_bytes = a.qweight.shape[1] * 4, rows = std::min<int64_t>(a.group_size, 256);
-  uint64_t sets = 0;
-  for (int64_t k = 0; k < rows; ++k) sets |= uint64_t(1) << ((k * row_bytes / 64) % 64);
-  return rows > 8 * __builtin_popcountll(sets);
-}
+//
+// The groups a unit takes: up to four (where the matrix has 16 or more
+// groups), so that a column's sum ends in a horizontal step once per four
+// groups, not once per group. The unit's rows stay within 32 KB, so that a
+// band's rows, read again for each of its 16 words, stay in L1: rows of 512
+// bytes in units of 256 fall into 8 of L1's 64 sets and evicted each other
+// (the mid model's 1024 × 1024 AWQ matrices ran 35% slower than a group a
+// unit). The wide form (awq_wide) is not limited by L1.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
   const int64_t fit = awq_wide(a) ? 4 : (32 << 10) / (G * row_bytes);
