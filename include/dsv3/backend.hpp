@@ -159,6 +159,7 @@ class Backend {
   // step); a backend may run them in one launch. Default: one by one.
   virtual std::vector<Act<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const {
     std::vector<Act<T>> ys;
+    ys.reserve(jobs.size());
     for (const auto& j : jobs) ys.push_back(linear(*j.x, *j.w, v));
     return ys;
   }
@@ -231,10 +232,13 @@ struct HostOps {
   }
   std::vector<Mat<T>> linear_many(const std::vector<MatJob<T>>& jobs, const Variants& v) const {
     std::vector<Act<T>> xs;
+    xs.reserve(jobs.size());
     for (const auto& j : jobs) xs.push_back(Act<T>::view(*j.x));
     std::vector<LinearJob<T>> acts;
+    acts.reserve(jobs.size());
     for (std::size_t i = 0; i < jobs.size(); ++i) acts.push_back({&xs[i], jobs[i].w});
     std::vector<Mat<T>> ys;
+    ys.reserve(jobs.size());
     for (Act<T>& y : be.linear_many(acts, v)) ys.push_back(home(std::move(y)));
     return ys;
   }

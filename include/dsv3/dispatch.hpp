@@ -69,8 +69,10 @@ class Dispatch : public Backend<T> {
     if (taken != jobs.size() && taken != 0) return Backend<T>::linear_many(jobs, v);
     const Backend<T>& b = taken ? *primary_ : static_cast<const Backend<T>&>(cpu_);
     std::vector<Act<T>> xs;
+    xs.reserve(jobs.size());
     for (const auto& j : jobs) xs.push_back(to(*j.x, b));
     std::vector<LinearJob<T>> moved;
+    moved.reserve(jobs.size());
     for (std::size_t i = 0; i < jobs.size(); ++i) moved.push_back({&xs[i], jobs[i].w});
     return b.linear_many(moved, v);
   }

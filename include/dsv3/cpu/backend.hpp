@@ -41,8 +41,10 @@ class CpuBackend : public Backend<T> {
   }
   std::vector<Act<T>> linear_many(const std::vector<LinearJob<T>>& jobs, const Variants& v) const override {
     std::vector<MatJob<T>> mats;
+    mats.reserve(jobs.size());
     for (const auto& j : jobs) mats.push_back({&j.x->host(), j.w});
     std::vector<Act<T>> ys;
+    ys.reserve(jobs.size());
     for (Mat<T>& y : cpu::linear_many(mats, v)) ys.emplace_back(std::move(y));
     return ys;
   }

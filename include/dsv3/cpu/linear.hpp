@@ -210,7 +210,11 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
   // rows [r0, r1), one group, whose partial y goes to parts[part].
   struct Unit { std::size_t job; int64_t r0, r1, part = -1; };
   std::vector<Job> info(jobs.size());
-  std::vector<Unit> units;
+  // (the unit list and the threads' buffers keep their capacity from call to
+  // call: a decode step makes some 40 of these rounds)
+  thread_local std::vector<Unit> unit_store;  // (the calling thread's; the region reads it through `units`)
+  std::vector<Unit>& units = unit_store;
+  units.clear();
   std::vector<std::vector<float>> parts;
   std::size_t buf_elems = 0;
   for (std::size_t j = 0; j < jobs.size(); ++j) {
@@ -275,7 +279,9 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       const Job& J = info[u.job];
       return u.part < 0 && (J.fused || J.bf16 || J.direct);
     };
-    std::vector<Unit> tail;  // quarters of the last 2·nthreads units, last first
+    thread_local std::vector<Unit> tail_store;
+    std::vector<Unit>& tail = tail_store;  // quarters of the last 2·nthreads units, last first
+    tail.clear();
     while (nthreads > 1 && !units.empty() && int64_t(tail.size()) < 8 * nthreads && whole_rows(units.back())) {
       const Unit u = units.back();
       units.pop_back();
@@ -287,9 +293,9 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
   ThreadErrors errs;
 #pragma omp parallel
   {
-    std::vector<T> buf;
-    std::vector<float> scratch;
-    errs.run([&] { buf.resize(buf_elems); });
+    thread_local std::vector<T> buf;
+    thread_local std::vector<float> scratch;
+    errs.run([&] { buf.resize(std::max(buf.size(), buf_elems)); });
 #pragma omp for schedule(dynamic, 1)
     for (std::size_t u = 0; u < units.size(); ++u) errs.run([&] {
       const Unit& un = units[u];
