@@ -20,6 +20,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -333,7 +334,7 @@ TEST_CASE("the quantized-format kernels match the reference at awkward shapes, w
 // of 16, rows of b not a multiple of 4), with AVX-512 and without. Bound: a
 // sum of K products in f32, in any order, is within K·2^-24·Σ|a·b| of the
 // exact sum (the standard bound γ_K; the products are rounded too, hence K + 1).
-TEST_CASE("few_rows products match sums in double, with AVX-512 and without") {
+TEST_CASE("few_rows products match sums in double, with AVX-512 and without; BF16 b read in place gives the same bits") {
   const bool had = cpu::avx512_kernels();
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
@@ -367,6 +368,17 @@ TEST_CASE("few_rows products match sums in double, with AVX-512 and without") {
               check_sum(o[i * ldo + c], m, [&](int64_t j) { return p[i * ldp + j]; }, [&](int64_t j) { return b[j * ldb + c]; });
             CHECK(o[i * ldo + K] == -1.0f);
           }
+          // b as stored BF16 (a BF16 kv_b_proj read in place): the same bits as over b widened first
+          std::vector<cpu::Bf16> b16(b.size());
+          std::vector<float> bw(b.size());
+          for (std::size_t e = 0; e < b.size(); ++e) b16[e].bits = f32_to_bf16(b[e]), bw[e] = bf16_to_f32(b16[e].bits);
+          std::vector<float> s16(s.size(), -1.0f), sw(s.size(), -1.0f), o16(o.size(), -1.0f), ow(o.size(), -1.0f);
+          cpu::rows_dot_rows(a.data(), lda, n, K, b16.data(), ldb, m, s16.data(), lds);
+          cpu::rows_dot_rows(a.data(), lda, n, K, bw.data(), ldb, m, sw.data(), lds);
+          cpu::rows_mix_rows(p.data(), ldp, n, m, b16.data(), ldb, K, o16.data(), ldo);
+          cpu::rows_mix_rows(p.data(), ldp, n, m, bw.data(), ldb, K, ow.data(), ldo);
+          CHECK(std::memcmp(s16.data(), sw.data(), s.size() * sizeof(float)) == 0);
+          CHECK(std::memcmp(o16.data(), ow.data(), o.size() * sizeof(float)) == 0);
         }
   }
   cpu::avx512_kernels() = had;

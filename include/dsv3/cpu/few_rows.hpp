@@ -5,6 +5,9 @@
 // Two shapes, both over row-major f32 with explicit strides:
 //   rows_dot_rows: s[i, j] = Σ_k a[i, k]·b[j, k]      (a·bᵀ: q·k, o_lat·W_UVᵀ)
 //   rows_mix_rows: o[i, c] = Σ_j p[i, j]·b[j, c]      (p·b:  P·C,  q_nope·W_UK)
+// b may also be BF16 as stored (`const Bf16*`: a BF16 kv_b_proj's W_UK and
+// W_UV read in place), each value widened exactly as it is loaded, so the
+// sums are the ones over b decoded to f32 first.
 // The sums run in an order fixed by the shapes alone (never by threads);
 // it differs from BLAS's, which is within the reference's tolerance like
 // any other summation order (tests/test_backend_ops.cpp, mla cases).
@@ -12,18 +15,36 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
+#include "../formats/dtype.hpp"
 #include "quant_avx512.hpp"
 
 namespace dsv3::cpu {
 
+// A stored BF16 value (b's element type for BF16 weights read in place).
+struct Bf16 {
+  uint16_t bits;
+};
+inline float widen(const float* b) { return *b; }
+inline float widen(const Bf16* b) {
+  uint16_t h;
+  std::memcpy(&h, b, 2);  // (no alignment in the mapping)
+  return bf16_to_f32(h);
+}
+
 #ifdef DSV3_HAVE_AVX512_KERNELS
 namespace avx512 {
+
+// Up to 16 values of b from p (m: which), as f32.
+DSV3_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+DSV3_AVX512 inline __m512 load16(const Bf16* p, __mmask16 m) { return widen_scales16(&p->bits, m); }
 
 // a·bᵀ: four rows of b at a time share each vector of a row of a; the four
 // sums end in one horizontal step (hsum_rows). A row's sum is the same
 // whichever block its row of b falls in.
-DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const float* b,
+template <class B>
+DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b,
                                       int64_t ldb, int64_t m, float* s, int64_t lds) {
   for (int64_t i = 0; i < n; ++i) {
     const float* ai = a + i * lda;
@@ -35,7 +56,7 @@ DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, in
         const __m512 x = _mm512_maskz_loadu_ps(msk, ai + k);
 #pragma GCC unroll 4
         for (int r = 0; r < 4; ++r)
-          acc[r] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(msk, b + (j + r) * ldb + k), acc[r]);
+          acc[r] = _mm512_fmadd_ps(x, load16(b + (j + r) * ldb + k, msk), acc[r]);
       }
       hsum_rows<4>(acc, s + i * lds + j);
     }
@@ -43,7 +64,7 @@ DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, in
       __m512 acc[1] = {_mm512_setzero_ps()};
       for (int64_t k = 0; k < K; k += 16) {
         const __mmask16 msk = first_lanes(K - k);
-        acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(msk, ai + k), _mm512_maskz_loadu_ps(msk, b + j * ldb + k), acc[0]);
+        acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(msk, ai + k), load16(b + j * ldb + k, msk), acc[0]);
       }
       hsum_rows<1>(acc, s + i * lds + j);
     }
@@ -52,7 +73,8 @@ DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, in
 
 // p·b: up to 128 columns of o held in eight vectors while the rows of b
 // stream past, each scaled by its p and added in row order.
-DSV3_AVX512 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const float* b,
+template <class B>
+DSV3_AVX512 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const B* b,
                                       int64_t ldb, int64_t width, float* o, int64_t ldo) {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t c0 = 0; c0 < width; c0 += 128) {
@@ -62,9 +84,9 @@ DSV3_AVX512 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, in
       for (int v = 0; v < 8; ++v) msk[v] = first_lanes(width - c0 - 16 * v), acc[v] = _mm512_setzero_ps();
       for (int64_t j = 0; j < m; ++j) {
         const __m512 pj = _mm512_set1_ps(p[i * ldp + j]);
-        const float* bj = b + j * ldb + c0;
+        const B* bj = b + j * ldb + c0;
 #pragma GCC unroll 8
-        for (int v = 0; v < 8; ++v) acc[v] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(msk[v], bj + 16 * v), acc[v]);
+        for (int v = 0; v < 8; ++v) acc[v] = _mm512_fmadd_ps(pj, load16(bj + 16 * v, msk[v]), acc[v]);
       }
 #pragma GCC unroll 8
       for (int v = 0; v < 8; ++v) _mm512_mask_storeu_ps(o + i * ldo + c0 + 16 * v, msk[v], acc[v]);
@@ -75,7 +97,8 @@ DSV3_AVX512 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, in
 #endif
 
 // s[i·lds + j] = Σ_{k<K} a[i·lda + k]·b[j·ldb + k], for i < n, j < m.
-inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const float* b, int64_t ldb, int64_t m,
+template <class B>
+inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b, int64_t ldb, int64_t m,
                           float* s, int64_t lds) {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   if (avx512_kernels()) return avx512::rows_dot_rows(a, lda, n, K, b, ldb, m, s, lds);
@@ -83,13 +106,14 @@ inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, con
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < m; ++j) {
       float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 partial sums, combined in a fixed order
-      for (int64_t k = 0; k < K; ++k) acc[k % 8] += a[i * lda + k] * b[j * ldb + k];
+      for (int64_t k = 0; k < K; ++k) acc[k % 8] += a[i * lda + k] * widen(b + j * ldb + k);
       s[i * lds + j] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
 }
 
 // o[i·ldo + c] = Σ_{j<m} p[i·ldp + j]·b[j·ldb + c], for i < n, c < width.
-inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const float* b, int64_t ldb,
+template <class B>
+inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const B* b, int64_t ldb,
                           int64_t width, float* o, int64_t ldo) {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   if (avx512_kernels()) return avx512::rows_mix_rows(p, ldp, n, m, b, ldb, width, o, ldo);
@@ -99,7 +123,7 @@ inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, con
     std::fill(oi, oi + width, 0.0f);
     for (int64_t j = 0; j < m; ++j) {
       const float pj = p[i * ldp + j];
-      for (int64_t c = 0; c < width; ++c) oi[c] += pj * b[j * ldb + c];
+      for (int64_t c = 0; c < width; ++c) oi[c] += pj * widen(b + j * ldb + c);
     }
   }
 }

@@ -127,6 +127,13 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   const AwqWeight* awq_kvb = w.kv_b_proj.awq();
   const bool awq_heads = std::is_same_v<T, float> && absorb && awq_kvb && n <= kFusedMaxRows && dn % 8 == 0 &&
                          dv % 8 == 0;
+  // A BF16 kv_b (the BF16 checkpoint; dense, absorbed decode at T = float):
+  // a head's W_UK and W_UV are read in place, each value widened as
+  // few_rows' loops load it, so nothing is decoded per head and token.
+  const Bf16* kv_b16 = nullptr;
+  if constexpr (std::is_same_v<T, float>)
+    if (absorb && n <= kFusedMaxRows && !kv_b && w.kv_b_proj.is_dense() && w.kv_b_proj.weight.dtype == DType::BF16)
+      kv_b16 = reinterpret_cast<const Bf16*>(w.kv_b_proj.weight.data);
   // per head: embed_q[h], unembed_out[h] as Linears (made at load)
   const std::vector<Linear>* uk = fused_heads ? &split->embed_q.heads : nullptr;
   const std::vector<Linear>* uv = fused_heads ? &split->unembed_out.heads : nullptr;
@@ -145,7 +152,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     FusedInput fin;
     std::vector<float> fscratch;
     errs.run([&] {
-      wkv.resize(kv_b || fused_heads || awq_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
+      wkv.resize(kv_b || kv_b16 || fused_heads || awq_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
       qn.resize(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
       scores.resize(static_cast<std::size_t>(B * t));
       qcat.resize(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
@@ -155,7 +162,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) errs.run([&] {
-      if (!kv_b && !fused_heads && !awq_heads) {
+      if (!kv_b && !kv_b16 && !fused_heads && !awq_heads) {
         decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
         if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
       }
@@ -188,6 +195,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           } else if (awq_heads) {
             if constexpr (std::is_same_v<T, float>)
               awq_rows_dot(*awq_kvb, qh, H * dq, nb, h * (dn + dv) / 8, dn / 8, fscratch, qcat.data(), dl);
+          } else if (kv_b16) {
+            if constexpr (std::is_same_v<T, float>)
+              rows_mix_rows(qh, H * dq, nb, dn, kv_b16 + h * (dn + dv) * r, r, r, qcat.data(), dl);
           } else {
             head_gemm(false, nb, r, dn, qh, H * dq, W_UK, r, qcat.data(), dl);
           }
@@ -220,6 +230,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
               const int64_t wv = (h * (dn + dv) + dn) / 8;  // W_UV's first word
               awq_cols_partial(*awq_kvb, olat.data(), r, nb, 0, r, wv, wv + dv / 8, fscratch, oh, H * dv);
             }
+          } else if (kv_b16) {
+            if constexpr (std::is_same_v<T, float>)
+              rows_dot_rows(olat.data(), r, nb, r, kv_b16 + (h * (dn + dv) + dn) * r, r, dv, oh, H * dv);
           } else {
             head_gemm(true, nb, dv, r, olat.data(), r, W_UV, r, oh, H * dv);
           }
