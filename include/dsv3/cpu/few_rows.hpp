@@ -5,9 +5,9 @@
 // Two shapes, both over row-major f32 with explicit strides:
 //   rows_dot_rows: s[i, j] = Σ_k a[i, k]·b[j, k]      (a·bᵀ: q·k, o_lat·W_UVᵀ)
 //   rows_mix_rows: o[i, c] = Σ_j p[i, j]·b[j, c]      (p·b:  P·C,  q_nope·W_UK)
-// b may also be BF16 as stored (`const Bf16*`: a BF16 kv_b_proj's W_UK and
-// W_UV read in place), each value widened exactly as it is loaded, so the
-// sums are the ones over b decoded to f32 first.
+// b may also be BF16 as stored (`const Bf16*`, 2-byte aligned: a BF16
+// kv_b_proj's W_UK and W_UV read in place), each value widened exactly as
+// it is loaded, so the sums are the ones over b decoded to f32 first.
 // The sums run in an order fixed by the shapes alone (never by threads);
 // it differs from BLAS's, which is within the reference's tolerance like
 // any other summation order (tests/test_backend_ops.cpp, mla cases).
@@ -38,7 +38,7 @@ namespace avx512 {
 
 // Up to 16 values of b from p (m: which), as f32.
 DSV3_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-DSV3_AVX512 inline __m512 load16(const Bf16* p, __mmask16 m) { return widen_scales16(&p->bits, m); }
+DSV3_AVX512 inline __m512 load16(const Bf16* p, __mmask16 m) { return widen_scales16(reinterpret_cast<const uint16_t*>(p), m); }
 
 // a·bᵀ: four rows of b at a time share each vector of a row of a; the four
 // sums end in one horizontal step (hsum_rows). A row's sum is the same

@@ -130,9 +130,11 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   // A BF16 kv_b (the BF16 checkpoint; dense, absorbed decode at T = float):
   // a head's W_UK and W_UV are read in place, each value widened as
   // few_rows' loops load it, so nothing is decoded per head and token.
+  // (At an odd address, as safetensors may leave it, the rows are decoded.)
   const Bf16* kv_b16 = nullptr;
   if constexpr (std::is_same_v<T, float>)
-    if (absorb && n <= kFusedMaxRows && !kv_b && w.kv_b_proj.is_dense() && w.kv_b_proj.weight.dtype == DType::BF16)
+    if (absorb && n <= kFusedMaxRows && !kv_b && w.kv_b_proj.is_dense() && w.kv_b_proj.weight.dtype == DType::BF16 &&
+        reinterpret_cast<uintptr_t>(w.kv_b_proj.weight.data) % alignof(Bf16) == 0)
       kv_b16 = reinterpret_cast<const Bf16*>(w.kv_b_proj.weight.data);
   // per head: embed_q[h], unembed_out[h] as Linears (made at load)
   const std::vector<Linear>* uk = fused_heads ? &split->embed_q.heads : nullptr;
