@@ -136,6 +136,8 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     if (absorb && n <= kFusedMaxRows && !kv_b && w.kv_b_proj.is_dense() && w.kv_b_proj.weight.dtype == DType::BF16 &&
         reinterpret_cast<uintptr_t>(w.kv_b_proj.weight.data) % alignof(Bf16) == 0)
       kv_b16 = reinterpret_cast<const Bf16*>(w.kv_b_proj.weight.data);
+  // Otherwise each head decodes its kv_b rows to f32 (into wkv).
+  const bool decode_heads = !kv_b && !kv_b16 && !fused_heads && !awq_heads;
   // per head: embed_q[h], unembed_out[h] as Linears (made at load)
   const std::vector<Linear>* uk = fused_heads ? &split->embed_q.heads : nullptr;
   const std::vector<Linear>* uv = fused_heads ? &split->unembed_out.heads : nullptr;
@@ -154,7 +156,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     FusedInput fin;
     std::vector<float> fscratch;
     errs.run([&] {
-      wkv.resize(kv_b || kv_b16 || fused_heads || awq_heads ? 0 : static_cast<std::size_t>((dn + dv) * r));
+      wkv.resize(decode_heads ? static_cast<std::size_t>((dn + dv) * r) : 0);
       qn.resize(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
       scores.resize(static_cast<std::size_t>(B * t));
       qcat.resize(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
@@ -164,7 +166,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     });
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) errs.run([&] {
-      if (!kv_b && !kv_b16 && !fused_heads && !awq_heads) {
+      if (decode_heads) {
         decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
         if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
       }

@@ -227,13 +227,14 @@ DSV3_AVX512 inline void awq_tables(const float* zq, const float* sq, int64_t nw,
   for (int64_t l = 0; l < nw; ++l)
     for (int j = 0; j < 8; ++j) _mm512_storeu_ps(lut + (l * 8 + j) * 16, awq_table(zq[j * 16 + l], sq[j * 16 + l]));
 }
-// A word's 8 columns of lanes summed (two hsum_rows steps) into acc[16·j]
-// (nibble order, the word's lane), with the rows done one at a time.
 // The gather indices of 16 consecutive storage rows of `words` words.
 DSV3_AVX512 inline __m512i awq_row_offsets(int64_t words) {
   return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                             _mm512_set1_epi32(int(words)));
 }
+// A word's 8 columns of lanes summed (two hsum_rows steps) into acc[16·j]
+// (nibble order, the word's lane), with `tail`, the sums of the rows done
+// one at a time, added.
 DSV3_AVX512 inline void awq_add_word(const __m512* a, const float* tail, float* acc) {
   float sum[8];
   hsum_rows<4>(a, sum);
@@ -293,7 +294,7 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
   }
 }
 
-// awq_groups_lut for wide rows (quant.hpp picks it above 256 bytes a row):
+// awq_groups_lut for rows that crowd L1's sets (quant.hpp's awq_wide):
 // the same sums, the rows taken 32 at a time across every word of the band,
 // each word's 8 vectors of lanes kept in `lanes` ([i][l][j][16]) between
 // chunks and the tables in `lut` ([l][j][16], built once a group). A word's
