@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -104,27 +105,61 @@ void every_backend_matches(bool quick) {
 }
 }  // namespace
 
+namespace {
+// The kinds of CPU kernel for the quantized formats that this CPU can run:
+// AVX-512, AVX2 (its MLX kernel reading codes as subnormals where the CPU
+// allows it, and converting them), and the plain loops, which every CPU runs.
+struct KernelKind {
+  const char* name;
+  bool avx512, avx2, subnormal;
+};
+std::vector<KernelKind> kernel_kinds() {
+  static const bool has512 = cpu::avx512_kernels(), has2 = cpu::avx2_kernels(), sub = cpu::avx2_subnormal_codes();
+  std::vector<KernelKind> k;
+  if (has512) k.push_back({"avx512", true, has2, sub});
+  if (has2 && sub) k.push_back({"avx2 (subnormal codes)", false, true, true});
+  if (has2) k.push_back({"avx2", false, true, false});
+  k.push_back({"plain", false, false, false});
+  return k;
+}
+// Chooses a kind for its lifetime.
+struct UseKernels {
+  bool a = cpu::avx512_kernels(), b = cpu::avx2_kernels(), c = cpu::avx2_subnormal_codes();
+  explicit UseKernels(const KernelKind& k) {
+    cpu::avx512_kernels() = k.avx512, cpu::avx2_kernels() = k.avx2, cpu::avx2_subnormal_codes() = k.subnormal;
+  }
+  ~UseKernels() { cpu::avx512_kernels() = a, cpu::avx2_kernels() = b, cpu::avx2_subnormal_codes() = c; }
+};
+std::string kernel_kind_names() {
+  std::string s;
+  for (const KernelKind& k : kernel_kinds()) s += (s.empty() ? "" : ", ") + std::string(k.name);
+  return s;
+}
+}  // namespace
+
 TEST_SUITE("backend_ops") {
 TEST_CASE("every backend matches the reference op by op (f32)") { every_backend_matches<float>(false); }
 TEST_CASE("every backend matches the reference op by op (f64)") { every_backend_matches<double>(true); }
 
-// The formats whose decode has AVX-512 kernels beyond the linears (AWQ's and
-// MLX's per-head products in MLA), with the plain loops instead.
-TEST_CASE("the CPU backend's plain loops match the reference op by op (f32, quick)") {
-  const bool had = cpu::avx512_kernels();
-  cpu::avx512_kernels() = false;
-  CpuBackend<float> cpu;
-  Tally t;
-  t.backend = "cpu plain (f32)";
-  BackendCheck<float> s{cpu, {}, t, {}};
-  for (const char* fmt : {"awq", "mlx4", "fp8"}) {
-    Model<float> m(model_dir(fmt));
-    s.run(fmt, m, true);
+// The formats whose decode has vector kernels beyond the linears (AWQ's and
+// MLX's per-head products in MLA), with every other kind of kernel this CPU
+// has (the suite above runs the CPU's own choice).
+TEST_CASE("the CPU backend's other kernel kinds match the reference op by op (f32, quick)") {
+  const std::vector<KernelKind> kinds = kernel_kinds();
+  for (std::size_t i = 1; i < kinds.size(); ++i) {
+    UseKernels use(kinds[i]);
+    CpuBackend<float> cpu;
+    Tally t;
+    t.backend = std::string("cpu ") + kinds[i].name + " (f32)";
+    BackendCheck<float> s{cpu, {}, t, {}};
+    for (const char* fmt : {"awq", "mlx4", "mlx5", "mlx8", "fp8"}) {
+      Model<float> m(model_dir(fmt));
+      s.run(fmt, m, true);
+    }
+    MESSAGE(t.report());
+    CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
+    CHECK(t.passed > 0);
   }
-  cpu::avx512_kernels() = had;
-  MESSAGE(t.report());
-  CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
-  CHECK(t.passed > 0);
 }
 
 // The suite can fail: a CPU backend with one deliberately broken kernel (the
@@ -308,15 +343,13 @@ struct SyntheticLinears {
 };
 }  // namespace
 
-TEST_CASE("the quantized-format kernels match the reference at awkward shapes, with AVX-512 and without") {
+TEST_CASE("the quantized-format kernels match the reference at awkward shapes, with every kind of kernel") {
   SyntheticLinears s;
   CpuBackend<float> cpu;
-  const bool had = cpu::avx512_kernels();
-  for (bool use : {true, false}) {
-    if (use && !had) continue;  // this CPU has no AVX-512 kernels: the plain loops below are what runs
-    cpu::avx512_kernels() = use;
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
     Tally t;
-    t.backend = use ? "cpu avx512" : "cpu plain";
+    t.backend = std::string("cpu ") + kind.name;
     BackendCheck<float> check{cpu, {}, t, {}};
     for (const auto& [name, W] : s.linears)
       for (int64_t n : {1, 2, 3, 4, 5, 64}) check.linear_case(name, W, n, {}, "");
@@ -324,18 +357,56 @@ TEST_CASE("the quantized-format kernels match the reference at awkward shapes, w
     CHECK_MESSAGE(t.failed == 0, t.backend, ": ", t.failed, " case(s) past tolerance");
     CHECK(t.passed == int64_t(s.linears.size()) * 6);
   }
-  cpu::avx512_kernels() = had;
-  const std::string which = had ? "yes (both paths ran)" : "no (plain loops only)";
-  MESSAGE("AVX-512 kernels on this CPU: ", which);
+  MESSAGE("kernel kinds on this CPU: ", kernel_kind_names());
 }
+
+// The AVX2 MLX kernel's subnormal-code route (quant_avx2.hpp) reads x scaled
+// by a power of two chosen from its largest |x|: it gives the conversion
+// route's bits for x of every magnitude, including those where it declines
+// (|x| ≥ 2^20, < 2^-20, not finite), and under MXCSR's denormals-are-zero
+// (a -ffast-math program), where it must not run at all.
+#ifdef DSV3_HAVE_AVX2_KERNELS
+TEST_CASE("the AVX2 MLX kernel's subnormal-code route gives the conversion route's bits") {
+  if (!cpu::avx2_kernels()) {
+    MESSAGE("no AVX2 on this CPU: nothing to compare");
+    return;
+  }
+  SyntheticLinears s;
+  const KernelKind conv{"avx2", false, true, false}, sub{"avx2 (subnormal codes)", false, true, true};
+  int compared = 0;
+  for (const auto& [name, W] : s.linears) {
+    if (!W.mlx()) continue;
+    for (float mag : {1.0f, 0x1p19f, 0x1p21f, 0x1p-19f, 0x1p-21f, 0.0f})
+      for (bool daz : {false, true}) {
+        Mat<float> x = random_rows<float>(3, W.in(), 5);
+        for (float& v : x) v *= mag;
+        if (mag == 0x1p19f) x(1, 2) = std::numeric_limits<float>::infinity();  // not finite: the conversion route
+        Mat<float> a, b;
+        {
+          UseKernels use(conv);
+          a = cpu::linear(x, W);
+        }
+        {
+          UseKernels use(sub);
+          const unsigned csr = _mm_getcsr();
+          if (daz) _mm_setcsr(csr | 0x40);
+          b = cpu::linear(x, W);
+          _mm_setcsr(csr);
+        }
+        CHECK_MESSAGE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0, name, " |x| ~ ", mag, daz ? " DAZ" : "");
+        ++compared;
+      }
+  }
+  CHECK(compared > 0);
+}
+#endif
 
 // few_rows.hpp's products (MLA's per-head products in decode) against sums in
 // double, at lengths that leave every kind of tail (K and width not multiples
 // of 16, rows of b not a multiple of 4), with AVX-512 and without. Bound: a
 // sum of K products in f32, in any order, is within K·2^-24·Σ|a·b| of the
 // exact sum (the standard bound γ_K; the products are rounded too, hence K + 1).
-TEST_CASE("few_rows products match sums in double, with AVX-512 and without; BF16 b read in place gives the same bits") {
-  const bool had = cpu::avx512_kernels();
+TEST_CASE("few_rows products match sums in double, with every kind of kernel; BF16 b read in place gives the same bits") {
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
   // |got − Σ_t a(t)·b(t)| within (len + 1)·2^-24·Σ|a·b|, the sum taken in double
@@ -344,8 +415,8 @@ TEST_CASE("few_rows products match sums in double, with AVX-512 and without; BF1
     for (int64_t t = 0; t < len; ++t) exact += a(t) * b(t), mag += std::fabs(a(t) * b(t));
     CHECK(std::fabs(got - exact) <= double(len + 1) * 0x1p-24 * mag);
   };
-  for (bool use : {true, false}) {
-    cpu::avx512_kernels() = use && had;
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
     for (int64_t n : {1, 3, 4})
       for (int64_t K : {5, 16, 160, 173})
         for (int64_t m : {1, 6, 9}) {
@@ -381,7 +452,6 @@ TEST_CASE("few_rows products match sums in double, with AVX-512 and without; BF1
           CHECK(std::memcmp(o16.data(), ow.data(), o.size() * sizeof(float)) == 0);
         }
   }
-  cpu::avx512_kernels() = had;
 }
 
 TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") {
@@ -392,16 +462,14 @@ TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") 
   nanw.bytes[5 * 300 + 250] = 0x7f;  // row 5, in the edge block
   nanw.done();
   W.weight = nanw.view;
-  const bool had = cpu::avx512_kernels();
-  for (bool use : {true, false}) {
-    cpu::avx512_kernels() = use && had;
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
     const Mat<float> x = random_rows<float>(2, 300, 7);
     const Mat<float> y = cpu::linear(x, W), r = reference::linear(x, W);
     CHECK(std::isnan(y(0, 5)));
     CHECK(std::isnan(r(0, 5)));
     CHECK(std::isfinite(y(1, 4)));
   }
-  cpu::avx512_kernels() = had;
 }
 
 // round_f16 (the AWQ kernels' branch-free f16 rounding) equals the reference

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "../formats/dtype.hpp"
+#include "quant_avx2.hpp"
 #include "quant_avx512.hpp"
 
 namespace dsv3::cpu {
@@ -32,6 +33,9 @@ inline float widen(const Bf16* b) {
   std::memcpy(&h, b, 2);  // (no alignment in the mapping)
   return bf16_to_f32(h);
 }
+// b as the AVX2 kernels take it: f32, or BF16 as its stored bits.
+inline const float* as_stored(const float* b) { return b; }
+inline const uint16_t* as_stored(const Bf16* b) { return reinterpret_cast<const uint16_t*>(b); }
 
 #ifdef DSV3_HAVE_AVX512_KERNELS
 namespace avx512 {
@@ -103,6 +107,9 @@ inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, con
 #ifdef DSV3_HAVE_AVX512_KERNELS
   if (avx512_kernels()) return avx512::rows_dot_rows(a, lda, n, K, b, ldb, m, s, lds);
 #endif
+#ifdef DSV3_HAVE_AVX2_KERNELS
+  if (avx2_kernels()) return avx2::rows_dot_rows(a, lda, n, K, as_stored(b), ldb, m, s, lds);
+#endif
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < m; ++j) {
       float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 partial sums, combined in a fixed order
@@ -117,6 +124,9 @@ inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, con
                           int64_t width, float* o, int64_t ldo) {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   if (avx512_kernels()) return avx512::rows_mix_rows(p, ldp, n, m, b, ldb, width, o, ldo);
+#endif
+#ifdef DSV3_HAVE_AVX2_KERNELS
+  if (avx2_kernels()) return avx2::rows_mix_rows(p, ldp, n, m, as_stored(b), ldb, width, o, ldo);
 #endif
   for (int64_t i = 0; i < n; ++i) {
     float* oi = o + i * ldo;

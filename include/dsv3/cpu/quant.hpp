@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "../weights.hpp"
+#include "quant_avx2.hpp"
 #include "quant_avx512.hpp"
 
 namespace dsv3::cpu {
@@ -263,19 +264,45 @@ inline bool has_fused_kernel(const Linear& W) {
 // the layout each kernel reads (MLX: permuted, with group sums).
 struct FusedInput {
   std::vector<float> xp, xs;
+  int xexp = 0;  // the AVX2 MLX kernel's xp is x·2^xexp (its subnormal-code route; 0: x as it is)
 };
 
-// The AVX-512 MLX kernel reads x in its own order (groups of 64 and more).
-inline bool mlx_avx512(const MlxWeight& m) { return avx512_kernels() && m.group_size % 64 == 0; }
+// Which MLX kernel runs: the AVX-512 one (groups of 64 and more), the AVX2
+// one (groups of 32 and more; every MLX group size), or the plain loops.
+// Each reads x in its own order.
+enum class MlxKernel { plain, avx2, avx512 };
+inline MlxKernel mlx_kernel(const MlxWeight& m) {
+  if (avx512_kernels() && m.group_size % 64 == 0) return MlxKernel::avx512;
+  if (avx2_kernels() && m.group_size % 32 == 0) return MlxKernel::avx2;
+  return MlxKernel::plain;
+}
 
 template <int BITS>
-inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, bool avx, FusedInput& in) {
-  const bool permute = !avx || BITS == 4;  // the plain loops' lanes, or the AVX-512 4-bit nibble order
-  in.xp.resize(permute ? std::size_t(n * K) : 0);
+inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKernel kern, FusedInput& in) {
+  // The AVX2 kernel's subnormal-code route reads x scaled by 2^xexp (avx2::mlx_dot_rows_t), where
+  // the CPU allows it and subnormals are not read as zero (MXCSR's DAZ bit).
+  in.xexp = 0;
+  if (kern == MlxKernel::avx2 && avx2_subnormal_codes() && !denormals_are_zero()) {
+    float amax = 0;
+    for (int64_t e = 0; e < n * K; ++e) amax = std::max(amax, std::fabs(x[e]));  // (NaN: skipped, and xs is NaN)
+    in.xexp = avx2::mlx_sub_exponent(amax);
+    for (int64_t e = 0; e < n * K && in.xexp != 0; ++e)
+      if (!std::isfinite(x[e])) in.xexp = 0;
+  }
+  // the plain loops' lanes, or the vector kernels' 4-bit nibble order (5- and 8-bit: x as it is, or scaled)
+  const bool permute = kern == MlxKernel::plain || BITS == 4;
+  in.xp.resize(permute || in.xexp != 0 ? std::size_t(n * K) : 0);
   in.xs.assign(std::size_t(n * (K / G)), 0.0f);
   for (int64_t i = 0; i < n; ++i) {
-    if (permute && avx) avx512::mlx4_permute(x + i * K, K, in.xp.data() + i * K);
-    if (permute && !avx) mlx_permute<BITS>(x + i * K, K, in.xp.data() + i * K);
+    float* xpi = in.xp.data() + i * K;
+    if (permute && kern == MlxKernel::avx512) avx512::mlx4_permute(x + i * K, K, xpi);
+    if (permute && kern == MlxKernel::avx2) avx2::mlx4_permute(x + i * K, K, xpi);
+    if (permute && kern == MlxKernel::plain) mlx_permute<BITS>(x + i * K, K, xpi);
+    if (in.xexp != 0) {
+      const float up = std::ldexp(1.0f, in.xexp);  // exact: a power of two, and x·up stays below 2^101
+      if (!permute) std::copy(x + i * K, x + (i + 1) * K, xpi);
+      for (int64_t k = 0; k < K; ++k) xpi[k] *= up;
+    }
     for (int64_t g = 0; g < K / G; ++g) {  // 16 partial sums a group, combined in a fixed order
       float part[16] = {0};
       const float* xg = x + i * K + g * G;
@@ -291,10 +318,10 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, bool av
 inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput& in) {
   if (const MlxWeight* m = W.mlx()) {
     const int64_t K = W.in(), G = m->group_size;
-    const bool avx = mlx_avx512(*m);
-    if (m->bits == 4) mlx_prepare<4>(x, n, K, G, avx, in);
-    if (m->bits == 5) mlx_prepare<5>(x, n, K, G, avx, in);
-    if (m->bits == 8) mlx_prepare<8>(x, n, K, G, avx, in);
+    const MlxKernel kern = mlx_kernel(*m);
+    if (m->bits == 4) mlx_prepare<4>(x, n, K, G, kern, in);
+    if (m->bits == 5) mlx_prepare<5>(x, n, K, G, kern, in);
+    if (m->bits == 8) mlx_prepare<8>(x, n, K, G, kern, in);
   }
 }
 
@@ -304,7 +331,7 @@ inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput
 inline bool same_fused_input(const Linear& A, const Linear& B) {
   const MlxWeight *a = A.mlx(), *b = B.mlx();
   return a && b && a->bits == b->bits && a->group_size == b->group_size && A.in() == B.in() &&
-         mlx_avx512(*a) == mlx_avx512(*b);
+         mlx_kernel(*a) == mlx_kernel(*b);
 }
 
 // Scales and biases of one MLX row (slice-aware) widened to f32, per group;
@@ -323,7 +350,14 @@ inline const uint32_t* mlx_row_words(const MlxWeight& m, int64_t r) {
   return reinterpret_cast<const uint32_t*>(m.weight.data) + (base + r) * m.packed();
 }
 
-// The AVX-512 MLX kernel for `bits` and R rows a call (4, or 1), scales of type S.
+// The vector MLX kernels for `bits` and R rows a call (4, or 1), scales of
+// type S: AVX-512, and AVX2 (which also takes x's scale exponent).
+template <class S>
+inline auto mlx_rows_kernel_avx2(int64_t bits, int R) {
+  if (R == 4)
+    return bits == 4 ? avx2::mlx_dot_rows<4, 4, S> : bits == 5 ? avx2::mlx_dot_rows<5, 4, S> : avx2::mlx_dot_rows<8, 4, S>;
+  return bits == 4 ? avx2::mlx_dot_rows<4, 1, S> : bits == 5 ? avx2::mlx_dot_rows<5, 1, S> : avx2::mlx_dot_rows<8, 1, S>;
+}
 template <class S>
 inline auto mlx_rows_kernel(int64_t bits, int R) {
   if (R == 4)
@@ -348,6 +382,9 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
       if (avx512_kernels())
         avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
                             fp8_e4m3_to_f32_bits);
+      else if (avx2_kernels())
+        avx2::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
+                          fp8_e4m3_to_f32_bits);
       else
         fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy);
     }
@@ -361,6 +398,10 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         avx512::half_dot_row<true>(x, n, K, w + o * K, y + o, ldy);
         continue;
       }
+      if (avx2_kernels()) {
+        avx2::half_dot_row<true>(x, n, K, w + o * K, y + o, ldy);
+        continue;
+      }
       decode_elements(W.weight.data + o * K * 2, DType::F16, K, scratch.data());
       for (int64_t i = 0; i < n; ++i) {
         float acc = 0;
@@ -371,27 +412,33 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     return;
   }
   if (const MlxWeight* m = W.mlx()) {
-    if (mlx_avx512(*m)) {  // 4 rows a call (and 1 at a time for the rest); x permuted for 4-bit
+    if (const MlxKernel kern = mlx_kernel(*m); kern != MlxKernel::plain) {  // 4 rows a call (and 1 at a time for the rest); x permuted for 4-bit
       const int64_t ng = K / m->group_size, base = m->expert >= 0 ? m->expert * m->out() : 0;
       const std::size_t ses = dtype_size(m->scales.dtype);
       const bool bf16 = m->scales.dtype == DType::BF16;  // read as stored; others widened per 4 rows
       scratch.resize(std::size_t(8 * ng));
       float *sf = scratch.data(), *bf = sf + 4 * ng;
-      const float* xin = m->bits == 4 ? in.xp.data() : x;
+      const float* xin = m->bits == 4 || in.xexp != 0 ? in.xp.data() : x;
       for (int64_t o = r0; o < r1;) {
         const int R = r1 - o >= 4 ? 4 : 1;
         const uint8_t* sp = m->scales.data + std::size_t((base + o) * ng) * ses;
         const uint8_t* bp = m->biases.data + std::size_t((base + o) * ng) * ses;
         const uint32_t* wr = mlx_row_words(*m, o);
-        if (bf16)
-          mlx_rows_kernel<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, m->group_size, wr, m->packed(),
-                                                reinterpret_cast<const uint16_t*>(sp),
-                                                reinterpret_cast<const uint16_t*>(bp), y + o, ldy);
-        else {
+        const auto* s16 = reinterpret_cast<const uint16_t*>(sp);
+        const auto* b16 = reinterpret_cast<const uint16_t*>(bp);
+        if (!bf16) {
           decode_elements(sp, m->scales.dtype, R * ng, sf);
           decode_elements(bp, m->biases.dtype, R * ng, bf);
-          mlx_rows_kernel<float>(m->bits, R)(xin, in.xs.data(), n, K, m->group_size, wr, m->packed(), sf, bf, y + o, ldy);
         }
+        const int64_t G = m->group_size, pk = m->packed();
+        if (kern == MlxKernel::avx2 && bf16)
+          mlx_rows_kernel_avx2<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, in.xexp, y + o, ldy);
+        else if (kern == MlxKernel::avx2)
+          mlx_rows_kernel_avx2<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, in.xexp, y + o, ldy);
+        else if (bf16)
+          mlx_rows_kernel<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, y + o, ldy);
+        else
+          mlx_rows_kernel<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, y + o, ldy);
         o += R;
       }
       return;
@@ -481,6 +528,8 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
   const int64_t ng = (k1 - k0 + G - 1) / G;  // groups in [k0, k1), the first at k0 (a multiple of G)
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
   const bool wide = awq_wide(a);
+  // (q − z)·s as one fused multiply-add is exact for scales of ≤ 11 significant bits (avx2::awq_dot_group)
+  const bool exact = a.scales.dtype == DType::F16 || a.scales.dtype == DType::BF16;
   scratch.resize(std::size_t(ng * 256 + n * 128 + (wide ? 2048 + n * 2048 : 0)));
   float* params = scratch.data();  // per group: 128 zero points, 128 scales (nibble order)
   float* acc = params + ng * 256;
@@ -494,6 +543,10 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
       avx512::awq_groups_lut_wide(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, lut, lanes, acc);
     else if (avx512_kernels())
       avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
+    else if (avx2_kernels())
+      for (int64_t gi = 0; gi < ng; ++gi)
+        avx2::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,
+                            params + gi * 256, params + gi * 256 + 128, exact, acc);
     else
       for (int64_t gi = 0; gi < ng; ++gi)
         awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw, params + gi * 256,
@@ -597,9 +650,13 @@ inline void mlx_decode_rows(const MlxWeight& m, int64_t r0, int64_t r1, float* d
   const int64_t K = m.in(), ng = K / m.group_size, V = m.bits == 5 ? 32 : 32 / m.bits;
   if (m.group_size % V != 0 || m.round_to_storage) return m.decode_rows(r0, r1, dst);  // mx.dequantize's roundings: the reference's loop
   std::vector<float> sb(std::size_t(2 * ng));
-  auto* dec = mlx_avx512(m) ? (m.bits == 4   ? avx512::mlx_decode_row<4>
-                               : m.bits == 5 ? avx512::mlx_decode_row<5>
-                                             : avx512::mlx_decode_row<8>)
+  const MlxKernel kern = mlx_kernel(m);
+  auto* dec = kern == MlxKernel::avx512 ? (m.bits == 4   ? avx512::mlx_decode_row<4>
+                                           : m.bits == 5 ? avx512::mlx_decode_row<5>
+                                                         : avx512::mlx_decode_row<8>)
+              : kern == MlxKernel::avx2 ? (m.bits == 4   ? avx2::mlx_decode_row<4>
+                                           : m.bits == 5 ? avx2::mlx_decode_row<5>
+                                                         : avx2::mlx_decode_row<8>)
                             : m.bits == 4 ? mlx_decode_row4
                             : m.bits == 5 ? mlx_decode_row5
                                           : mlx_decode_row8;

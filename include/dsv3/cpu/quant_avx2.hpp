@@ -1,0 +1,546 @@
+// dsv3/cpu/quant_avx2.hpp — AVX2 (with FMA and F16C) versions of the
+// quantized-format kernels, for x86-64 CPUs without AVX-512 (AMD Zen 1–3,
+// Intel client cores). quant_avx512.hpp has the AVX-512 ones; quant.hpp's
+// plain loops are the specification both are tested against.
+//
+// Each computes what its plain twin in quant.hpp computes, in the same order
+// of blocks and groups (lanes differ), and is chosen at run time when the
+// CPU has the instructions and the AVX-512 kernels are not chosen
+// (avx2_kernels()); tests/test_backend_ops.cpp runs the op suite with each
+// kind of kernel the CPU has.
+//
+// What eight lanes change against sixteen:
+//  * FP8: F16C's vcvtph2ps takes the codes moved into f16 fields, eight a
+//    vector, as the AVX-512 kernel does sixteen.
+//  * MLX: no byte permute or multishift. 4-bit: eight bytes zero-extended to
+//    eight lanes give the low nibbles (an and) and the high ones (a shift):
+//    values 2m and 2m + 1 of a run of 16, so x is read in that order
+//    (mlx4_permute). 5-bit: a byte shuffle gives each lane the two bytes that
+//    hold its value, a shift by 5v mod 8 and a mask. 8-bit: the bytes.
+//  * AWQ: no 16-entry table lookup (vpermps reads 3 bits), so each weight is
+//    computed, f16((q − z)·s) by vcvtps2ph / vcvtph2ps, eight columns a vector.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "../formats/dtype.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's intrinsic headers (an undefined __Y)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define DSV3_HAVE_AVX2_KERNELS 1
+#define DSV3_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace dsv3::cpu {
+
+// Whether the AVX2 kernels may run: the CPU has AVX2, FMA and F16C. (Where
+// avx512_kernels() is also on, the AVX-512 kernels are chosen.) A program
+// or test may set it to false to run the plain loops.
+inline bool& avx2_kernels() {
+#ifdef DSV3_HAVE_AVX2_KERNELS
+  static bool on = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  static bool on = false;
+#endif
+  return on;
+}
+
+// Whether the AVX2 MLX kernel may read its integer codes as f32 subnormals
+// (mlx_x32's Sub route below): on AMD's cores a multiply-add with a
+// subnormal operand runs at full speed, where Intel's take a microcode
+// assist for each. A test may set it either way.
+inline bool& avx2_subnormal_codes() {
+#ifdef DSV3_HAVE_AVX2_KERNELS
+  static bool on = __builtin_cpu_is("amd");
+#else
+  static bool on = false;
+#endif
+  return on;
+}
+
+// Whether this thread reads subnormal operands as zero (MXCSR's DAZ bit, as
+// programs built with -ffast-math set it).
+inline bool denormals_are_zero() {
+#ifdef DSV3_HAVE_AVX2_KERNELS
+  return (_mm_getcsr() & 0x40) != 0;
+#else
+  return false;
+#endif
+}
+
+#ifdef DSV3_HAVE_AVX2_KERNELS
+namespace avx2 {
+
+// The 4 sums of v's two halves (lane l + lane l + 4).
+DSV3_AVX2 inline __m128 halves(__m256 v) { return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); }
+
+// out[r] = the sum of v[r]'s 8 lanes, for R ≤ 4 vectors at once, in one
+// order whatever R is: halves, then pairs of lanes twice (vhaddps).
+template <int R>
+DSV3_AVX2 inline void hsum_rows(const __m256* v, float* out) {
+  const __m128 z = _mm_setzero_ps();
+  const __m128 a0 = halves(v[0]), a1 = R > 1 ? halves(v[1]) : z, a2 = R > 2 ? halves(v[2]) : z,
+               a3 = R > 3 ? halves(v[3]) : z;
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_hadd_ps(_mm_hadd_ps(a0, a1), _mm_hadd_ps(a2, a3)));
+  for (int r = 0; r < R; ++r) out[r] = lanes[r];
+}
+DSV3_AVX2 inline float hsum(__m256 v) {
+  float s;
+  hsum_rows<1>(&v, &s);
+  return s;
+}
+
+// 16 FP8 e4m3 codes → two vectors of 8 floats, each 2^-8 times the code's
+// value (quant_avx512.hpp's fp8x32_scaled, half as wide): the code
+// sign-extended to 16 bits and shifted left by 7 is an f16 with the code's
+// sign (bit 14, a copy of it, cleared), exponent and mantissa.
+DSV3_AVX2 inline void fp8x16_scaled(__m128i b, __m256& lo, __m256& hi) {
+  const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7), _mm256_set1_epi16(short(0xBFFF)));
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+// FP8 row · x rows, as quant.hpp's fp8_dot_row: per column block s·Σ x·q.
+// Runs of 32 codes, then of 16, in vectors (four sums, so that the adds do
+// not wait on each other); a block's last < 16 codes one at a time. A NaN
+// code (0x7f / 0xff) makes the result NaN, as in the reference.
+DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
+                                  int64_t bc, float* out, int64_t stride, float (*scalar)(uint8_t)) {
+  const __m256i low7 = _mm256_set1_epi8(0x7f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    __m256 acc = _mm256_setzero_ps();
+    float tail = 0;
+    __m256i big = _mm256_setzero_si256();
+    for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+      const int64_t c1 = std::min(K, c0 + bc);
+      __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+      int64_t k = c0;
+      for (; k + 32 <= c1; k += 32) {
+        if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 2048, _MM_HINT_T0);
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+        big = _mm256_max_epu8(big, _mm256_and_si256(raw, low7));  // 0x7f: a NaN code
+        __m256 q0, q1, q2, q3;
+        fp8x16_scaled(_mm256_castsi256_si128(raw), q0, q1);
+        fp8x16_scaled(_mm256_extracti128_si256(raw, 1), q2, q3);
+        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), q0, t0);
+        t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), q1, t1);
+        t2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), q2, t2);
+        t3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), q3, t3);
+      }
+      for (; k + 16 <= c1; k += 16) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k));
+        big = _mm256_max_epu8(big, _mm256_zextsi128_si256(_mm_and_si128(b, _mm_set1_epi8(0x7f))));
+        __m256 lo, hi;
+        fp8x16_scaled(b, lo, hi);
+        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), lo, t0);
+        t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), hi, t1);
+      }
+      const __m256 sv = _mm256_set1_ps(s[cb] * 256.0f);  // × 2^8 undoes the f16 exponent offset
+      acc = _mm256_fmadd_ps(sv, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)), acc);
+      float t = 0;
+      for (; k < c1; ++k) t += xi[k] * scalar(w[k]);
+      tail += s[cb] * t;
+    }
+    const bool nan = _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
+    out[i * stride] = nan ? std::numeric_limits<float>::quiet_NaN() : hsum(acc) + tail;
+  }
+}
+
+// A BF16 (F16 = false) or F16 row · x rows (F16: AWQ keeps its embedding and
+// lm_head in F16), 32 weights a step in four sums.
+template <bool F16>
+DSV3_AVX2 inline __m256 half8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (F16) return _mm256_cvtph_ps(h);
+  else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+template <bool F16>
+DSV3_AVX2 inline void half_dot_row(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
+                                   int64_t stride) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), half8<F16>(w + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), half8<F16>(w + k + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), half8<F16>(w + k + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), half8<F16>(w + k + 24), a3);
+    }
+    float tail = 0;
+    for (; k < K; ++k) tail += xi[k] * (F16 ? f16_to_f32(w[k]) : bf16_to_f32(w[k]));
+    out[i * stride] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// MLX affine, groups a multiple of 32: 32 values a step.
+
+// The order 4-bit rows want x in, per 16 values (8 bytes): lanes 0–7 the
+// low nibbles of the 8 bytes (values 0, 2, …, 14), lanes 8–15 the high ones.
+inline void mlx4_permute(const float* x, int64_t K, float* xp) {
+  for (int64_t c = 0; c < K; c += 16)
+    for (int m = 0; m < 8; ++m) {
+      xp[c + m] = x[c + 2 * m];
+      xp[c + 8 + m] = x[c + 2 * m + 1];
+    }
+}
+
+// 5-bit: for the 8 values from 8·h of 16 (10 bytes), lane v takes the two
+// bytes from ⌊5·(8h + v)/8⌋ (vpshufb, from the 16 bytes in each half of the
+// register), then shifts by 5v mod 8 (the same for h = 0 and 1).
+struct Mlx5Tables2 {
+  alignas(32) uint8_t idx[2][32];
+  alignas(32) uint32_t sh[8];
+  constexpr Mlx5Tables2() : idx(), sh() {
+    for (int h = 0; h < 2; ++h)
+      for (int v = 0; v < 8; ++v)
+        for (int b = 0; b < 4; ++b) idx[h][4 * v + b] = b < 2 ? uint8_t(5 * (8 * h + v) / 8 + b) : uint8_t(0x80);
+    for (int v = 0; v < 8; ++v) sh[v] = uint32_t(5 * v % 8);
+  }
+};
+
+// Integer codes in lanes as floats: their value (vcvtdq2ps), or (Sub) their
+// bits read as an f32, the subnormal q·2^-149 (exact; no instruction).
+template <bool Sub>
+DSV3_AVX2 inline __m256 codes(__m256i q) {
+  if constexpr (Sub) return _mm256_castsi256_ps(q);
+  else return _mm256_cvtepi32_ps(q);
+}
+
+// 32 values of a row at p → four vectors of 8 floats (codes<Sub>), in the
+// lane order the kernel reads x in (4-bit: mlx4_permute's; 5- and 8-bit: in
+// order). `last`: the row ends within 16 bytes of p's 20 (5-bit reads 16
+// bytes from p + 10, so those are copied first).
+template <int BITS, bool Sub = false>
+DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q1, __m256& q2, __m256& q3) {
+  if constexpr (BITS == 4) {
+    const __m256i mask = _mm256_set1_epi32(15);
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)));
+    q0 = codes<Sub>(_mm256_and_si256(b0, mask));
+    q1 = codes<Sub>(_mm256_srli_epi32(b0, 4));
+    q2 = codes<Sub>(_mm256_and_si256(b1, mask));
+    q3 = codes<Sub>(_mm256_srli_epi32(b1, 4));
+  } else if constexpr (BITS == 8) {
+    q0 = codes<Sub>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    q1 = codes<Sub>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
+    q2 = codes<Sub>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 16))));
+    q3 = codes<Sub>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 24))));
+  } else {
+    static_assert(BITS == 5, "MLX stores 4, 5 or 8 bits here");
+    static constexpr Mlx5Tables2 t{};
+    alignas(16) uint8_t copy[32];
+    if (last) {
+      std::memset(copy, 0, sizeof copy);
+      std::memcpy(copy, p, 20);
+      p = copy;
+    }
+    const __m256i sh = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.sh));
+    const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.idx[0]));
+    const __m256i i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.idx[1]));
+    const __m256i mask = _mm256_set1_epi32(31);
+    const __m256i r0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i r1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 10)));
+    q0 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r0, i0), sh), mask));
+    q1 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r0, i1), sh), mask));
+    q2 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r1, i0), sh), mask));
+    q3 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r1, i1), sh), mask));
+  }
+}
+
+// A scale or bias as f32: BF16 as the published checkpoints store them, or
+// f32 (widened by the caller); 8 of them from p.
+inline float widen_scale(const float* p) { return *p; }
+inline float widen_scale(const uint16_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);  // (no alignment in the mapping)
+  return bf16_to_f32(h);
+}
+DSV3_AVX2 inline __m256 widen_scales8(const float* p) { return _mm256_loadu_ps(p); }
+DSV3_AVX2 inline __m256 widen_scales8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
+// R consecutive rows (R ≤ 4) of an MLX matrix against n rows of x (x in the
+// kernel's order, 4-bit as mlx4_permute orders it, and scaled by 2^xexp),
+// as quant_avx512.hpp's mlx_dot_rows: out[i·ldy + r] = Σ_g s_rg·Σ_{k in g}
+// x_k·q_rk + Σ_g b_rg·xs[i·ng + g]. Per row: a group's products go into four
+// vectors of lanes, s·(their sum) into acc, then (× back, a power of two)
+// b·xs eight groups at a time (a last < 8 groups one at a time, after), and
+// one horizontal sum. A row's sums do not depend on R.
+//
+// Sub: the codes are read as the subnormals q·2^-149 (no conversion
+// instruction: 10 instead of 14 a run of 32 4-bit values), against x scaled
+// by 2^xexp, so each product is x·q·2^(xexp−149) and `back` = 2^(149−xexp)
+// undoes it. mlx_prepare picks xexp from the largest |x| so that those
+// products and sums stay normal and finite; every sum is then the
+// conversion route's, scaled by a power of two: the same bits after `back`.
+template <int BITS, int R, class S, bool Sub>
+DSV3_AVX2 inline void mlx_dot_rows_t(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
+                                     const uint32_t* w, int64_t pk, const S* sf, const S* bf, float back, float* out,
+                                     int64_t ldy) {
+  const int64_t ng = K / G, row_bytes = pk * 4;
+  const auto* p = reinterpret_cast<const uint8_t*>(w);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * K;
+    __m256 acc[R];
+    float tail[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* q = p + r * row_bytes;  // 32 values = 4·BITS bytes a step
+      const uint8_t* const end = q + row_bytes;
+      const float* xk = xi;
+      __m256 a = _mm256_setzero_ps();  // (in a register: acc[r] would be stored and reloaded every group)
+      for (int64_t g = 0; g < ng; ++g) {
+        // four sums, so that a group's multiply-adds do not wait on each other
+        __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+        for (int64_t k = 0; k < G; k += 32, q += 4 * BITS, xk += 32) {
+          if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(q) + 1024, _MM_HINT_T0);
+          __m256 q0, q1, q2, q3;
+          mlx_x32<BITS, Sub>(q, BITS == 5 && q + 26 > end, q0, q1, q2, q3);
+          t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xk), q0, t0);
+          t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 8), q1, t1);
+          t2 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 16), q2, t2);
+          t3 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 24), q3, t3);
+        }
+        const __m256 t = _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3));
+        a = _mm256_fmadd_ps(_mm256_set1_ps(widen_scale(sf + r * ng + g)), t, a);
+      }
+      a = _mm256_mul_ps(a, _mm256_set1_ps(back));
+      int64_t g = 0;  // + Σ_g b_rg·xs_g
+      for (; g + 8 <= ng; g += 8)
+        a = _mm256_fmadd_ps(widen_scales8(bf + r * ng + g), _mm256_loadu_ps(xs + i * ng + g), a);
+      acc[r] = a;
+      tail[r] = 0;
+      for (; g < ng; ++g) tail[r] = std::fma(widen_scale(bf + r * ng + g), xs[i * ng + g], tail[r]);
+    }
+    hsum_rows<R>(acc, out + i * ldy);
+    for (int r = 0; r < R; ++r) out[i * ldy + r] += tail[r];
+  }
+}
+
+// The kernel for x scaled by 2^xexp: the Sub route where mlx_prepare chose
+// one (xexp ≠ 0) and subnormals are read as they are (MXCSR's
+// denormals-are-zero, as -ffast-math programs set it, would make every
+// code 0), else the conversion route (× 2^-xexp after).
+template <int BITS, int R, class S>
+DSV3_AVX2 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
+                                   const uint32_t* w, int64_t pk, const S* sf, const S* bf, int xexp, float* out,
+                                   int64_t ldy) {
+  auto pow2 = [](int e) {  // 2^e for a normal e, built from its bits
+    const uint32_t u = uint32_t(127 + e) << 23;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  if (xexp != 0 && !denormals_are_zero())
+    return mlx_dot_rows_t<BITS, R, S, true>(x, xs, n, K, G, w, pk, sf, bf, pow2(149 - xexp), out, ldy);
+  mlx_dot_rows_t<BITS, R, S, false>(x, xs, n, K, G, w, pk, sf, bf, pow2(-xexp), out, ldy);
+}
+
+// The exponent mlx_prepare scales x by for the Sub route: the largest |x|
+// (amax) to below 2^101, so that a product x·q·2^(xexp−149) is at most
+// 2^-44 and its sums over any group and row stay far from f32's largest;
+// terms 2^-77 or more below amax stay normal. 0 (the conversion route, x as
+// it is) for amax outside [2^-20, 2^20) or not finite.
+inline int mlx_sub_exponent(float amax) {
+  if (!(amax >= 0x1p-20f && amax < 0x1p20f)) return 0;
+  return 100 - std::ilogb(amax);
+}
+
+// One MLX row decoded to f32, s·q + b (one fused multiply-add), for prefill
+// bands and MLA's per-head W_UK / W_UV, in order.
+template <int BITS>
+DSV3_AVX2 inline void mlx_decode_row(int64_t K, int64_t G, const uint32_t* w, const float* sg, const float* bg,
+                                     float* dst) {
+  const auto* p = reinterpret_cast<const uint8_t*>(w);
+  const int64_t row_bytes = K / 8 * BITS;
+  for (int64_t g = 0; g < K / G; ++g) {
+    const __m256 s = _mm256_set1_ps(sg[g]), b = _mm256_set1_ps(bg[g]);
+    for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+      const int64_t at = k / 8 * BITS;
+      __m256 q0, q1, q2, q3;
+      mlx_x32<BITS>(p + at, BITS == 5 && at + 26 > row_bytes, q0, q1, q2, q3);
+      if constexpr (BITS == 4) {  // lanes hold values 2m (q0, q2) and 2m + 1 (q1, q3): interleave them back
+        const __m256 a0 = _mm256_unpacklo_ps(q0, q1), a1 = _mm256_unpackhi_ps(q0, q1);  // 0,1,2,3 | 8,9,10,11 ; 4..7 | 12..15
+        const __m256 b0 = _mm256_unpacklo_ps(q2, q3), b1 = _mm256_unpackhi_ps(q2, q3);
+        q0 = _mm256_permute2f128_ps(a0, a1, 0x20);
+        q1 = _mm256_permute2f128_ps(a0, a1, 0x31);
+        q2 = _mm256_permute2f128_ps(b0, b1, 0x20);
+        q3 = _mm256_permute2f128_ps(b0, b1, 0x31);
+      }
+      _mm256_storeu_ps(dst + k, _mm256_fmadd_ps(s, q0, b));
+      _mm256_storeu_ps(dst + k + 8, _mm256_fmadd_ps(s, q1, b));
+      _mm256_storeu_ps(dst + k + 16, _mm256_fmadd_ps(s, q2, b));
+      _mm256_storeu_ps(dst + k + 24, _mm256_fmadd_ps(s, q3, b));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Nibble j of 8 AWQ words as weights, f16((q − z)·s): fma(q, s, −z·s) when
+// `exact` (mzs = −z·s), else (q − z)·s (mzs = z); rounded to f16 and back.
+DSV3_AVX2 inline __m256 awq_weights(__m256i q, int j, __m256 s, __m256 mzs, bool exact) {
+  const __m256 qf = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(q, _mm_cvtsi32_si128(4 * j)), _mm256_set1_epi32(15)));
+  const __m256 v = exact ? _mm256_fmadd_ps(qf, s, mzs) : _mm256_mul_ps(_mm256_sub_ps(qf, mzs), s);
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// AWQ int4 along the input, as quant.hpp's awq_dot_group: input rows [k0,
+// k1) of one group against a band of nw ≤ 16 words (8·nw columns), acc (per
+// x row, [8][16] in nibble order) += x·f16((q − z)·s). Each weight is
+// computed: (q − z)·s as fma(q, s, −z·s), which is exact when s has at most
+// 11 significant bits (F16 / BF16 scales: z·s and q·s are exact and so is
+// their difference; `exact` says so), else as (q − z)·s; then rounded to f16
+// and back (vcvtps2ph / vcvtph2ps: round to nearest even, as the
+// reference). The band's two halves of 8 words go one after the other, each
+// with its 8 nibbles' sums in registers across the group's rows (one x row),
+// or in acc (several).
+DSV3_AVX2 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1,
+                                    const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
+                                    bool exact, float* acc) {
+  for (int64_t h = 0; h * 8 < nw; ++h) {
+    const int64_t hw = std::min<int64_t>(8, nw - 8 * h);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(hw)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 s[8], mzs[8];  // the half's scales and −z·s (or z) per nibble
+    for (int j = 0; j < 8; ++j) {
+      s[j] = _mm256_loadu_ps(sq + 16 * j + 8 * h);
+      const __m256 z = _mm256_loadu_ps(zq + 16 * j + 8 * h);
+      mzs[j] = exact ? _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z), s[j]) : z;
+    }
+    const uint32_t* qh = qw + 8 * h;
+    if (n == 1) {
+      __m256 a[8];
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(acc + 16 * j + 8 * h);
+      for (int64_t k = k0; k < k1; ++k) {
+        const __m256i q = _mm256_maskload_epi32(reinterpret_cast<const int*>(qh + k * words), live);
+        const __m256 xv = _mm256_set1_ps(x[k]);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(xv, awq_weights(q, j, s[j], mzs[j], exact), a[j]);
+      }
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(acc + 16 * j + 8 * h, a[j]);
+      continue;
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      const __m256i q = _mm256_maskload_epi32(reinterpret_cast<const int*>(qh + k * words), live);
+      for (int j = 0; j < 8; ++j) {
+        const __m256 v = awq_weights(q, j, s[j], mzs[j], exact);
+        for (int64_t i = 0; i < n; ++i) {
+          float* a = acc + i * 128 + 16 * j + 8 * h;
+          _mm256_storeu_ps(a, _mm256_fmadd_ps(_mm256_set1_ps(x[i * ldx + k]), v, _mm256_loadu_ps(a)));
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// few_rows.hpp's products, eight lanes (b F32, or BF16 as stored: B = uint16_t).
+DSV3_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+DSV3_AVX2 inline __m256 load8(const uint16_t* p) { return widen_scales8(p); }
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return widen_scale(p); }
+
+// a·bᵀ: four rows of b at a time share each vector of a row of a; the four
+// sums end in one horizontal step; the last K mod 8 one at a time, after
+// (explicit fused multiply-adds: the same bits for b as F32 or as BF16).
+template <class B>
+DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b, int64_t ldb,
+                                    int64_t m, float* s, int64_t lds) {
+  const int64_t K8 = K / 8 * 8;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* ai = a + i * lda;
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t k = 0; k < K8; k += 8) {
+        const __m256 x = _mm256_loadu_ps(ai + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(x, load8(b + (j + r) * ldb + k), acc[r]);
+      }
+      hsum_rows<4>(acc, s + i * lds + j);
+      for (int r = 0; r < 4; ++r) {
+        float t = 0;
+        for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], load1(b + (j + r) * ldb + k), t);
+        s[i * lds + j + r] += t;
+      }
+    }
+    for (; j < m; ++j) {
+      __m256 acc[1] = {_mm256_setzero_ps()};
+      for (int64_t k = 0; k < K8; k += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ai + k), load8(b + j * ldb + k), acc[0]);
+      hsum_rows<1>(acc, s + i * lds + j);
+      float t = 0;
+      for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], load1(b + j * ldb + k), t);
+      s[i * lds + j] += t;
+    }
+  }
+}
+
+// p·b: up to 64 columns of o held in eight vectors while the rows of b
+// stream past, each scaled by its p and added in row order; the last
+// width mod 8 columns one at a time, in the same order.
+template <class B>
+DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const B* b, int64_t ldb,
+                                    int64_t width, float* o, int64_t ldo) {
+  const int64_t W8 = width / 8 * 8;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c0 = 0; c0 < W8; c0 += 64) {
+      const int nv = int(std::min<int64_t>(8, (W8 - c0) / 8));
+      __m256 acc[8];
+      for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < m; ++j) {
+        const __m256 pj = _mm256_set1_ps(p[i * ldp + j]);
+        const B* bj = b + j * ldb + c0;
+        if (nv == 8) {
+#pragma GCC unroll 8
+          for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(pj, load8(bj + 8 * v), acc[v]);
+        } else {
+          for (int v = 0; v < nv; ++v) acc[v] = _mm256_fmadd_ps(pj, load8(bj + 8 * v), acc[v]);
+        }
+      }
+      for (int v = 0; v < nv; ++v) _mm256_storeu_ps(o + i * ldo + c0 + 8 * v, acc[v]);
+    }
+    for (int64_t c = W8; c < width; ++c) {
+      float t = 0;
+      for (int64_t j = 0; j < m; ++j) t = std::fma(p[i * ldp + j], load1(b + j * ldb + c), t);
+      o[i * ldo + c] = t;
+    }
+  }
+}
+
+}  // namespace avx2
+#else
+// Not x86-64 GCC: avx2_kernels() is false and these are never called.
+namespace avx2 {
+inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, float*, int64_t,
+                        float (*)(uint8_t)) {}
+template <bool F16>
+inline void half_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
+inline void mlx4_permute(const float*, int64_t, float*) {}
+template <int BITS, int R, class S>
+inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
+                         const S*, const S*, int, float*, int64_t) {}
+inline int mlx_sub_exponent(float) { return 0; }
+template <int BITS>
+inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
+inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                          const float*, const float*, bool, float*) {}
+template <class B>
+inline void rows_dot_rows(const float*, int64_t, int64_t, int64_t, const B*, int64_t, int64_t, float*, int64_t) {}
+template <class B>
+inline void rows_mix_rows(const float*, int64_t, int64_t, int64_t, const B*, int64_t, int64_t, float*, int64_t) {}
+}  // namespace avx2
+#endif
+
+}  // namespace dsv3::cpu
