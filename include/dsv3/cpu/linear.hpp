@@ -180,6 +180,10 @@ DSV3_CLONES [[maybe_unused]] static void dot_rows_bf16(const float* x, int64_t n
                                       int64_t out_stride) {
   dot_rows(x, n, K, w, out, out_stride);
 }
+// y[e] += p[e] for e < n (AWQ's partial outputs, summed after a round).
+DSV3_CLONES [[maybe_unused]] static void add_into(float* y, const float* p, std::size_t n) {
+  for (std::size_t e = 0; e < n; ++e) y[e] += p[e];
+}
 DSV3_CLONES [[maybe_unused]] static void dot_rows_f32(const float* x, int64_t n, int64_t K, const float* w, float* out,
                                      int64_t out_stride) {
   dot_rows(x, n, K, w, out, out_stride);
@@ -354,7 +358,8 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
       std::copy(parts[std::size_t(info[j].part0)].begin(), parts[std::size_t(info[j].part0)].end(), y);
       for (int64_t p = info[j].part0 + 1; p < info[j].part1; ++p) {
         const std::vector<float>& pp = parts[std::size_t(p)];
-        for (std::size_t e = 0; e < pp.size(); ++e) y[e] += pp[e];
+        if constexpr (std::is_same_v<T, float>) add_into(y, pp.data(), pp.size());
+        else for (std::size_t e = 0; e < pp.size(); ++e) y[e] += pp[e];
       }
     }
   for (auto& y : ys) round_act(v, y);

@@ -493,9 +493,14 @@ inline bool awq_wide(const AwqWeight& a) {
 // bytes in units of 256 fall into 8 of L1's 64 sets and evicted each other
 // (the mid model's 1024 × 1024 AWQ matrices ran 35% slower than a group a
 // unit). The wide form (awq_wide) is not limited by L1.
+//
+// The AVX2 kernel (avx2::awq_dot_group) takes one group a call and reads
+// its rows twice (half a line each time), so a unit's size does not bear on
+// L1; it takes four groups, and the partial outputs summed after the round
+// are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const int64_t fit = awq_wide(a) ? 4 : (32 << 10) / (G * row_bytes);
+  const int64_t fit = awq_wide(a) || (!avx512_kernels() && avx2_kernels()) ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
 
@@ -507,6 +512,10 @@ inline void awq_group_params(const AwqWeight& a, int64_t g, int64_t w0, int64_t 
   const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data) + g * words + w0;
   if (avx512_kernels() && a.scales.dtype == DType::F16) {  // (writes every lane)
     avx512::awq_band_params(qz, nw, a.scales.data + std::size_t(g * O + 8 * w0) * 2, kAwqOrder, zq, sq);
+    return;
+  }
+  if (avx2_kernels() && a.scales.dtype == DType::F16) {
+    avx2::awq_band_params(qz, nw, a.scales.data + std::size_t(g * O + 8 * w0) * 2, kAwqOrder, zq, sq);
     return;
   }
   std::fill(zq, zq + 128, 0.0f);
@@ -573,6 +582,7 @@ inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_
                          std::vector<float>& scratch, float* y, int64_t ldy) {
   const int64_t words = a.qweight.shape[1], G = a.group_size, in = a.in();
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
+  const bool exact = a.scales.dtype == DType::F16 || a.scales.dtype == DType::BF16;  // (avx2::awq_dot_group)
   scratch.resize(std::size_t(256 + 16 * 128));
   float *zq = scratch.data(), *sq = zq + 128, *lut = sq + 128;
   for (int64_t i = 0; i < n; ++i) std::fill(y + i * ldy, y + i * ldy + in, 0.0f);
@@ -583,6 +593,7 @@ inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_
       const float* xc = x + 8 * (wc - w0);
       int64_t c = g * G;
       if (avx512_kernels()) c = avx512::awq_rows_lut(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, lut, y, ldy);
+      else if (avx2_kernels()) c = avx2::awq_rows(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, exact, y, ldy);
       for (; c < (g + 1) * G; ++c)
         for (int64_t i = 0; i < n; ++i) {
           float acc = 0;

@@ -445,6 +445,61 @@ DSV3_AVX2 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int6
   }
 }
 
+// AWQ's storage read along its rows (quant.hpp's awq_rows_dot): storage
+// rows [c0, c1) of one group against the 8·nw columns of the nw ≤ 16 words
+// at qw: y[i·ldy + c] += Σ_{l, j} x[i·ldx + 8·l + order[j]]·f16((q − z)·s),
+// for n ≤ 4 rows of x. x is first put in nibble order (xp[i][16·j + l]), so
+// that each of a row's words gives eight lanes of weights (awq_weights) to
+// multiply with a vector of x; one horizontal sum a row. Returns c1.
+DSV3_AVX2 inline int64_t awq_rows(const float* x, int64_t ldx, int64_t n, int64_t c0, int64_t c1, const uint32_t* qw,
+                                  int64_t words, int64_t nw, const float* zq, const float* sq, bool exact, float* y,
+                                  int64_t ldy) {
+  static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
+  alignas(32) float xp[4][128], mzs[128];
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < 8; ++j)
+      for (int64_t l = 0; l < 16; ++l) xp[i][16 * j + l] = l < nw ? x[i * ldx + 8 * l + kOrder[j]] : 0.0f;
+  for (int e = 0; e < 128; ++e) mzs[e] = exact ? -zq[e] * sq[e] : zq[e];
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t c = c0; c < c1; ++c) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t h = 0; h * 8 < nw; ++h) {
+      const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(8, nw - 8 * h))), iota);
+      const __m256i q = _mm256_maskload_epi32(reinterpret_cast<const int*>(qw + c * words + 8 * h), live);
+      for (int j = 0; j < 8; ++j) {
+        const __m256 w = awq_weights(q, j, _mm256_loadu_ps(sq + 16 * j + 8 * h), _mm256_load_ps(mzs + 16 * j + 8 * h), exact);
+        for (int64_t i = 0; i < n; ++i) acc[i] = _mm256_fmadd_ps(_mm256_load_ps(xp[i] + 16 * j + 8 * h), w, acc[i]);
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) y[i * ldy + c] += hsum(acc[i]);
+  }
+  return c1;
+}
+
+// A band's zero points and F16 scales for one group in awq_dot_group's
+// layout (nibble order), as quant_avx512.hpp's awq_band_params: zq[16·j +
+// l] = nibble j of zero-point word l, sq[16·j + l] = the scale of column
+// 8·l + order[j]; lanes l ≥ nw are 0. The band's 8·nw scales are widened
+// 8 at a time (F16C), then placed.
+DSV3_AVX2 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint8_t* s16, const int* order, float* zq,
+                                      float* sq) {
+  alignas(32) float s[128];
+  int64_t c = 0;
+  for (; c + 8 <= 8 * nw; c += 8) _mm256_store_ps(s + c, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s16 + 2 * c))));
+  for (; c < 8 * nw; ++c) {  // (8·nw is a multiple of 8: never runs)
+    uint16_t h;
+    std::memcpy(&h, s16 + 2 * c, 2);
+    s[c] = f16_to_f32(h);
+  }
+  for (int j = 0; j < 8; ++j)
+    for (int64_t l = 0; l < 16; ++l) {
+      uint32_t z = 0;
+      if (l < nw) std::memcpy(&z, zw + l, 4);  // (no alignment in the mapping)
+      zq[16 * j + l] = l < nw ? float((z >> (4 * j)) & 15u) : 0.0f;
+      sq[16 * j + l] = l < nw ? s[8 * l + order[j]] : 0.0f;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // few_rows.hpp's products, eight lanes (b F32, or BF16 as stored: B = uint16_t).
 DSV3_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -536,6 +591,9 @@ template <int BITS>
 inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
 inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
                           const float*, const float*, bool, float*) {}
+inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
+inline int64_t awq_rows(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
+                        const float*, const float*, bool, float*, int64_t) { return c0; }
 template <class B>
 inline void rows_dot_rows(const float*, int64_t, int64_t, int64_t, const B*, int64_t, int64_t, float*, int64_t) {}
 template <class B>
