@@ -631,6 +631,10 @@ inline void awq_decode_kmajor(const AwqWeight& a, int64_t w0, int64_t nw, float*
         avx512::awq_decode_krow(row, nw, zq, sq, d);
         continue;
       }
+      if (avx2_kernels()) {
+        avx2::awq_decode_krow(row, nw, zq, sq, d);
+        continue;
+      }
       for (int j = 0; j < 8; ++j)
         for (int l = 0; l < 16; ++l)
           d[16 * j + l] = l < nw ? qk::round_f16((float((qk::word(row + l) >> (4 * j)) & 0xFu) - zq[j * 16 + l]) * sq[j * 16 + l]) : 0.0f;

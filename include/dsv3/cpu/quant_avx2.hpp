@@ -80,12 +80,12 @@ inline bool denormals_are_zero() {
 namespace avx2 {
 
 // The 4 sums of v's two halves (lane l + lane l + 4).
-DSV3_AVX2 inline __m128 halves(__m256 v) { return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); }
+__attribute__((always_inline)) DSV3_AVX2 inline __m128 halves(__m256 v) { return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); }
 
 // out[r] = the sum of v[r]'s 8 lanes, for R ≤ 4 vectors at once, in one
 // order whatever R is: halves, then pairs of lanes twice (vhaddps).
 template <int R>
-DSV3_AVX2 inline void hsum_rows(const __m256* v, float* out) {
+__attribute__((always_inline)) DSV3_AVX2 inline void hsum_rows(const __m256* v, float* out) {
   const __m128 z = _mm_setzero_ps();
   const __m128 a0 = halves(v[0]), a1 = R > 1 ? halves(v[1]) : z, a2 = R > 2 ? halves(v[2]) : z,
                a3 = R > 3 ? halves(v[3]) : z;
@@ -476,6 +476,22 @@ DSV3_AVX2 inline int64_t awq_rows(const float* x, int64_t ldx, int64_t n, int64_
   return c1;
 }
 
+// AWQ prefill: one input row's band of nw ≤ 16 words decoded to f32,
+// f16((q − z)·s) as the reference rounds it, in nibble order: dst[16·j + l]
+// is column 8·l + kAwqOrder[j] of the band (lanes l ≥ nw are 0), as
+// quant_avx512.hpp's awq_decode_krow.
+DSV3_AVX2 inline void awq_decode_krow(const uint32_t* row, int64_t nw, const float* zq, const float* sq, float* dst) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t h = 0; h < 2; ++h) {
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::clamp<int64_t>(nw - 8 * h, 0, 8))), iota);
+    const __m256i q = _mm256_maskload_epi32(reinterpret_cast<const int*>(row + 8 * h), live);
+    for (int j = 0; j < 8; ++j) {
+      const __m256 w = awq_weights(q, j, _mm256_loadu_ps(sq + 16 * j + 8 * h), _mm256_loadu_ps(zq + 16 * j + 8 * h), false);
+      _mm256_storeu_ps(dst + 16 * j + 8 * h, _mm256_and_ps(w, _mm256_castsi256_ps(live)));
+    }
+  }
+}
+
 // A band's zero points and F16 scales for one group in awq_dot_group's
 // layout (nibble order), as quant_avx512.hpp's awq_band_params: zq[16·j +
 // l] = nibble j of zero-point word l, sq[16·j + l] = the scale of column
@@ -592,6 +608,7 @@ inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, cons
 inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
                           const float*, const float*, bool, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
+inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
 inline int64_t awq_rows(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
                         const float*, const float*, bool, float*, int64_t) { return c0; }
 template <class B>
