@@ -360,13 +360,13 @@ TEST_CASE("the quantized-format kernels match the reference at awkward shapes, w
   MESSAGE("kernel kinds on this CPU: ", kernel_kind_names());
 }
 
-// The AVX2 MLX kernel's subnormal-code route (quant_avx2.hpp) reads x scaled
-// by a power of two chosen from its largest |x|: it gives the conversion
-// route's bits for x of every magnitude, including those where it declines
-// (|x| ≥ 2^20, < 2^-20, not finite), and under MXCSR's denormals-are-zero
-// (a -ffast-math program), where it must not run at all.
+// The AVX2 MLX and FP8 kernels' subnormal-code routes (quant_avx2.hpp) read
+// x scaled by a power of two chosen from its largest |x|: they give the
+// conversion routes' bits for x of every magnitude, including those where
+// they decline (|x| ≥ 2^20, < 2^-20, not finite), and under MXCSR's
+// denormals-are-zero (a -ffast-math program), where they must not run.
 #ifdef DSV3_HAVE_AVX2_KERNELS
-TEST_CASE("the AVX2 MLX kernel's subnormal-code route gives the conversion route's bits") {
+TEST_CASE("the AVX2 kernels' subnormal-code routes give the conversion routes' bits") {
   if (!cpu::avx2_kernels()) {
     MESSAGE("no AVX2 on this CPU: nothing to compare");
     return;
@@ -375,7 +375,7 @@ TEST_CASE("the AVX2 MLX kernel's subnormal-code route gives the conversion route
   const KernelKind conv{"avx2", false, true, false}, sub{"avx2 (subnormal codes)", false, true, true};
   int compared = 0;
   for (const auto& [name, W] : s.linears) {
-    if (!W.mlx()) continue;
+    if (!W.mlx() && !W.fp8()) continue;
     for (float mag : {1.0f, 0x1p19f, 0x1p21f, 0x1p-19f, 0x1p-21f, 0.0f})
       for (bool daz : {false, true}) {
         Mat<float> x = random_rows<float>(3, W.in(), 5);

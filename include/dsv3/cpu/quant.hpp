@@ -277,18 +277,22 @@ inline MlxKernel mlx_kernel(const MlxWeight& m) {
   return MlxKernel::plain;
 }
 
+// The exponent the AVX2 kernels' subnormal-code routes scale x by
+// (avx2::mlx_dot_rows_t, avx2::fp8_dot_row_t), where the CPU allows them
+// and subnormals are not read as zero (MXCSR's DAZ bit); 0: x as it is.
+inline int subnormal_route_exponent(const float* x, int64_t count) {
+  if (!avx2_subnormal_codes() || avx2::denormals_are_zero()) return 0;
+  float amax = 0;
+  for (int64_t e = 0; e < count; ++e) {
+    if (!std::isfinite(x[e])) return 0;
+    amax = std::max(amax, std::fabs(x[e]));
+  }
+  return avx2::mlx_sub_exponent(amax);
+}
+
 template <int BITS>
 inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKernel kern, FusedInput& in) {
-  // The AVX2 kernel's subnormal-code route reads x scaled by 2^xexp (avx2::mlx_dot_rows_t), where
-  // the CPU allows it and subnormals are not read as zero (MXCSR's DAZ bit).
-  in.xexp = 0;
-  if (kern == MlxKernel::avx2 && avx2_subnormal_codes() && !denormals_are_zero()) {
-    float amax = 0;
-    for (int64_t e = 0; e < n * K; ++e) amax = std::max(amax, std::fabs(x[e]));  // (NaN: skipped, and xs is NaN)
-    in.xexp = avx2::mlx_sub_exponent(amax);
-    for (int64_t e = 0; e < n * K && in.xexp != 0; ++e)
-      if (!std::isfinite(x[e])) in.xexp = 0;
-  }
+  in.xexp = kern == MlxKernel::avx2 ? subnormal_route_exponent(x, n * K) : 0;
   // the plain loops' lanes, or the vector kernels' 4-bit nibble order (5- and 8-bit: x as it is, or scaled)
   const bool permute = kern == MlxKernel::plain || BITS == 4;
   in.xp.resize(permute || in.xexp != 0 ? std::size_t(n * K) : 0);
@@ -315,7 +319,20 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
   }
 }
 
+// Whether the AVX2 FP8 kernel runs (the AVX-512 one otherwise, where the CPU has it).
+inline bool fp8_avx2() { return !avx512_kernels() && avx2_kernels(); }
+
 inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput& in) {
+  if (W.fp8() && fp8_avx2()) {  // x scaled for the AVX2 kernel's subnormal-code route, where it runs
+    const int64_t K = W.in();
+    in.xexp = subnormal_route_exponent(x, n * K);
+    in.xp.resize(in.xexp != 0 ? std::size_t(n * K) : 0);
+    if (in.xexp != 0) {
+      const float up = std::ldexp(1.0f, in.xexp);
+      for (int64_t e = 0; e < n * K; ++e) in.xp[std::size_t(e)] = x[e] * up;
+    }
+    return;
+  }
   if (const MlxWeight* m = W.mlx()) {
     const int64_t K = W.in(), G = m->group_size;
     const MlxKernel kern = mlx_kernel(*m);
@@ -326,9 +343,10 @@ inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput
 }
 
 // Whether fused_prepare makes A and B the same FusedInput from the same x:
-// both MLX with the same bits, group size, width and kernel. (The other
-// formats prepare nothing.)
+// both MLX with the same bits, group size, width and kernel, or both FP8 of
+// the same width. (AWQ prepares nothing.)
 inline bool same_fused_input(const Linear& A, const Linear& B) {
+  if (A.fp8() && B.fp8()) return A.in() == B.in();
   const MlxWeight *a = A.mlx(), *b = B.mlx();
   return a && b && a->bits == b->bits && a->group_size == b->group_size && A.in() == B.in() &&
          mlx_kernel(*a) == mlx_kernel(*b);
@@ -383,8 +401,8 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
                             fp8_e4m3_to_f32_bits);
       else if (avx2_kernels())
-        avx2::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
-                          fp8_e4m3_to_f32_bits);
+        avx2::fp8_dot_row(in.xexp != 0 ? in.xp.data() : x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols,
+                          in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
       else
         fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy);
     }

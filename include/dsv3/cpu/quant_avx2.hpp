@@ -66,16 +66,6 @@ inline bool& avx2_subnormal_codes() {
   return on;
 }
 
-// Whether this thread reads subnormal operands as zero (MXCSR's DAZ bit, as
-// programs built with -ffast-math set it).
-inline bool denormals_are_zero() {
-#ifdef DSV3_HAVE_AVX2_KERNELS
-  return (_mm_getcsr() & 0x40) != 0;
-#else
-  return false;
-#endif
-}
-
 #ifdef DSV3_HAVE_AVX2_KERNELS
 namespace avx2 {
 
@@ -109,12 +99,32 @@ DSV3_AVX2 inline void fp8x16_scaled(__m128i b, __m256& lo, __m256& hi) {
   hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
+// 8 FP8 e4m3 codes → 8 floats, each 2^-120 times the code's value (the Sub
+// route of fp8_dot_row): sign-extended to 32 bits, the code's exponent and
+// mantissa shifted to f32's bits 20–26 and its sign to bit 31. Codes of
+// exponent 0 become f32 subnormals, the rest normal f32s below 2^-111.
+DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
+  const __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(d, 20), _mm256_set1_epi32(int(0x87F00000u))));
+}
+
 // FP8 row · x rows, as quant.hpp's fp8_dot_row: per column block s·Σ x·q.
 // Runs of 32 codes, then of 16, in vectors (four sums, so that the adds do
 // not wait on each other); a block's last < 16 codes one at a time. A NaN
 // code (0x7f / 0xff) makes the result NaN, as in the reference.
-DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
-                                  int64_t bc, float* out, int64_t stride, float (*scalar)(uint8_t)) {
+//
+// x comes scaled by 2^xexp (xexp = 0: as it is). Sub (AMD, as the MLX
+// kernel's): codes read as f32 fields (fp8x8_sub, three instructions for 8
+// codes, where F16C takes more), each product x·q·2^(xexp−120), so that a
+// block's sum is the F16C route's times 2^(xexp−112), which `back` undoes;
+// otherwise codes through f16 (fp8x16_scaled), `back` = 2^-xexp. The tail's
+// scalar sums are scaled back by 2^-xexp. The sums are the F16C route's on
+// unscaled x, scaled by powers of two: the same bits where they stay normal
+// (mlx_sub_exponent's choice of xexp sees to that).
+template <bool Sub>
+DSV3_AVX2 inline void fp8_dot_row_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
+                                    int64_t bc, float back, float tail_back, float* out, int64_t stride,
+                                    float (*scalar)(uint8_t)) {
   const __m256i low7 = _mm256_set1_epi8(0x7f);
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
@@ -130,8 +140,12 @@ DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const ui
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
         big = _mm256_max_epu8(big, _mm256_and_si256(raw, low7));  // 0x7f: a NaN code
         __m256 q0, q1, q2, q3;
-        fp8x16_scaled(_mm256_castsi256_si128(raw), q0, q1);
-        fp8x16_scaled(_mm256_extracti128_si256(raw, 1), q2, q3);
+        if constexpr (Sub) {
+          q0 = fp8x8_sub(w + k), q1 = fp8x8_sub(w + k + 8), q2 = fp8x8_sub(w + k + 16), q3 = fp8x8_sub(w + k + 24);
+        } else {
+          fp8x16_scaled(_mm256_castsi256_si128(raw), q0, q1);
+          fp8x16_scaled(_mm256_extracti128_si256(raw, 1), q2, q3);
+        }
         t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), q0, t0);
         t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), q1, t1);
         t2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), q2, t2);
@@ -141,7 +155,11 @@ DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const ui
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k));
         big = _mm256_max_epu8(big, _mm256_zextsi128_si256(_mm_and_si128(b, _mm_set1_epi8(0x7f))));
         __m256 lo, hi;
-        fp8x16_scaled(b, lo, hi);
+        if constexpr (Sub) {
+          lo = fp8x8_sub(w + k), hi = fp8x8_sub(w + k + 8);
+        } else {
+          fp8x16_scaled(b, lo, hi);
+        }
         t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), lo, t0);
         t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), hi, t1);
       }
@@ -152,8 +170,29 @@ DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const ui
       tail += s[cb] * t;
     }
     const bool nan = _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
-    out[i * stride] = nan ? std::numeric_limits<float>::quiet_NaN() : hsum(acc) + tail;
+    out[i * stride] = nan ? std::numeric_limits<float>::quiet_NaN() : hsum(_mm256_mul_ps(acc, _mm256_set1_ps(back))) + tail * tail_back;
   }
+}
+
+// 2^e for a normal e, built from its bits.
+inline float pow2f(int e) {
+  const uint32_t u = uint32_t(127 + e) << 23;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Whether this thread reads subnormal operands as zero (MXCSR's DAZ bit, as
+// programs built with -ffast-math set it).
+inline bool denormals_are_zero() { return (_mm_getcsr() & 0x40) != 0; }
+
+// FP8 row · x rows for x scaled by 2^xexp: the Sub route where the caller
+// chose it (xexp ≠ 0) and subnormals are read as they are, else F16C.
+DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s, int64_t bc,
+                                  int xexp, float* out, int64_t stride, float (*scalar)(uint8_t)) {
+  if (xexp != 0 && !denormals_are_zero())
+    return fp8_dot_row_t<true>(x, n, K, w, s, bc, pow2f(112 - xexp), pow2f(-xexp), out, stride, scalar);
+  fp8_dot_row_t<false>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, stride, scalar);
 }
 
 // A BF16 (F16 = false) or F16 row · x rows (F16: AWQ keeps its embedding and
@@ -338,22 +377,18 @@ template <int BITS, int R, class S>
 DSV3_AVX2 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
                                    const uint32_t* w, int64_t pk, const S* sf, const S* bf, int xexp, float* out,
                                    int64_t ldy) {
-  auto pow2 = [](int e) {  // 2^e for a normal e, built from its bits
-    const uint32_t u = uint32_t(127 + e) << 23;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  };
   if (xexp != 0 && !denormals_are_zero())
-    return mlx_dot_rows_t<BITS, R, S, true>(x, xs, n, K, G, w, pk, sf, bf, pow2(149 - xexp), out, ldy);
-  mlx_dot_rows_t<BITS, R, S, false>(x, xs, n, K, G, w, pk, sf, bf, pow2(-xexp), out, ldy);
+    return mlx_dot_rows_t<BITS, R, S, true>(x, xs, n, K, G, w, pk, sf, bf, pow2f(149 - xexp), out, ldy);
+  mlx_dot_rows_t<BITS, R, S, false>(x, xs, n, K, G, w, pk, sf, bf, pow2f(-xexp), out, ldy);
 }
 
-// The exponent mlx_prepare scales x by for the Sub route: the largest |x|
-// (amax) to below 2^101, so that a product x·q·2^(xexp−149) is at most
-// 2^-44 and its sums over any group and row stay far from f32's largest;
-// terms 2^-77 or more below amax stay normal. 0 (the conversion route, x as
-// it is) for amax outside [2^-20, 2^20) or not finite.
+// The exponent x is scaled by for the Sub routes (quant.hpp's
+// subnormal_route_exponent): the largest |x| (amax) to below 2^101, so that
+// a product is at most 2^-44 (MLX: x·q·2^(xexp−149), q < 2^8) or 2^-10
+// (FP8: x·q·2^(xexp−120), |q| ≤ 448) and its sums stay far from f32's
+// largest; terms down to 2^-77 of amax (MLX; FP8's smallest codes: 2^-68)
+// stay normal. 0 (the conversion route, x as it is) for amax outside
+// [2^-20, 2^20).
 inline int mlx_sub_exponent(float amax) {
   if (!(amax >= 0x1p-20f && amax < 0x1p20f)) return 0;
   return 100 - std::ilogb(amax);
@@ -594,8 +629,9 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
 #else
 // Not x86-64 GCC: avx2_kernels() is false and these are never called.
 namespace avx2 {
-inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, float*, int64_t,
+inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
                         float (*)(uint8_t)) {}
+inline bool denormals_are_zero() { return false; }
 template <bool F16>
 inline void half_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void mlx4_permute(const float*, int64_t, float*) {}
