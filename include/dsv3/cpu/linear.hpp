@@ -332,7 +332,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
         if (J.round_w) round_bf16_if(true, buf.begin(), buf.begin() + (un.r1 - un.r0) * K);
       }
       if constexpr (std::is_same_v<T, float>)
-        if (J.direct && !avx512_kernels() && avx2_kernels()) {
+        if (J.direct && avx2_runs()) {
           // F32 in place on AVX2: four rows at a time share each load of x, and four
           // streams of weights are in flight on a core (f32 decode +16% on the Zen 3 host)
           avx2::rows_dot_rows(x.data(), K, n, K, J.direct + un.r0 * K, K, un.r1 - un.r0, y.data() + un.r0, O);

@@ -264,8 +264,11 @@ inline bool has_fused_kernel(const Linear& W) {
 // the layout each kernel reads (MLX: permuted, with group sums).
 struct FusedInput {
   std::vector<float> xp, xs;
-  int xexp = 0;  // the AVX2 MLX kernel's xp is x·2^xexp (its subnormal-code route; 0: x as it is)
+  int xexp = 0;  // the AVX2 MLX / FP8 kernels' xp is x·2^xexp (their subnormal-code routes; 0: x as it is)
 };
+
+// Whether the AVX2 kernels run: the CPU has them and not the AVX-512 ones.
+inline bool avx2_runs() { return !avx512_kernels() && avx2_kernels(); }
 
 // Which MLX kernel runs: the AVX-512 one (groups of 64 and more), the AVX2
 // one (groups of 32 and more; every MLX group size), or the plain loops.
@@ -287,7 +290,7 @@ inline int subnormal_route_exponent(const float* x, int64_t count) {
     if (!std::isfinite(x[e])) return 0;
     amax = std::max(amax, std::fabs(x[e]));
   }
-  return avx2::mlx_sub_exponent(amax);
+  return avx2::subnormal_exponent(amax);
 }
 
 template <int BITS>
@@ -319,11 +322,8 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
   }
 }
 
-// Whether the AVX2 FP8 kernel runs (the AVX-512 one otherwise, where the CPU has it).
-inline bool fp8_avx2() { return !avx512_kernels() && avx2_kernels(); }
-
 inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput& in) {
-  if (W.fp8() && fp8_avx2()) {  // x scaled for the AVX2 kernel's subnormal-code route, where it runs
+  if (W.fp8() && avx2_runs()) {  // x scaled for the AVX2 kernel's subnormal-code route, where it runs
     const int64_t K = W.in();
     in.xexp = subnormal_route_exponent(x, n * K);
     in.xp.resize(in.xexp != 0 ? std::size_t(n * K) : 0);
@@ -518,7 +518,7 @@ inline bool awq_wide(const AwqWeight& a) {
 // are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const int64_t fit = awq_wide(a) || (!avx512_kernels() && avx2_kernels()) ? 4 : (32 << 10) / (G * row_bytes);
+  const int64_t fit = awq_wide(a) || avx2_runs() ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
 
@@ -545,6 +545,11 @@ inline void awq_group_params(const AwqWeight& a, int64_t g, int64_t w0, int64_t 
     }
 }
 
+// Whether (q − z)·s is exact as one fused multiply-add q·s + (−z·s), as the
+// AVX2 kernels compute it: for scales of at most 11 significant bits (F16,
+// BF16; avx2::awq_dot_group).
+inline bool awq_fma_exact(const AwqWeight& a) { return a.scales.dtype == DType::F16 || a.scales.dtype == DType::BF16; }
+
 // The partial product of input rows [k0, k1) (whole groups from k0) with the
 // output columns of words [wb, we): part[i·ldp + c − 8·wb] = Σ_{k in [k0,
 // k1)} x[i·ldx + k]·f16((q_kc − z_c)·s_c), for n ≤ 4 rows of x. A linear's
@@ -555,8 +560,7 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
   const int64_t ng = (k1 - k0 + G - 1) / G;  // groups in [k0, k1), the first at k0 (a multiple of G)
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
   const bool wide = awq_wide(a);
-  // (q − z)·s as one fused multiply-add is exact for scales of ≤ 11 significant bits (avx2::awq_dot_group)
-  const bool exact = a.scales.dtype == DType::F16 || a.scales.dtype == DType::BF16;
+  const bool exact = awq_fma_exact(a);
   scratch.resize(std::size_t(ng * 256 + n * 128 + (wide ? 2048 + n * 2048 : 0)));
   float* params = scratch.data();  // per group: 128 zero points, 128 scales (nibble order)
   float* acc = params + ng * 256;
@@ -600,7 +604,7 @@ inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_
                          std::vector<float>& scratch, float* y, int64_t ldy) {
   const int64_t words = a.qweight.shape[1], G = a.group_size, in = a.in();
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
-  const bool exact = a.scales.dtype == DType::F16 || a.scales.dtype == DType::BF16;  // (avx2::awq_dot_group)
+  const bool exact = awq_fma_exact(a);
   scratch.resize(std::size_t(256 + 16 * 128));
   float *zq = scratch.data(), *sq = zq + 128, *lut = sq + 128;
   for (int64_t i = 0; i < n; ++i) std::fill(y + i * ldy, y + i * ldy + in, 0.0f);

@@ -120,7 +120,7 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
 // otherwise codes through f16 (fp8x16_scaled), `back` = 2^-xexp. The tail's
 // scalar sums are scaled back by 2^-xexp. The sums are the F16C route's on
 // unscaled x, scaled by powers of two: the same bits where they stay normal
-// (mlx_sub_exponent's choice of xexp sees to that).
+// (subnormal_exponent's choice of xexp sees to that).
 template <bool Sub>
 DSV3_AVX2 inline void fp8_dot_row_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
                                     int64_t bc, float back, float tail_back, float* out, int64_t stride,
@@ -389,7 +389,7 @@ DSV3_AVX2 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, i
 // largest; terms down to 2^-77 of amax (MLX; FP8's smallest codes: 2^-68)
 // stay normal. 0 (the conversion route, x as it is) for amax outside
 // [2^-20, 2^20).
-inline int mlx_sub_exponent(float amax) {
+inline int subnormal_exponent(float amax) {
   if (!(amax >= 0x1p-20f && amax < 0x1p20f)) return 0;
   return 100 - std::ilogb(amax);
 }
@@ -638,7 +638,7 @@ inline void mlx4_permute(const float*, int64_t, float*) {}
 template <int BITS, int R, class S>
 inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
                          const S*, const S*, int, float*, int64_t) {}
-inline int mlx_sub_exponent(float) { return 0; }
+inline int subnormal_exponent(float) { return 0; }
 template <int BITS>
 inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
 inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
