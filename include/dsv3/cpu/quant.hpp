@@ -417,7 +417,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         continue;
       }
       if (avx2_kernels()) {
-        avx2::half_dot_row<true>(x, n, K, w + o * K, y + o, ldy);
+        avx2::f16_dot_row(x, n, K, w + o * K, y + o, ldy);
         continue;
       }
       decode_elements(W.weight.data + o * K * 2, DType::F16, K, scratch.data());

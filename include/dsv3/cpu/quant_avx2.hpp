@@ -195,30 +195,26 @@ DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const ui
   fp8_dot_row_t<false>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, stride, scalar);
 }
 
-// A BF16 (F16 = false) or F16 row · x rows (F16: AWQ keeps its embedding and
-// lm_head in F16), 32 weights a step in four sums.
-template <bool F16>
-DSV3_AVX2 inline __m256 half8(const uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  if constexpr (F16) return _mm256_cvtph_ps(h);
-  else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+// An F16 row · x rows (AWQ keeps its embedding and lm_head in F16), 32
+// weights a step in four sums. (BF16 rows take linear.hpp's dot_rows_bf16.)
+DSV3_AVX2 inline __m256 f16x8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-template <bool F16>
-DSV3_AVX2 inline void half_dot_row(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
-                                   int64_t stride) {
+DSV3_AVX2 inline void f16_dot_row(const float* x, int64_t n, int64_t K, const uint16_t* w, float* out,
+                                  int64_t stride) {
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
       if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), half8<F16>(w + k), a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), half8<F16>(w + k + 8), a1);
-      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), half8<F16>(w + k + 16), a2);
-      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), half8<F16>(w + k + 24), a3);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), f16x8(w + k), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), f16x8(w + k + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), f16x8(w + k + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), f16x8(w + k + 24), a3);
     }
     float tail = 0;
-    for (; k < K; ++k) tail += xi[k] * (F16 ? f16_to_f32(w[k]) : bf16_to_f32(w[k]));
+    for (; k < K; ++k) tail += xi[k] * f16_to_f32(w[k]);
     out[i * stride] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail;
   }
 }
@@ -300,7 +296,8 @@ DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q
 }
 
 // A scale or bias as f32: BF16 as the published checkpoints store them, or
-// f32 (widened by the caller); 8 of them from p.
+// f32 (widened by the caller); 8 of them from p. (few_rows' BF16 b is
+// widened by the same two.)
 inline float widen_scale(const float* p) { return *p; }
 inline float widen_scale(const uint16_t* p) {
   uint16_t h;
@@ -552,11 +549,8 @@ DSV3_AVX2 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint
 }
 
 // ---------------------------------------------------------------------------
-// few_rows.hpp's products, eight lanes (b F32, or BF16 as stored: B = uint16_t).
-DSV3_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-DSV3_AVX2 inline __m256 load8(const uint16_t* p) { return widen_scales8(p); }
-inline float load1(const float* p) { return *p; }
-inline float load1(const uint16_t* p) { return widen_scale(p); }
+// few_rows.hpp's products, eight lanes (b F32, or BF16 as stored: B =
+// uint16_t, widened as widen_scales8 / widen_scale widen scales).
 
 // a·bᵀ: four rows of b at a time share each vector of a row of a; the four
 // sums end in one horizontal step; the last K mod 8 one at a time, after
@@ -573,21 +567,21 @@ DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int6
       for (int64_t k = 0; k < K8; k += 8) {
         const __m256 x = _mm256_loadu_ps(ai + k);
 #pragma GCC unroll 4
-        for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(x, load8(b + (j + r) * ldb + k), acc[r]);
+        for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(x, widen_scales8(b + (j + r) * ldb + k), acc[r]);
       }
       hsum_rows<4>(acc, s + i * lds + j);
       for (int r = 0; r < 4; ++r) {
         float t = 0;
-        for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], load1(b + (j + r) * ldb + k), t);
+        for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], widen_scale(b + (j + r) * ldb + k), t);
         s[i * lds + j + r] += t;
       }
     }
     for (; j < m; ++j) {
       __m256 acc[1] = {_mm256_setzero_ps()};
-      for (int64_t k = 0; k < K8; k += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ai + k), load8(b + j * ldb + k), acc[0]);
+      for (int64_t k = 0; k < K8; k += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ai + k), widen_scales8(b + j * ldb + k), acc[0]);
       hsum_rows<1>(acc, s + i * lds + j);
       float t = 0;
-      for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], load1(b + j * ldb + k), t);
+      for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], widen_scale(b + j * ldb + k), t);
       s[i * lds + j] += t;
     }
   }
@@ -610,16 +604,16 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
         const B* bj = b + j * ldb + c0;
         if (nv == 8) {
 #pragma GCC unroll 8
-          for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(pj, load8(bj + 8 * v), acc[v]);
+          for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(pj, widen_scales8(bj + 8 * v), acc[v]);
         } else {
-          for (int v = 0; v < nv; ++v) acc[v] = _mm256_fmadd_ps(pj, load8(bj + 8 * v), acc[v]);
+          for (int v = 0; v < nv; ++v) acc[v] = _mm256_fmadd_ps(pj, widen_scales8(bj + 8 * v), acc[v]);
         }
       }
       for (int v = 0; v < nv; ++v) _mm256_storeu_ps(o + i * ldo + c0 + 8 * v, acc[v]);
     }
     for (int64_t c = W8; c < width; ++c) {
       float t = 0;
-      for (int64_t j = 0; j < m; ++j) t = std::fma(p[i * ldp + j], load1(b + j * ldb + c), t);
+      for (int64_t j = 0; j < m; ++j) t = std::fma(p[i * ldp + j], widen_scale(b + j * ldb + c), t);
       o[i * ldo + c] = t;
     }
   }
@@ -632,8 +626,7 @@ namespace avx2 {
 inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
                         float (*)(uint8_t)) {}
 inline bool denormals_are_zero() { return false; }
-template <bool F16>
-inline void half_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
+inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void mlx4_permute(const float*, int64_t, float*) {}
 template <int BITS, int R, class S>
 inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
