@@ -472,6 +472,33 @@ TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") 
   }
 }
 
+// The band decoders (prefill, and MLA's per-head rows of an FP8 kv_b_proj in
+// decode) give the reference's decode_rows bit for bit for FP8 (NaN codes
+// and edge blocks included) and AWQ, with every kind of kernel.
+TEST_CASE("the vectorised FP8 and AWQ band decoders give the reference's bits") {
+  SyntheticLinears s;
+  Linear nan = s.linears[0].second;  // fp8 200x300, with NaN codes: 0x7f in an edge block, 0xff in a full run of 16
+  Blob& nanw = s.blob("fp8.nan", DType::F8_E4M3, nan.weight.shape);
+  std::copy_n(nan.weight.data, nan.weight.nbytes(), nanw.bytes);
+  nanw.bytes[5 * 300 + 250] = 0x7f;
+  nanw.bytes[130 * 300 + 17] = 0xff;
+  nanw.done();
+  nan.weight = nanw.view;
+  std::vector<std::pair<std::string, Linear>> ws = {{"fp8.nan", nan}};
+  for (const auto& [name, W] : s.linears)
+    if (W.fp8() || W.awq()) ws.emplace_back(name, W);
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
+    for (const auto& [name, W] : ws) {
+      const int64_t r0 = W.awq() ? 8 : 3, r1 = W.out();  // FP8: a band that starts inside a block row; AWQ: whole words
+      std::vector<float> got(std::size_t((r1 - r0) * W.in())), want(got.size());
+      cpu::decode_rows_fast(W, r0, r1, got.data());
+      W.decode_rows(r0, r1, want.data());
+      CHECK_MESSAGE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0, kind.name, " ", name);
+    }
+  }
+}
+
 // round_f16 (the AWQ kernels' branch-free f16 rounding) equals the reference
 // conversion for every product (q − z)·s of the format, and across the range.
 TEST_CASE("round_f16 is f16_to_f32(f32_to_f16(x)) for every AWQ product") {

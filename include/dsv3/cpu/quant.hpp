@@ -706,7 +706,7 @@ inline void mlx_decode_rows(const MlxWeight& m, int64_t r0, int64_t r1, float* d
 // Rows [r0, r1) of W as f32 (the contract of Linear::decode_rows).
 inline void decode_rows_fast(const Linear& W, int64_t r0, int64_t r1, float* dst) {
   const int64_t K = W.in();
-  if (const auto* f = W.fp8(); f && W.weight.dtype == DType::F8_E4M3 && avx512_kernels()) {
+  if (const auto* f = W.fp8(); f && W.weight.dtype == DType::F8_E4M3 && (avx512_kernels() || avx2_kernels())) {
     const int64_t sc = f->scale_inv.shape[1];
     std::vector<float> sb(static_cast<std::size_t>(sc));
     int64_t cur = -1;
@@ -715,7 +715,10 @@ inline void decode_rows_fast(const Linear& W, int64_t r0, int64_t r1, float* dst
         cur = o / f->block_rows;
         for (int64_t cb = 0; cb < sc; ++cb) sb[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
       }
-      avx512::fp8_decode_row(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
+      if (avx512_kernels())
+        avx512::fp8_decode_row(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
+      else
+        avx2::fp8_decode_row(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
     }
     return;
   }

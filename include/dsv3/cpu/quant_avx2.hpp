@@ -195,6 +195,32 @@ DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const ui
   fp8_dot_row_t<false>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, stride, scalar);
 }
 
+// One FP8 row decoded to f32, q·s per column block (the reference's
+// values), 16 codes at a time, as quant_avx512.hpp's fp8_decode_row: each
+// code is 2^-8 times its value through f16 (exact), × 2^8 (exact), × s (the
+// one rounding q·s makes); NaN codes (0x7f / 0xff) give NaN. For prefill
+// bands and, in decode, MLA's per-head rows of an FP8 kv_b_proj.
+DSV3_AVX2 inline void fp8_decode_row(const uint8_t* w, int64_t K, const float* s, int64_t bc, float* dst,
+                                     float (*scalar)(uint8_t)) {
+  const __m256 nanv = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), up = _mm256_set1_ps(256.0f);
+  for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+    const int64_t c1 = std::min(K, c0 + bc);
+    const __m256 sv = _mm256_set1_ps(s[cb]);
+    int64_t k = c0;
+    for (; k + 16 <= c1; k += 16) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k));
+      __m256 lo, hi;
+      fp8x16_scaled(b, lo, hi);
+      const __m128i nan = _mm_cmpeq_epi8(_mm_and_si128(b, _mm_set1_epi8(0x7f)), _mm_set1_epi8(0x7f));
+      const __m256 nlo = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(nan));
+      const __m256 nhi = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(nan, 8)));
+      _mm256_storeu_ps(dst + k, _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(lo, up), sv), nanv, nlo));
+      _mm256_storeu_ps(dst + k + 8, _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(hi, up), sv), nanv, nhi));
+    }
+    for (; k < c1; ++k) dst[k] = scalar(w[k]) * s[cb];
+  }
+}
+
 // An F16 row · x rows (AWQ keeps its embedding and lm_head in F16), 32
 // weights a step in four sums. (BF16 rows take linear.hpp's dot_rows_bf16.)
 DSV3_AVX2 inline __m256 f16x8(const uint16_t* p) {
@@ -623,6 +649,7 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
 #else
 // Not x86-64 GCC: avx2_kernels() is false and these are never called.
 namespace avx2 {
+inline void fp8_decode_row(const uint8_t*, int64_t, const float*, int64_t, float*, float (*)(uint8_t)) {}
 inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
                         float (*)(uint8_t)) {}
 inline bool denormals_are_zero() { return false; }
