@@ -454,14 +454,24 @@ TEST_CASE("few_rows products match sums in double, with every kind of kernel; BF
   }
 }
 
-TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") {
-  SyntheticLinears s;
-  Linear W = s.linears[0].second;  // fp8 200x300
+namespace {
+// The fp8 200x300 linear of s with two NaN codes: 0x7f in row 5's edge
+// block (column 250), 0xff in row 130 within a full run of 16 (column 17).
+Linear fp8_with_nan_codes(SyntheticLinears& s) {
+  Linear W = s.linears[0].second;
   Blob& nanw = s.blob("fp8.nan", DType::F8_E4M3, W.weight.shape);
   std::copy_n(W.weight.data, W.weight.nbytes(), nanw.bytes);
-  nanw.bytes[5 * 300 + 250] = 0x7f;  // row 5, in the edge block
+  nanw.bytes[5 * 300 + 250] = 0x7f;
+  nanw.bytes[130 * 300 + 17] = 0xff;
   nanw.done();
   W.weight = nanw.view;
+  return W;
+}
+}  // namespace
+
+TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") {
+  SyntheticLinears s;
+  const Linear W = fp8_with_nan_codes(s);
   for (const KernelKind& kind : kernel_kinds()) {
     UseKernels use(kind);
     const Mat<float> x = random_rows<float>(2, 300, 7);
@@ -477,14 +487,7 @@ TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") 
 // and edge blocks included) and AWQ, with every kind of kernel.
 TEST_CASE("the vectorised FP8 and AWQ band decoders give the reference's bits") {
   SyntheticLinears s;
-  Linear nan = s.linears[0].second;  // fp8 200x300, with NaN codes: 0x7f in an edge block, 0xff in a full run of 16
-  Blob& nanw = s.blob("fp8.nan", DType::F8_E4M3, nan.weight.shape);
-  std::copy_n(nan.weight.data, nan.weight.nbytes(), nanw.bytes);
-  nanw.bytes[5 * 300 + 250] = 0x7f;
-  nanw.bytes[130 * 300 + 17] = 0xff;
-  nanw.done();
-  nan.weight = nanw.view;
-  std::vector<std::pair<std::string, Linear>> ws = {{"fp8.nan", nan}};
+  std::vector<std::pair<std::string, Linear>> ws = {{"fp8.nan", fp8_with_nan_codes(s)}};
   for (const auto& [name, W] : s.linears)
     if (W.fp8() || W.awq()) ws.emplace_back(name, W);
   for (const KernelKind& kind : kernel_kinds()) {

@@ -709,16 +709,14 @@ inline void decode_rows_fast(const Linear& W, int64_t r0, int64_t r1, float* dst
   if (const auto* f = W.fp8(); f && W.weight.dtype == DType::F8_E4M3 && (avx512_kernels() || avx2_kernels())) {
     const int64_t sc = f->scale_inv.shape[1];
     std::vector<float> sb(static_cast<std::size_t>(sc));
+    const auto dec = avx512_kernels() ? avx512::fp8_decode_row : avx2::fp8_decode_row;
     int64_t cur = -1;
     for (int64_t o = r0; o < r1; ++o) {
       if (o / f->block_rows != cur) {
         cur = o / f->block_rows;
         for (int64_t cb = 0; cb < sc; ++cb) sb[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
       }
-      if (avx512_kernels())
-        avx512::fp8_decode_row(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
-      else
-        avx2::fp8_decode_row(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
+      dec(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
     }
     return;
   }
