@@ -269,14 +269,15 @@ struct SyntheticLinears {
     return b;
   }
 
-  void fp8(int64_t out, int64_t in, DType sdt) {
-    const std::string n = "fp8." + std::to_string(out) + "x" + std::to_string(in) + "." + dtype_name(sdt);
+  void fp8(int64_t out, int64_t in, DType sdt, int64_t br = 128) {
+    const std::string n = "fp8." + std::to_string(out) + "x" + std::to_string(in) + "." + dtype_name(sdt) +
+                          (br != 128 ? ".br" + std::to_string(br) : "");
     Blob& w = random_words(n, DType::F8_E4M3, {out, in});
     for (std::size_t i = 0; i < w.size(); ++i)
       if ((w.bytes[i] & 0x7f) == 0x7f) w.bytes[i] = 0x3c;  // no NaN codes (a case of its own below)
     Linear l;
     l.weight = w.view;
-    l.storage = Linear::Fp8Blocks{scales(n + ".s", sdt, {(out + 127) / 128, (in + 127) / 128}, 1e-4, 1e-2).view, 128, 128};
+    l.storage = Linear::Fp8Blocks{scales(n + ".s", sdt, {(out + br - 1) / br, (in + 127) / 128}, 1e-4, 1e-2).view, br, 128};
     linears.emplace_back(n, l);
   }
   void awq(int64_t out, int64_t in, int64_t group, double slo, double shi) {
@@ -321,6 +322,7 @@ struct SyntheticLinears {
   SyntheticLinears() {
     fp8(200, 300, DType::F32);   // blocks 128 + 72 rows, 128 + 128 + 44 columns (44 = 32 + 12 one at a time)
     fp8(64, 1100, DType::BF16);
+    fp8(203, 256, DType::F32, 126);  // 203 rows (4 a call and 3 one at a time); blocks of 126 rows split 4s (AVX2)
     awq(200, 256, 128, 1e-3, 1e-1);  // 25 words: a band of 16 and one of 9
     awq(64, 192, 64, 50, 3000);      // (q − z)·s rounds in f16
     awq(128, 128, -1, 1e-7, 1e-5);   // one group; f16-subnormal scales

@@ -281,7 +281,7 @@ inline MlxKernel mlx_kernel(const MlxWeight& m) {
 }
 
 // The exponent the AVX2 kernels' subnormal-code routes scale x by
-// (avx2::mlx_dot_rows_t, avx2::fp8_dot_row_t), where the CPU allows them
+// (avx2::mlx_dot_rows_t, avx2::fp8_dot_rows_t), where the CPU allows them
 // and subnormals are not read as zero (MXCSR's DAZ bit); 0: x as it is.
 inline int subnormal_route_exponent(const float* x, int64_t count) {
   if (!avx2_subnormal_codes() || avx2::denormals_are_zero()) return 0;
@@ -389,22 +389,32 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
                        std::vector<float>& scratch, float* y, int64_t ldy) {
   const int64_t K = W.in();
   if (const auto* f = W.fp8()) {
-    const int64_t sc = f->scale_inv.shape[1];
+    const int64_t sc = f->scale_inv.shape[1], br = f->block_rows;
     scratch.resize(std::size_t(sc));
     int64_t cur = -1;
-    for (int64_t o = r0; o < r1; ++o) {
-      if (o / f->block_rows != cur) {
-        cur = o / f->block_rows;
+    for (int64_t o = r0; o < r1;) {
+      if (o / br != cur) {
+        cur = o / br;
         for (int64_t cb = 0; cb < sc; ++cb) scratch[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
+      }
+      if (avx2_runs()) {  // 4 rows a call where they share a block row (their scales), else 1
+        const float* xin = in.xexp != 0 ? in.xp.data() : x;
+        const uint8_t* w = W.weight.data + o * K;
+        if (r1 - o >= 4 && (o + 3) / br == cur) {
+          avx2::fp8_dot_rows<4>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
+          o += 4;
+        } else {
+          avx2::fp8_dot_rows<1>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
+          o += 1;
+        }
+        continue;
       }
       if (avx512_kernels())
         avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
                             fp8_e4m3_to_f32_bits);
-      else if (avx2_kernels())
-        avx2::fp8_dot_row(in.xexp != 0 ? in.xp.data() : x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols,
-                          in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
       else
         fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy);
+      ++o;
     }
     return;
   }

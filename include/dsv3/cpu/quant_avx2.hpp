@@ -100,7 +100,7 @@ DSV3_AVX2 inline void fp8x16_scaled(__m128i b, __m256& lo, __m256& hi) {
 }
 
 // 8 FP8 e4m3 codes → 8 floats, each 2^-120 times the code's value (the Sub
-// route of fp8_dot_row): sign-extended to 32 bits, the code's exponent and
+// route of fp8_dot_rows): sign-extended to 32 bits, the code's exponent and
 // mantissa shifted to f32's bits 20–26 and its sign to bit 31. Codes of
 // exponent 0 become f32 subnormals, the rest normal f32s below 2^-111.
 DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
@@ -108,10 +108,13 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
   return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(d, 20), _mm256_set1_epi32(int(0x87F00000u))));
 }
 
-// FP8 row · x rows, as quant.hpp's fp8_dot_row: per column block s·Σ x·q.
-// Runs of 32 codes, then of 16, in vectors (four sums, so that the adds do
-// not wait on each other); a block's last < 16 codes one at a time. A NaN
-// code (0x7f / 0xff) makes the result NaN, as in the reference.
+// R consecutive FP8 rows (R ≤ 4, all in one block row: s, their column
+// blocks' scales, is theirs) · x rows, as quant.hpp's fp8_dot_row per row:
+// per column block s·Σ x·q. Runs of 32 codes, then of 16, in vectors (four
+// sums, so that the adds do not wait on each other); a block's last < 16
+// codes one at a time. A NaN code (0x7f / 0xff) makes its row's result NaN,
+// as in the reference. The R rows' lanes are summed together (hsum_rows), in
+// the order one row alone gets: a row's result does not depend on R.
 //
 // x comes scaled by 2^xexp (xexp = 0: as it is). Sub (AMD, as the MLX
 // kernel's): codes read as f32 fields (fp8x8_sub, three instructions for 8
@@ -121,56 +124,67 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
 // scalar sums are scaled back by 2^-xexp. The sums are the F16C route's on
 // unscaled x, scaled by powers of two: the same bits where they stay normal
 // (subnormal_exponent's choice of xexp sees to that).
-template <bool Sub>
-DSV3_AVX2 inline void fp8_dot_row_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
-                                    int64_t bc, float back, float tail_back, float* out, int64_t stride,
-                                    float (*scalar)(uint8_t)) {
+template <int R, bool Sub>
+DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
+                                     int64_t bc, float back, float tail_back, float* out, int64_t ldy,
+                                     float (*scalar)(uint8_t)) {
   const __m256i low7 = _mm256_set1_epi8(0x7f);
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
-    __m256 acc = _mm256_setzero_ps();
-    float tail = 0;
-    __m256i big = _mm256_setzero_si256();
-    for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
-      const int64_t c1 = std::min(K, c0 + bc);
-      __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
-      int64_t k = c0;
-      for (; k + 32 <= c1; k += 32) {
-        if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 2048, _MM_HINT_T0);
-        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-        big = _mm256_max_epu8(big, _mm256_and_si256(raw, low7));  // 0x7f: a NaN code
-        __m256 q0, q1, q2, q3;
-        if constexpr (Sub) {
-          q0 = fp8x8_sub(w + k), q1 = fp8x8_sub(w + k + 8), q2 = fp8x8_sub(w + k + 16), q3 = fp8x8_sub(w + k + 24);
-        } else {
-          fp8x16_scaled(_mm256_castsi256_si128(raw), q0, q1);
-          fp8x16_scaled(_mm256_extracti128_si256(raw, 1), q2, q3);
+    __m256 acc[R];
+    float tail[R];
+    bool nan[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* wr = w + r * K;
+      __m256 a = _mm256_setzero_ps();
+      float tl = 0;
+      __m256i big = _mm256_setzero_si256();
+      for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
+        const int64_t c1 = std::min(K, c0 + bc);
+        __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+        int64_t k = c0;
+        for (; k + 32 <= c1; k += 32) {
+          if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + k) + 2048, _MM_HINT_T0);
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k));
+          big = _mm256_max_epu8(big, _mm256_and_si256(raw, low7));  // 0x7f: a NaN code
+          __m256 q0, q1, q2, q3;
+          if constexpr (Sub) {
+            q0 = fp8x8_sub(wr + k), q1 = fp8x8_sub(wr + k + 8), q2 = fp8x8_sub(wr + k + 16), q3 = fp8x8_sub(wr + k + 24);
+          } else {
+            fp8x16_scaled(_mm256_castsi256_si128(raw), q0, q1);
+            fp8x16_scaled(_mm256_extracti128_si256(raw, 1), q2, q3);
+          }
+          t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), q0, t0);
+          t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), q1, t1);
+          t2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), q2, t2);
+          t3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), q3, t3);
         }
-        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), q0, t0);
-        t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), q1, t1);
-        t2 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 16), q2, t2);
-        t3 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 24), q3, t3);
-      }
-      for (; k + 16 <= c1; k += 16) {
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k));
-        big = _mm256_max_epu8(big, _mm256_zextsi128_si256(_mm_and_si128(b, _mm_set1_epi8(0x7f))));
-        __m256 lo, hi;
-        if constexpr (Sub) {
-          lo = fp8x8_sub(w + k), hi = fp8x8_sub(w + k + 8);
-        } else {
-          fp8x16_scaled(b, lo, hi);
+        for (; k + 16 <= c1; k += 16) {
+          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k));
+          big = _mm256_max_epu8(big, _mm256_zextsi128_si256(_mm_and_si128(b, _mm_set1_epi8(0x7f))));
+          __m256 lo, hi;
+          if constexpr (Sub) {
+            lo = fp8x8_sub(wr + k), hi = fp8x8_sub(wr + k + 8);
+          } else {
+            fp8x16_scaled(b, lo, hi);
+          }
+          t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), lo, t0);
+          t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), hi, t1);
         }
-        t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), lo, t0);
-        t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k + 8), hi, t1);
+        const __m256 sv = _mm256_set1_ps(s[cb] * 256.0f);  // × 2^8 undoes the f16 exponent offset
+        a = _mm256_fmadd_ps(sv, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)), a);
+        float t = 0;
+        for (; k < c1; ++k) t += xi[k] * scalar(wr[k]);
+        tl += s[cb] * t;
       }
-      const __m256 sv = _mm256_set1_ps(s[cb] * 256.0f);  // × 2^8 undoes the f16 exponent offset
-      acc = _mm256_fmadd_ps(sv, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)), acc);
-      float t = 0;
-      for (; k < c1; ++k) t += xi[k] * scalar(w[k]);
-      tail += s[cb] * t;
+      acc[r] = _mm256_mul_ps(a, _mm256_set1_ps(back));
+      tail[r] = tl;
+      nan[r] = _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
     }
-    const bool nan = _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
-    out[i * stride] = nan ? std::numeric_limits<float>::quiet_NaN() : hsum(_mm256_mul_ps(acc, _mm256_set1_ps(back))) + tail * tail_back;
+    float sum[R];
+    hsum_rows<R>(acc, sum);
+    for (int r = 0; r < R; ++r)
+      out[i * ldy + r] = nan[r] ? std::numeric_limits<float>::quiet_NaN() : sum[r] + tail[r] * tail_back;
   }
 }
 
@@ -186,13 +200,15 @@ inline float pow2f(int e) {
 // programs built with -ffast-math set it).
 inline bool denormals_are_zero() { return (_mm_getcsr() & 0x40) != 0; }
 
-// FP8 row · x rows for x scaled by 2^xexp: the Sub route where the caller
-// chose it (xexp ≠ 0) and subnormals are read as they are, else F16C.
-DSV3_AVX2 inline void fp8_dot_row(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s, int64_t bc,
-                                  int xexp, float* out, int64_t stride, float (*scalar)(uint8_t)) {
+// R FP8 rows (R = 4 or 1, in one block row) · x rows for x scaled by
+// 2^xexp: the Sub route where the caller chose it (xexp ≠ 0) and subnormals
+// are read as they are, else F16C.
+template <int R>
+DSV3_AVX2 inline void fp8_dot_rows(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s, int64_t bc,
+                                   int xexp, float* out, int64_t ldy, float (*scalar)(uint8_t)) {
   if (xexp != 0 && !denormals_are_zero())
-    return fp8_dot_row_t<true>(x, n, K, w, s, bc, pow2f(112 - xexp), pow2f(-xexp), out, stride, scalar);
-  fp8_dot_row_t<false>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, stride, scalar);
+    return fp8_dot_rows_t<R, true>(x, n, K, w, s, bc, pow2f(112 - xexp), pow2f(-xexp), out, ldy, scalar);
+  fp8_dot_rows_t<R, false>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, ldy, scalar);
 }
 
 // One FP8 row decoded to f32, q·s per column block (the reference's
@@ -650,8 +666,9 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
 // Not x86-64 GCC: avx2_kernels() is false and these are never called.
 namespace avx2 {
 inline void fp8_decode_row(const uint8_t*, int64_t, const float*, int64_t, float*, float (*)(uint8_t)) {}
-inline void fp8_dot_row(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
-                        float (*)(uint8_t)) {}
+template <int R>
+inline void fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
+                         float (*)(uint8_t)) {}
 inline bool denormals_are_zero() { return false; }
 inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void mlx4_permute(const float*, int64_t, float*) {}
