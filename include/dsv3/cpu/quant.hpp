@@ -306,9 +306,12 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
     if (permute && kern == MlxKernel::avx2) avx2::mlx4_permute(x + i * K, K, xpi);
     if (permute && kern == MlxKernel::plain) mlx_permute<BITS>(x + i * K, K, xpi);
     if (in.xexp != 0) {
-      const float up = std::ldexp(1.0f, in.xexp);  // exact: a power of two, and x·up stays below 2^101
+      // exact: powers of two, and x·up stays below 2^101. 5-bit: the AVX2 kernel reads
+      // the codes where they lie, q·2^(5v mod 8) in lane v, so x·2^-(5v mod 8) to match.
+      float up[8];
+      for (int v = 0; v < 8; ++v) up[v] = std::ldexp(1.0f, in.xexp - (BITS == 5 ? avx2::mlx5_lane_shift(v) : 0));
       if (!permute) std::copy(x + i * K, x + (i + 1) * K, xpi);
-      for (int64_t k = 0; k < K; ++k) xpi[k] *= up;
+      for (int64_t k = 0; k < K; ++k) xpi[k] *= up[k % 8];
     }
     for (int64_t g = 0; g < K / G; ++g) {  // 16 partial sums a group, combined in a fixed order
       float part[16] = {0};

@@ -277,16 +277,23 @@ inline void mlx4_permute(const float* x, int64_t K, float* xp) {
 // 5-bit: for the 8 values from 8·h of 16 (10 bytes), lane v takes the two
 // bytes from ⌊5·(8h + v)/8⌋ (vpshufb, from the 16 bytes in each half of the
 // register), then shifts by 5v mod 8 (the same for h = 0 and 1).
+//
+// Or (InPlace) no shift: lane v masks its field where it lies, 31·2^(5v mod
+// 8), so that it holds q·2^(5v mod 8); x comes with lane v's values scaled by
+// 2^-(5v mod 8) to match (mlx5_lane_shift), and each product is the same.
 struct Mlx5Tables2 {
   alignas(32) uint8_t idx[2][32];
   alignas(32) uint32_t sh[8];
-  constexpr Mlx5Tables2() : idx(), sh() {
+  alignas(32) uint32_t field[8];
+  constexpr Mlx5Tables2() : idx(), sh(), field() {
     for (int h = 0; h < 2; ++h)
       for (int v = 0; v < 8; ++v)
         for (int b = 0; b < 4; ++b) idx[h][4 * v + b] = b < 2 ? uint8_t(5 * (8 * h + v) / 8 + b) : uint8_t(0x80);
-    for (int v = 0; v < 8; ++v) sh[v] = uint32_t(5 * v % 8);
+    for (int v = 0; v < 8; ++v) sh[v] = uint32_t(5 * v % 8), field[v] = 31u << sh[v];
   }
 };
+// The power of two a 5-bit field in lane (k mod 8) is read at, in place.
+inline int mlx5_lane_shift(int64_t k) { return int(5 * (k % 8) % 8); }
 
 // Integer codes in lanes as floats: their value (vcvtdq2ps), or (Sub) their
 // bits read as an f32, the subnormal q·2^-149 (exact; no instruction).
@@ -300,7 +307,7 @@ DSV3_AVX2 inline __m256 codes(__m256i q) {
 // lane order the kernel reads x in (4-bit: mlx4_permute's; 5- and 8-bit: in
 // order). `last`: the row ends within 16 bytes of p's 20 (5-bit reads 16
 // bytes from p + 10, so those are copied first).
-template <int BITS, bool Sub = false>
+template <int BITS, bool Sub = false, bool InPlace = false>
 DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q1, __m256& q2, __m256& q3) {
   if constexpr (BITS == 4) {
     const __m256i mask = _mm256_set1_epi32(15);
@@ -324,12 +331,20 @@ DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q
       std::memcpy(copy, p, 20);
       p = copy;
     }
-    const __m256i sh = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.sh));
     const __m256i i0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.idx[0]));
     const __m256i i1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.idx[1]));
-    const __m256i mask = _mm256_set1_epi32(31);
     const __m256i r0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256i r1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 10)));
+    if constexpr (InPlace) {  // a mask a lane: q·2^(5v mod 8), one instruction fewer than shifting
+      const __m256i field = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.field));
+      q0 = codes<Sub>(_mm256_and_si256(_mm256_shuffle_epi8(r0, i0), field));
+      q1 = codes<Sub>(_mm256_and_si256(_mm256_shuffle_epi8(r0, i1), field));
+      q2 = codes<Sub>(_mm256_and_si256(_mm256_shuffle_epi8(r1, i0), field));
+      q3 = codes<Sub>(_mm256_and_si256(_mm256_shuffle_epi8(r1, i1), field));
+      return;
+    }
+    const __m256i sh = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.sh));
+    const __m256i mask = _mm256_set1_epi32(31);
     q0 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r0, i0), sh), mask));
     q1 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r0, i1), sh), mask));
     q2 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r1, i0), sh), mask));
@@ -365,7 +380,10 @@ DSV3_AVX2 inline __m256 widen_scales8(const uint16_t* p) {
 // undoes it. mlx_prepare picks xexp from the largest |x| so that those
 // products and sums stay normal and finite; every sum is then the
 // conversion route's, scaled by a power of two: the same bits after `back`.
-template <int BITS, int R, class S, bool Sub>
+// InPlace (5-bit, x scaled for it: mlx_prepare does so where xexp ≠ 0): the
+// codes are left where they lie in their lanes (mlx_x32), q·2^(5v mod 8),
+// against x·2^(xexp − (5v mod 8)): the same products, so the same bits.
+template <int BITS, int R, class S, bool Sub, bool InPlace = false>
 DSV3_AVX2 inline void mlx_dot_rows_t(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
                                      const uint32_t* w, int64_t pk, const S* sf, const S* bf, float back, float* out,
                                      int64_t ldy) {
@@ -386,7 +404,7 @@ DSV3_AVX2 inline void mlx_dot_rows_t(const float* x, const float* xs, int64_t n,
         for (int64_t k = 0; k < G; k += 32, q += 4 * BITS, xk += 32) {
           if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(q) + 1024, _MM_HINT_T0);
           __m256 q0, q1, q2, q3;
-          mlx_x32<BITS, Sub>(q, BITS == 5 && q + 26 > end, q0, q1, q2, q3);
+          mlx_x32<BITS, Sub, InPlace>(q, BITS == 5 && q + 26 > end, q0, q1, q2, q3);
           t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xk), q0, t0);
           t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 8), q1, t1);
           t2 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 16), q2, t2);
@@ -411,14 +429,18 @@ DSV3_AVX2 inline void mlx_dot_rows_t(const float* x, const float* xs, int64_t n,
 // The kernel for x scaled by 2^xexp: the Sub route where mlx_prepare chose
 // one (xexp ≠ 0) and subnormals are read as they are (MXCSR's
 // denormals-are-zero, as -ffast-math programs set it, would make every
-// code 0), else the conversion route (× 2^-xexp after).
+// code 0), else the conversion route (× 2^-xexp after). 5-bit with xexp ≠
+// 0: x comes scaled per lane too, and either route reads the codes in place.
 template <int BITS, int R, class S>
 DSV3_AVX2 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
                                    const uint32_t* w, int64_t pk, const S* sf, const S* bf, int xexp, float* out,
                                    int64_t ldy) {
+  constexpr bool in_place = BITS == 5;
   if (xexp != 0 && !denormals_are_zero())
-    return mlx_dot_rows_t<BITS, R, S, true>(x, xs, n, K, G, w, pk, sf, bf, pow2f(149 - xexp), out, ldy);
-  mlx_dot_rows_t<BITS, R, S, false>(x, xs, n, K, G, w, pk, sf, bf, pow2f(-xexp), out, ldy);
+    return mlx_dot_rows_t<BITS, R, S, true, in_place>(x, xs, n, K, G, w, pk, sf, bf, pow2f(149 - xexp), out, ldy);
+  if (xexp != 0)
+    return mlx_dot_rows_t<BITS, R, S, false, in_place>(x, xs, n, K, G, w, pk, sf, bf, pow2f(-xexp), out, ldy);
+  mlx_dot_rows_t<BITS, R, S, false>(x, xs, n, K, G, w, pk, sf, bf, 1.0f, out, ldy);
 }
 
 // The exponent x is scaled by for the Sub routes (quant.hpp's
@@ -672,6 +694,7 @@ inline void fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const f
 inline bool denormals_are_zero() { return false; }
 inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void mlx4_permute(const float*, int64_t, float*) {}
+inline int mlx5_lane_shift(int64_t) { return 0; }
 template <int BITS, int R, class S>
 inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
                          const S*, const S*, int, float*, int64_t) {}
