@@ -499,6 +499,47 @@ TEST_CASE("an FP8 NaN code gives NaN in the fused kernel, as in the reference") 
   }
 }
 
+// The AVX2 FP8 kernel leaves out its per-code NaN check on block rows that
+// Fp8NanMemo has found clean. Without the check it gives the same bits; a
+// block row with a NaN code is found and still gives NaN, the first time
+// and after; and a copy of a Linear given other bytes (as
+// fp8_with_nan_codes makes: the memo is shared) gets no answer learnt from
+// the first bytes.
+TEST_CASE("FP8 block rows known to hold no NaN code skip the check, and only those") {
+  SyntheticLinears s;
+  const Linear clean = s.linears[0].second;  // fp8 200x300, 128-row blocks: block rows 0 and 1
+  REQUIRE(clean.fp8());
+  Linear checked = clean;  // no memo: every call checks every code
+  std::get<Linear::Fp8Blocks>(checked.storage).nan_memo = nullptr;
+  const Mat<float> x = random_rows<float>(2, 300, 11);
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
+    const Mat<float> want = cpu::linear(x, checked), first = cpu::linear(x, clean), again = cpu::linear(x, clean);
+    CHECK_MESSAGE(std::memcmp(first.data(), want.data(), want.size() * sizeof(float)) == 0, kind.name);
+    CHECK_MESSAGE(std::memcmp(again.data(), want.data(), want.size() * sizeof(float)) == 0, kind.name);
+  }
+  const std::atomic<uint8_t>* f = clean.fp8()->nan_memo->flags(clean.weight.data, 2);
+  REQUIRE(f);
+  if (cpu::avx2_kernels()) CHECK((f[0] == 1 && f[1] == 1));  // both block rows read and found clean
+  const Linear copy = fp8_with_nan_codes(s);  // the same memo, other bytes (NaN codes in rows 5 and 130)
+  CHECK(copy.fp8()->nan_memo == clean.fp8()->nan_memo);
+  CHECK(copy.fp8()->nan_memo->flags(copy.weight.data, 2) == nullptr);
+  Linear own = copy;  // the NaN bytes with a memo of their own
+  std::get<Linear::Fp8Blocks>(own.storage).nan_memo = std::make_shared<Fp8NanMemo>();
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
+    for (const Linear* W : std::initializer_list<const Linear*>{&copy, &own, &own}) {
+      const Mat<float> y = cpu::linear(x, *W);
+      CHECK_MESSAGE((std::isnan(y(0, 5)) && std::isnan(y(1, 5)) && std::isnan(y(0, 130)) && std::isnan(y(1, 130))),
+                    kind.name);
+      CHECK_MESSAGE((std::isfinite(y(0, 4)) && std::isfinite(y(1, 131))), kind.name);
+    }
+  }
+  const std::atomic<uint8_t>* g = own.fp8()->nan_memo->flags(own.weight.data, 2);
+  REQUIRE(g);
+  if (cpu::avx2_kernels()) CHECK((g[0] == 2 && g[1] == 2));
+}
+
 // The band decoders (prefill, and MLA's per-head rows of an FP8 kv_b_proj in
 // decode) give the reference's decode_rows bit for bit for FP8 (NaN codes
 // and edge blocks included) and AWQ, with every kind of kernel.

@@ -11,8 +11,10 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <variant>
 #include <string>
@@ -91,12 +93,47 @@ inline std::vector<T> decode_vector(const TensorView& t) {
   return v;
 }
 
+// Whether each block row of an FP8 weight holds a NaN code (0x7f / 0xff),
+// learnt the first time a kernel reads that block row (0: not looked at yet,
+// 1: none, 2: some). The CPU backend's decode kernels leave out their
+// per-code NaN check on block rows that hold none, as real checkpoints'
+// never do. The answers belong to the bytes they were learnt from: a copy of
+// a Linear given other bytes shares the memo but gets no answers from it
+// (`flags` returns null). Thread-safe; the bytes are never written.
+class Fp8NanMemo {
+ public:
+  // The flags of `data`'s `block_rows` block rows, zero until looked at;
+  // null where this memo was first asked for other bytes.
+  std::atomic<uint8_t>* flags(const uint8_t* data, int64_t block_rows) const {
+    std::atomic<uint8_t>* f = flags_.load(std::memory_order_acquire);
+    if (!f) {
+      const std::lock_guard<std::mutex> lock(mu_);
+      f = flags_.load(std::memory_order_relaxed);
+      if (!f) {
+        store_.reset(new std::atomic<uint8_t>[std::size_t(block_rows)]());
+        data_ = data, n_ = block_rows;
+        f = store_.get();
+        flags_.store(f, std::memory_order_release);
+      }
+    }
+    return data_ == data && n_ == block_rows ? f : nullptr;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::unique_ptr<std::atomic<uint8_t>[]> store_;
+  mutable const uint8_t* data_ = nullptr;
+  mutable int64_t n_ = 0;
+  mutable std::atomic<std::atomic<uint8_t>*> flags_{nullptr};
+};
+
 struct Linear {
   // How the [out, in] matrix is stored: one alternative per format.
   struct Dense {};                             // `weight` is [out, in] F32 / BF16 / F16 / F64
   struct Fp8Blocks {                           // `weight` is [out, in] F8_E4M3:
     TensorView scale_inv;                      //   W = fp8(Wq) · scale_inv[i / br, j / bc], [ceil(out/br), ceil(in/bc)]
     int64_t block_rows = 128, block_cols = 128;  // quantization_config.weight_block_size
+    std::shared_ptr<const Fp8NanMemo> nan_memo = std::make_shared<Fp8NanMemo>();  // (above)
   };
   struct Awq { std::shared_ptr<const AwqWeight> q; };   // AutoAWQ GEMM packing (formats/quant.hpp)
   struct Mlx { std::shared_ptr<const MlxWeight> q; };   // MLX affine: a module, or one expert of a stack

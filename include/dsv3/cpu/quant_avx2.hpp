@@ -112,9 +112,14 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
 // blocks' scales, is theirs) · x rows, as quant.hpp's fp8_dot_row per row:
 // per column block s·Σ x·q. Runs of 32 codes, then of 16, in vectors (four
 // sums, so that the adds do not wait on each other); a block's last < 16
-// codes one at a time. A NaN code (0x7f / 0xff) makes its row's result NaN,
-// as in the reference. The R rows' lanes are summed together (hsum_rows), in
-// the order one row alone gets: a row's result does not depend on R.
+// codes one at a time. The R rows' lanes are summed together (hsum_rows),
+// in the order one row alone gets: a row's result does not depend on R.
+//
+// A NaN code (0x7f / 0xff) makes its row's result NaN, as in the reference.
+// Check looks for one in every code (two instructions a 32 codes); without
+// it, the caller knows the rows hold none (Fp8NanMemo). Leaving it out makes
+// the kernel 9-11% faster (Zen 3, one or two cores, from DRAM) and mid fp8
+// decode take 2-3% less CPU time.
 //
 // x comes scaled by 2^xexp (xexp = 0: as it is). Sub (AMD, as the MLX
 // kernel's): codes read as f32 fields (fp8x8_sub, three instructions for 8
@@ -124,7 +129,7 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
 // scalar sums are scaled back by 2^-xexp. The sums are the F16C route's on
 // unscaled x, scaled by powers of two: the same bits where they stay normal
 // (subnormal_exponent's choice of xexp sees to that).
-template <int R, bool Sub>
+template <int R, bool Sub, bool Check>
 DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
                                      int64_t bc, float back, float tail_back, float* out, int64_t ldy,
                                      float (*scalar)(uint8_t)) {
@@ -146,7 +151,7 @@ DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const
         for (; k + 32 <= c1; k += 32) {
           if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + k) + 2048, _MM_HINT_T0);
           const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k));
-          big = _mm256_max_epu8(big, _mm256_and_si256(raw, low7));  // 0x7f: a NaN code
+          if constexpr (Check) big = _mm256_max_epu8(big, _mm256_and_si256(raw, low7));  // 0x7f: a NaN code
           __m256 q0, q1, q2, q3;
           if constexpr (Sub) {
             q0 = fp8x8_sub(wr + k), q1 = fp8x8_sub(wr + k + 8), q2 = fp8x8_sub(wr + k + 16), q3 = fp8x8_sub(wr + k + 24);
@@ -161,7 +166,7 @@ DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const
         }
         for (; k + 16 <= c1; k += 16) {
           const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + k));
-          big = _mm256_max_epu8(big, _mm256_zextsi128_si256(_mm_and_si128(b, _mm_set1_epi8(0x7f))));
+          if constexpr (Check) big = _mm256_max_epu8(big, _mm256_zextsi128_si256(_mm_and_si128(b, _mm_set1_epi8(0x7f))));
           __m256 lo, hi;
           if constexpr (Sub) {
             lo = fp8x8_sub(wr + k), hi = fp8x8_sub(wr + k + 8);
@@ -179,7 +184,7 @@ DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const
       }
       acc[r] = _mm256_mul_ps(a, _mm256_set1_ps(back));
       tail[r] = tl;
-      nan[r] = _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
+      nan[r] = Check && _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
     }
     float sum[R];
     hsum_rows<R>(acc, sum);
@@ -202,13 +207,13 @@ inline bool denormals_are_zero() { return (_mm_getcsr() & 0x40) != 0; }
 
 // R FP8 rows (R = 4 or 1, in one block row) · x rows for x scaled by
 // 2^xexp: the Sub route where the caller chose it (xexp ≠ 0) and subnormals
-// are read as they are, else F16C.
-template <int R>
+// are read as they are, else F16C. Check: look for NaN codes (above).
+template <int R, bool Check>
 DSV3_AVX2 inline void fp8_dot_rows(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s, int64_t bc,
                                    int xexp, float* out, int64_t ldy, float (*scalar)(uint8_t)) {
   if (xexp != 0 && !denormals_are_zero())
-    return fp8_dot_rows_t<R, true>(x, n, K, w, s, bc, pow2f(112 - xexp), pow2f(-xexp), out, ldy, scalar);
-  fp8_dot_rows_t<R, false>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, ldy, scalar);
+    return fp8_dot_rows_t<R, true, Check>(x, n, K, w, s, bc, pow2f(112 - xexp), pow2f(-xexp), out, ldy, scalar);
+  fp8_dot_rows_t<R, false, Check>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, ldy, scalar);
 }
 
 // One FP8 row decoded to f32, q·s per column block (the reference's
@@ -688,7 +693,7 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
 // Not x86-64 GCC: avx2_kernels() is false and these are never called.
 namespace avx2 {
 inline void fp8_decode_row(const uint8_t*, int64_t, const float*, int64_t, float*, float (*)(uint8_t)) {}
-template <int R>
+template <int R, bool Check>
 inline void fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
                          float (*)(uint8_t)) {}
 inline bool denormals_are_zero() { return false; }
