@@ -508,6 +508,18 @@ DSV3_AVX2 inline __m256 awq_weights(__m256i q, int j, __m256 s, __m256 mzs, bool
 // reference). The band's two halves of 8 words go one after the other, each
 // with its 8 nibbles' sums in registers across the group's rows (one x row),
 // or in acc (several).
+// A band's rows are far apart in memory (a row is all `words` of the
+// matrix), and each of them gives the band one 64-byte line: the hardware
+// prefetcher does not see that stream. So the kernel asks for row k + 8 of
+// its band, and for the next band's line of row k (read by the next call,
+// which walks the same rows). One core from memory: 3.2–4.2 → 5.3–5.9 G
+// weights/s, the in-cache speed, on every shape of the mid model (Zen 3);
+// prefetch instructions do not fault past the matrix.
+DSV3_AVX2 inline void awq_prefetch(const uint32_t* qh, int64_t k, int64_t words) {
+  _mm_prefetch(reinterpret_cast<const char*>(qh + (k + 8) * words), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(qh + k * words + 16), _MM_HINT_T0);
+}
+
 DSV3_AVX2 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1,
                                     const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
                                     bool exact, float* acc) {
@@ -525,6 +537,7 @@ DSV3_AVX2 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int6
       __m256 a[8];
       for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(acc + 16 * j + 8 * h);
       for (int64_t k = k0; k < k1; ++k) {
+        awq_prefetch(qh, k, words);
         const __m256i q = _mm256_maskload_epi32(reinterpret_cast<const int*>(qh + k * words), live);
         const __m256 xv = _mm256_set1_ps(x[k]);
 #pragma GCC unroll 8
@@ -534,6 +547,7 @@ DSV3_AVX2 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int6
       continue;
     }
     for (int64_t k = k0; k < k1; ++k) {
+      awq_prefetch(qh, k, words);
       const __m256i q = _mm256_maskload_epi32(reinterpret_cast<const int*>(qh + k * words), live);
       for (int j = 0; j < 8; ++j) {
         const __m256 v = awq_weights(q, j, s[j], mzs[j], exact);
