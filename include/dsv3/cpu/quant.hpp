@@ -695,6 +695,8 @@ inline void awq_decode_kmajor(const AwqWeight& a, int64_t w0, int64_t nw, float*
       }
     for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k) {
       const uint32_t* row = qw + k * words + w0;
+      __builtin_prefetch(row + 8 * words);  // as avx2::awq_prefetch: rows far apart, one line each
+      __builtin_prefetch(row + 16);         // (prefetches do not fault past the matrix)
       float* d = dst + k * 128;
       if (avx512_kernels()) {
         avx512::awq_decode_krow(row, nw, zq, sq, d);
