@@ -99,7 +99,10 @@ inline std::vector<T> decode_vector(const TensorView& t) {
 // per-code NaN check on block rows that hold none, as real checkpoints'
 // never do. The answers belong to the bytes they were learnt from: a copy of
 // a Linear given other bytes shares the memo but gets no answers from it
-// (`flags` returns null). Thread-safe; the bytes are never written.
+// (`flags` returns null). Thread-safe. Checkpoints are mapped read-only, so
+// their bytes never change; code that builds a Linear over a buffer of its
+// own and writes NaN codes into it after a forward pass gives it a fresh
+// memo (or none: every call then checks).
 class Fp8NanMemo {
  public:
   // The flags of `data`'s `block_rows` block rows, zero until looked at;
