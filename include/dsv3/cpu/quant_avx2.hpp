@@ -498,16 +498,6 @@ DSV3_AVX2 inline __m256 awq_weights(__m256i q, int j, __m256 s, __m256 mzs, bool
   return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// AWQ int4 along the input, as quant.hpp's awq_dot_group: input rows [k0,
-// k1) of one group against a band of nw ≤ 16 words (8·nw columns), acc (per
-// x row, [8][16] in nibble order) += x·f16((q − z)·s). Each weight is
-// computed: (q − z)·s as fma(q, s, −z·s), which is exact when s has at most
-// 11 significant bits (F16 / BF16 scales: z·s and q·s are exact and so is
-// their difference; `exact` says so), else as (q − z)·s; then rounded to f16
-// and back (vcvtps2ph / vcvtph2ps: round to nearest even, as the
-// reference). The band's two halves of 8 words go one after the other, each
-// with its 8 nibbles' sums in registers across the group's rows (one x row),
-// or in acc (several).
 // A band's rows are far apart in memory (a row is all `words` of the
 // matrix), and each of them gives the band one 64-byte line: the hardware
 // prefetcher does not see that stream. So the kernel asks for row k + 8 of
@@ -520,6 +510,16 @@ DSV3_AVX2 inline void awq_prefetch(const uint32_t* qh, int64_t k, int64_t words)
   _mm_prefetch(reinterpret_cast<const char*>(qh + k * words + 16), _MM_HINT_T0);
 }
 
+// AWQ int4 along the input, as quant.hpp's awq_dot_group: input rows [k0,
+// k1) of one group against a band of nw ≤ 16 words (8·nw columns), acc (per
+// x row, [8][16] in nibble order) += x·f16((q − z)·s). Each weight is
+// computed: (q − z)·s as fma(q, s, −z·s), which is exact when s has at most
+// 11 significant bits (F16 / BF16 scales: z·s and q·s are exact and so is
+// their difference; `exact` says so), else as (q − z)·s; then rounded to f16
+// and back (vcvtps2ph / vcvtph2ps: round to nearest even, as the
+// reference). The band's two halves of 8 words go one after the other, each
+// with its 8 nibbles' sums in registers across the group's rows (one x row),
+// or in acc (several).
 DSV3_AVX2 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1,
                                     const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
                                     bool exact, float* acc) {
@@ -607,15 +607,7 @@ DSV3_AVX2 inline void awq_decode_krow(const uint32_t* row, int64_t nw, const flo
   }
 }
 
-// A band's zero points and F16 scales for one group in awq_dot_group's
-// layout (nibble order), as quant_avx512.hpp's awq_band_params: zq[16·j +
-// l] = nibble j of zero-point word l, sq[16·j + l] = the scale of column
-// 8·l + order[j]; lanes l ≥ nw are 0. Vectors throughout: the words'
-// nibbles j in eight lanes at a time; word l's 8 scales widened (F16C) as
-// row l of two 8 × 8 blocks (words 0–7, 8–15), which are transposed so that
-// column order[j] of a block gives sq's lanes. (One element at a time, this
-// took 6.5% of mid awq decode on one Zen 3 core, in vectors 5%: what is left
-// is mostly waiting for the scales' lines.)
+// Rows r[0..7] of an 8 × 8 block of floats become its columns.
 DSV3_AVX2 inline void transpose8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
@@ -630,6 +622,15 @@ DSV3_AVX2 inline void transpose8(__m256 r[8]) {
   r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
   r[3] = _mm256_permute2f128_ps(u3, u7, 0x20), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
+
+// A band's zero points and F16 scales for one group in awq_dot_group's
+// layout (nibble order), as quant_avx512.hpp's awq_band_params: zq[16·j +
+// l] = nibble j of zero-point word l, sq[16·j + l] = the scale of column
+// 8·l + order[j]; lanes l ≥ nw are 0. Vectors throughout: the words'
+// nibbles j in eight lanes at a time; word l's 8 scales widened (F16C) as
+// row l of two 8 × 8 blocks (words 0–7, 8–15), which are transposed so that
+// column order[j] of a block gives sq's lanes. (One element at a time, this
+// took 6.5% of mid awq decode on one Zen 3 core; in vectors, 5%.)
 DSV3_AVX2 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint8_t* s16, const int* order, float* zq,
                                       float* sq) {
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), fifteen = _mm256_set1_epi32(15);
