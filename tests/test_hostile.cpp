@@ -425,4 +425,11 @@ TEST_CASE("JSON nesting: 128 levels are read, 129 are refused (arrays and object
   for (int i = 0; i < 129; ++i) objs += "{\"a\":";
   objs += "1" + std::string(129, '}');
   expect_throw([&] { parse_json(objs, "t"); }, {"nested deeper than 128"});
+  // brackets in strings are text, and an escaped quote does not end a string
+  const std::string text = "[\"\\\"" + std::string(200, '[') + std::string(200, '{') + "\"]";  // ["\"[[…{{…"]
+  CHECK(parse_json(text, "t")[0].get<std::string>() == "\"" + std::string(200, '[') + std::string(200, '{'));
+  CHECK(json_depth(text.begin(), text.end()) == 1);
+  const std::string three = "[[[\"]]]\\\"{{\"]]]";  // [[["]]]\"{{"]]]
+  CHECK(json_depth(three.begin(), three.end()) == 3);
+  CHECK_NOTHROW(parse_json(three, "t"));
 }
