@@ -93,33 +93,34 @@ inline std::vector<T> decode_vector(const TensorView& t) {
   return v;
 }
 
-// Whether each block row of an FP8 weight holds a NaN code (0x7f / 0xff),
-// learnt the first time a kernel reads that block row (0: not looked at yet,
-// 1: none, 2: some). The CPU backend's decode kernels leave out their
-// per-code NaN check on block rows that hold none, as real checkpoints'
-// never do. The answers belong to the bytes they were learnt from: a copy of
-// a Linear given other bytes shares the memo but gets no answers from it
-// (`flags` returns null). Thread-safe. Checkpoints are mapped read-only, so
-// their bytes never change; code that builds a Linear over a buffer of its
-// own and writes NaN codes into it after a forward pass gives it a fresh
-// memo (or none: every call then checks).
+// Whether each group of four rows (rows 4g .. 4g + 3) of an FP8 weight
+// holds a NaN code (0x7f / 0xff), learnt the first time a kernel that looks
+// for them reads the group (0: not read yet, 1: none, 2: some). The CPU
+// backend's decode kernels then leave out their per-code check on groups
+// that hold none, as real checkpoints' never do; nothing is read twice. The
+// answers belong to the bytes they were learnt from: a copy of a Linear
+// given other bytes shares the memo but gets no answers from it (`flags`
+// returns null). Thread-safe. Checkpoints are mapped read-only, so their
+// bytes never change; code that builds a Linear over a buffer of its own and
+// writes NaN codes into it after a forward pass gives it a fresh memo (or
+// none: every call then checks).
 class Fp8NanMemo {
  public:
-  // The flags of `data`'s `block_rows` block rows, zero until looked at;
-  // null where this memo was first asked for other bytes.
-  std::atomic<uint8_t>* flags(const uint8_t* data, int64_t block_rows) const {
+  // The flags of `data`'s `groups` groups of rows, zero until learnt; null
+  // where this memo was first asked for other bytes.
+  std::atomic<uint8_t>* flags(const uint8_t* data, int64_t groups) const {
     std::atomic<uint8_t>* f = flags_.load(std::memory_order_acquire);
     if (!f) {
       const std::lock_guard<std::mutex> lock(mu_);
       f = flags_.load(std::memory_order_relaxed);
       if (!f) {
-        store_.reset(new std::atomic<uint8_t>[std::size_t(block_rows)]());
-        data_ = data, n_ = block_rows;
+        store_.reset(new std::atomic<uint8_t>[std::size_t(groups)]());
+        data_ = data, n_ = groups;
         f = store_.get();
         flags_.store(f, std::memory_order_release);
       }
     }
-    return data_ == data && n_ == block_rows ? f : nullptr;
+    return data_ == data && n_ == groups ? f : nullptr;
   }
 
  private:

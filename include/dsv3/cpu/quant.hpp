@@ -387,36 +387,6 @@ inline auto mlx_rows_kernel(int64_t bits, int R) {
   return bits == 4 ? avx512::mlx_dot_rows<4, 1, S> : bits == 5 ? avx512::mlx_dot_rows<5, 1, S> : avx512::mlx_dot_rows<8, 1, S>;
 }
 
-// Whether any of n FP8 codes is NaN (0x7f / 0xff): eight at a time, a byte
-// whose low 7 bits are all set carries into its top bit when 1 is added.
-inline bool fp8_has_nan_code(const uint8_t* p, std::size_t n) {
-  constexpr uint64_t low7 = 0x7f7f7f7f7f7f7f7full, ones = 0x0101010101010101ull, tops = 0x8080808080808080ull;
-  uint64_t hit = 0;
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t v;
-    std::memcpy(&v, p + i, 8);
-    hit |= ((v & low7) + ones) & tops;
-  }
-  for (; i < n; ++i) hit |= (p[i] & 0x7f) == 0x7f;
-  return hit != 0;
-}
-
-// Whether block row b of W (FP8) holds no NaN code: from its memo, or read
-// once by the first kernel to get there (Fp8NanMemo; two threads that get
-// there together both read it and write the same answer). That first read
-// is the one time a decode reads a weight byte twice.
-inline bool fp8_block_row_clean(const Linear& W, std::atomic<uint8_t>* memo, int64_t b) {
-  if (!memo) return false;
-  uint8_t state = memo[b].load(std::memory_order_relaxed);
-  if (state == 0) {
-    const int64_t br = W.fp8()->block_rows, K = W.in(), r0 = b * br, r1 = std::min(W.out(), r0 + br);
-    state = fp8_has_nan_code(W.weight.data + r0 * K, std::size_t((r1 - r0) * K)) ? 2 : 1;
-    memo[b].store(state, std::memory_order_relaxed);
-  }
-  return state == 1;
-}
-
 // y[i, o] for o in [r0, r1) and every row i of x (n ≤ 4 rows, ldy = out):
 // the fused kernel of W's format (AWQ: awq_group_partial below).
 inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedInput& in, int64_t r0, int64_t r1,
@@ -425,25 +395,35 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
   if (const auto* f = W.fp8()) {
     const int64_t sc = f->scale_inv.shape[1], br = f->block_rows;
     scratch.resize(std::size_t(sc));
-    // AVX2: block rows known to hold no NaN code skip the kernel's check
+    // AVX2: groups of four rows known to hold no NaN code skip the kernel's
+    // check; the first call on a group checks and records what it found
     std::atomic<uint8_t>* memo =
-        avx2_runs() && f->nan_memo ? f->nan_memo->flags(W.weight.data, f->scale_inv.shape[0]) : nullptr;
+        avx2_runs() && f->nan_memo ? f->nan_memo->flags(W.weight.data, (W.out() + 3) / 4) : nullptr;
     int64_t cur = -1;
-    bool clean = false;
     for (int64_t o = r0; o < r1;) {
       if (o / br != cur) {
         cur = o / br;
         for (int64_t cb = 0; cb < sc; ++cb) scratch[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
-        clean = fp8_block_row_clean(W, memo, cur);
       }
       if (avx2_runs()) {  // 4 rows a call where they share a block row (their scales), else 1
         const float* xin = in.xexp != 0 ? in.xp.data() : x;
         const uint8_t* w = W.weight.data + o * K;
-        const int nr = r1 - o >= 4 && (o + 3) / br == cur ? 4 : 1;
-        const auto kernel = nr == 4 ? (clean ? avx2::fp8_dot_rows<4, false> : avx2::fp8_dot_rows<4, true>)
-                                      : (clean ? avx2::fp8_dot_rows<1, false> : avx2::fp8_dot_rows<1, true>);
-        kernel(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
-        o += nr;
+        if (r1 - o >= 4 && (o + 3) / br == cur) {
+          // a group of the memo's (o a multiple of 4), or 4 rows across two groups (always checked)
+          std::atomic<uint8_t>* group = memo && o % 4 == 0 ? &memo[o / 4] : nullptr;
+          const uint8_t known = group ? group->load(std::memory_order_relaxed) : 0;
+          if (known == 1) {
+            avx2::fp8_dot_rows<4, false>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
+          } else {
+            const bool nan = avx2::fp8_dot_rows<4, true>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o,
+                                                         ldy, fp8_e4m3_to_f32_bits);
+            if (group && known == 0) group->store(nan ? 2 : 1, std::memory_order_relaxed);
+          }
+          o += 4;
+        } else {
+          avx2::fp8_dot_rows<1, true>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
+          o += 1;
+        }
         continue;
       }
       if (avx512_kernels())

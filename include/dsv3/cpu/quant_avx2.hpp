@@ -116,10 +116,11 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
 // in the order one row alone gets: a row's result does not depend on R.
 //
 // A NaN code (0x7f / 0xff) makes its row's result NaN, as in the reference.
-// Check looks for one in every code (two instructions a 32 codes); without
-// it, the caller knows the rows hold none (Fp8NanMemo). Leaving it out makes
-// the kernel 9-11% faster (Zen 3, one or two cores, from DRAM) and mid fp8
-// decode take 2-3% less CPU time.
+// Check looks for one in every code (two instructions a 32 codes) and
+// returns whether the rows hold one; without it, the caller knows they hold
+// none (Fp8NanMemo) and false is returned. Leaving it out makes the kernel
+// 9-11% faster (Zen 3, one or two cores, from DRAM) and mid fp8 decode take
+// 2-3% less CPU time.
 //
 // x comes scaled by 2^xexp (xexp = 0: as it is). Sub (AMD, as the MLX
 // kernel's): codes read as f32 fields (fp8x8_sub, three instructions for 8
@@ -130,10 +131,11 @@ DSV3_AVX2 inline __m256 fp8x8_sub(const uint8_t* p) {
 // unscaled x, scaled by powers of two: the same bits where they stay normal
 // (subnormal_exponent's choice of xexp sees to that).
 template <int R, bool Sub, bool Check>
-DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
+DSV3_AVX2 inline bool fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s,
                                      int64_t bc, float back, float tail_back, float* out, int64_t ldy,
                                      float (*scalar)(uint8_t)) {
   const __m256i low7 = _mm256_set1_epi8(0x7f);
+  bool any_nan = false;
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     __m256 acc[R];
@@ -144,6 +146,7 @@ DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const
       __m256 a = _mm256_setzero_ps();
       float tl = 0;
       __m256i big = _mm256_setzero_si256();
+      bool tail_nan = false;
       for (int64_t c0 = 0, cb = 0; c0 < K; c0 += bc, ++cb) {
         const int64_t c1 = std::min(K, c0 + bc);
         __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
@@ -179,18 +182,24 @@ DSV3_AVX2 inline void fp8_dot_rows_t(const float* x, int64_t n, int64_t K, const
         const __m256 sv = _mm256_set1_ps(s[cb] * 256.0f);  // × 2^8 undoes the f16 exponent offset
         a = _mm256_fmadd_ps(sv, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)), a);
         float t = 0;
-        for (; k < c1; ++k) t += xi[k] * scalar(wr[k]);
+        for (; k < c1; ++k) {  // (a NaN code is NaN here, checked or not)
+          t += xi[k] * scalar(wr[k]);
+          if constexpr (Check) tail_nan = tail_nan || (wr[k] & 0x7f) == 0x7f;
+        }
         tl += s[cb] * t;
       }
       acc[r] = _mm256_mul_ps(a, _mm256_set1_ps(back));
       tail[r] = tl;
-      nan[r] = Check && _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0;
+      nan[r] = Check && (tail_nan || _mm256_movemask_epi8(_mm256_cmpeq_epi8(big, low7)) != 0);
     }
     float sum[R];
     hsum_rows<R>(acc, sum);
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
       out[i * ldy + r] = nan[r] ? std::numeric_limits<float>::quiet_NaN() : sum[r] + tail[r] * tail_back;
+      any_nan = any_nan || nan[r];
+    }
   }
+  return any_nan;
 }
 
 // 2^e for a normal e, built from its bits.
@@ -209,11 +218,11 @@ inline bool denormals_are_zero() { return (_mm_getcsr() & 0x40) != 0; }
 // 2^xexp: the Sub route where the caller chose it (xexp ≠ 0) and subnormals
 // are read as they are, else F16C. Check: look for NaN codes (above).
 template <int R, bool Check>
-DSV3_AVX2 inline void fp8_dot_rows(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s, int64_t bc,
+DSV3_AVX2 inline bool fp8_dot_rows(const float* x, int64_t n, int64_t K, const uint8_t* w, const float* s, int64_t bc,
                                    int xexp, float* out, int64_t ldy, float (*scalar)(uint8_t)) {
   if (xexp != 0 && !denormals_are_zero())
     return fp8_dot_rows_t<R, true, Check>(x, n, K, w, s, bc, pow2f(112 - xexp), pow2f(-xexp), out, ldy, scalar);
-  fp8_dot_rows_t<R, false, Check>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, ldy, scalar);
+  return fp8_dot_rows_t<R, false, Check>(x, n, K, w, s, bc, pow2f(-xexp), pow2f(-xexp), out, ldy, scalar);
 }
 
 // One FP8 row decoded to f32, q·s per column block (the reference's
@@ -727,8 +736,8 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
 namespace avx2 {
 inline void fp8_decode_row(const uint8_t*, int64_t, const float*, int64_t, float*, float (*)(uint8_t)) {}
 template <int R, bool Check>
-inline void fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
-                         float (*)(uint8_t)) {}
+inline bool fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, float*, int64_t,
+                         float (*)(uint8_t)) { return false; }
 inline bool denormals_are_zero() { return false; }
 inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void mlx4_permute(const float*, int64_t, float*) {}
