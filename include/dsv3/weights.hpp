@@ -109,26 +109,18 @@ class Fp8NanMemo {
   // The flags of `data`'s `groups` groups of rows, zero until learnt; null
   // where this memo was first asked for other bytes.
   std::atomic<uint8_t>* flags(const uint8_t* data, int64_t groups) const {
-    std::atomic<uint8_t>* f = flags_.load(std::memory_order_acquire);
-    if (!f) {
-      const std::lock_guard<std::mutex> lock(mu_);
-      f = flags_.load(std::memory_order_relaxed);
-      if (!f) {
-        store_.reset(new std::atomic<uint8_t>[std::size_t(groups)]());
-        data_ = data, n_ = groups;
-        f = store_.get();
-        flags_.store(f, std::memory_order_release);
-      }
-    }
-    return data_ == data && n_ == groups ? f : nullptr;
+    std::call_once(made_, [&] {
+      flags_.reset(new std::atomic<uint8_t>[std::size_t(groups)]());
+      data_ = data, n_ = groups;
+    });
+    return data_ == data && n_ == groups ? flags_.get() : nullptr;
   }
 
  private:
-  mutable std::mutex mu_;
-  mutable std::unique_ptr<std::atomic<uint8_t>[]> store_;
+  mutable std::once_flag made_;
+  mutable std::unique_ptr<std::atomic<uint8_t>[]> flags_;
   mutable const uint8_t* data_ = nullptr;
   mutable int64_t n_ = 0;
-  mutable std::atomic<std::atomic<uint8_t>*> flags_{nullptr};
 };
 
 struct Linear {

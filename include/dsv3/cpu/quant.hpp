@@ -407,21 +407,23 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
       }
       if (avx2_runs()) {  // 4 rows a call where they share a block row (their scales), else 1
         const float* xin = in.xexp != 0 ? in.xp.data() : x;
-        const uint8_t* w = W.weight.data + o * K;
+        auto dot = [&](auto kernel) {  // rows o.. of W; true: a NaN code among them (checking kernels)
+          return kernel(xin, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, in.xexp, y + o, ldy,
+                        fp8_e4m3_to_f32_bits);
+        };
         if (r1 - o >= 4 && (o + 3) / br == cur) {
           // a group of the memo's (o a multiple of 4), or 4 rows across two groups (always checked)
           std::atomic<uint8_t>* group = memo && o % 4 == 0 ? &memo[o / 4] : nullptr;
           const uint8_t known = group ? group->load(std::memory_order_relaxed) : 0;
           if (known == 1) {
-            avx2::fp8_dot_rows<4, false>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
+            dot(avx2::fp8_dot_rows<4, false>);
           } else {
-            const bool nan = avx2::fp8_dot_rows<4, true>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o,
-                                                         ldy, fp8_e4m3_to_f32_bits);
+            const bool nan = dot(avx2::fp8_dot_rows<4, true>);
             if (group && known == 0) group->store(nan ? 2 : 1, std::memory_order_relaxed);
           }
           o += 4;
         } else {
-          avx2::fp8_dot_rows<1, true>(xin, n, K, w, scratch.data(), f->block_cols, in.xexp, y + o, ldy, fp8_e4m3_to_f32_bits);
+          dot(avx2::fp8_dot_rows<1, true>);
           o += 1;
         }
         continue;
