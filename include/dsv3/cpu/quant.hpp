@@ -399,6 +399,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     // check; the first call on a group checks and records what it found
     std::atomic<uint8_t>* memo =
         avx2_runs() && f->nan_memo ? f->nan_memo->flags(W.weight.data, (W.out() + 3) / 4) : nullptr;
+    const bool daz = avx2_runs() && avx2::denormals_are_zero();  // (read once: see there)
     int64_t cur = -1;
     for (int64_t o = r0; o < r1;) {
       if (o / br != cur) {
@@ -408,7 +409,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
       if (avx2_runs()) {  // 4 rows a call where they share a block row (their scales), else 1
         const float* xin = in.xexp != 0 ? in.xp.data() : x;
         auto dot = [&](auto kernel) {  // rows o.. of W; true: a NaN code among them (checking kernels)
-          return kernel(xin, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, in.xexp, y + o, ldy,
+          return kernel(xin, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, in.xexp, daz, y + o, ldy,
                         fp8_e4m3_to_f32_bits);
         };
         if (r1 - o >= 4 && (o + 3) / br == cur) {
@@ -466,6 +467,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
       scratch.resize(std::size_t(8 * ng));
       float *sf = scratch.data(), *bf = sf + 4 * ng;
       const float* xin = m->bits == 4 || in.xexp != 0 ? in.xp.data() : x;
+      const bool daz = kern == MlxKernel::avx2 && avx2::denormals_are_zero();  // (read once: see there)
       for (int64_t o = r0; o < r1;) {
         const int R = r1 - o >= 4 ? 4 : 1;
         const uint8_t* sp = m->scales.data + std::size_t((base + o) * ng) * ses;
@@ -479,9 +481,9 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         }
         const int64_t G = m->group_size, pk = m->packed();
         if (kern == MlxKernel::avx2 && bf16)
-          mlx_rows_kernel_avx2<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, in.xexp, y + o, ldy);
+          mlx_rows_kernel_avx2<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, in.xexp, daz, y + o, ldy);
         else if (kern == MlxKernel::avx2)
-          mlx_rows_kernel_avx2<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, in.xexp, y + o, ldy);
+          mlx_rows_kernel_avx2<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, in.xexp, daz, y + o, ldy);
         else if (bf16)
           mlx_rows_kernel<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, y + o, ldy);
         else
