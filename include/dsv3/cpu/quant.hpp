@@ -285,12 +285,9 @@ inline MlxKernel mlx_kernel(const MlxWeight& m) {
 // (avx2::mlx_dot_rows_t, avx2::fp8_dot_rows_t), where the CPU allows them
 // and subnormals are not read as zero (MXCSR's DAZ bit); 0: x as it is.
 inline int subnormal_route_exponent(const float* x, int64_t count) {
-  if (!avx2_subnormal_codes() || avx2::denormals_are_zero()) return 0;
+  if (!avx2_kernels() || !avx2_subnormal_codes() || avx2::denormals_are_zero()) return 0;
   float amax = 0;
-  for (int64_t e = 0; e < count; ++e) {
-    if (!std::isfinite(x[e])) return 0;
-    amax = std::max(amax, std::fabs(x[e]));
-  }
+  if (!avx2::abs_max_finite(x, count, amax)) return 0;
   return avx2::subnormal_exponent(amax);
 }
 
@@ -312,7 +309,8 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
       float up[8];
       for (int v = 0; v < 8; ++v) up[v] = std::ldexp(1.0f, in.xexp - (BITS == 5 ? avx2::mlx5_lane_shift(v) : 0));
       if (!permute) std::copy(x + i * K, x + (i + 1) * K, xpi);
-      for (int64_t k = 0; k < K; ++k) xpi[k] *= up[k % 8];
+      for (int64_t k = 0; k < K; k += 8)  // (K: a multiple of 32; eight lanes a step, which compilers vectorise)
+        for (int v = 0; v < 8; ++v) xpi[k + v] *= up[v];
     }
     for (int64_t g = 0; g < K / G; ++g) {  // 16 partial sums a group, combined in a fixed order
       float part[16] = {0};

@@ -224,6 +224,30 @@ inline float pow2f(int e) {
 // (`daz`).
 inline bool denormals_are_zero() { return (_mm_getcsr() & 0x40) != 0; }
 
+// The largest |x_e| of count values into amax, eight lanes at a time (a
+// maximum: the same whatever the order); false where one is not finite.
+DSV3_AVX2 inline bool abs_max_finite(const float* x, int64_t count, float& amax) {
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  int64_t e = 0;
+  for (; e + 8 <= count; e += 8) {
+    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + e), magnitude);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));  // ∞ or NaN
+    m = _mm256_max_ps(m, a);
+  }
+  if (_mm256_movemask_ps(bad) != 0) return false;
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  amax = 0;
+  for (float l : lanes) amax = std::max(amax, l);
+  for (; e < count; ++e) {
+    if (!std::isfinite(x[e])) return false;
+    amax = std::max(amax, std::fabs(x[e]));
+  }
+  return true;
+}
+
 // R FP8 rows (R = 4 or 1, in one block row) · x rows for x scaled by
 // 2^xexp: the Sub route where the caller chose it (xexp ≠ 0) and subnormals
 // are read as they are (daz: denormals_are_zero() on this thread), else
@@ -766,6 +790,7 @@ template <int R, bool Check>
 inline bool fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, bool, float*,
                          int64_t, float (*)(uint8_t)) { return false; }
 inline bool denormals_are_zero() { return false; }
+inline bool abs_max_finite(const float*, int64_t, float&) { return false; }
 inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void mlx4_permute(const float*, int64_t, float*) {}
 inline int mlx5_lane_shift(int64_t) { return 0; }
