@@ -379,11 +379,12 @@ TEST_CASE("the AVX2 kernels' subnormal-code routes give the conversion routes' b
   int compared = 0;
   for (const auto& [name, W] : s.linears) {
     if (!W.mlx() && !W.fp8()) continue;
-    for (float mag : {1.0f, 0x1p19f, 0x1p21f, 0x1p-19f, 0x1p-21f, 0.0f})
+    for (float mag : {1.0f, 0x1p19f, 0x1p21f, 0x1p-19f, 0x1p-21f, 0.0f, 2.0f})
       for (bool daz : {false, true}) {
         Mat<float> x = random_rows<float>(3, W.in(), 5);
         for (float& v : x) v *= mag;
         if (mag == 0x1p19f) x(1, 2) = std::numeric_limits<float>::infinity();  // not finite: the conversion route
+        if (mag == 2.0f) x(2, W.in() - 1) = std::numeric_limits<float>::quiet_NaN();  // (the last value looked at)
         Mat<float> a, b;
         {
           UseKernels use(conv);
@@ -401,7 +402,7 @@ TEST_CASE("the AVX2 kernels' subnormal-code routes give the conversion routes' b
         // x prepared for the subnormal route, then denormals-are-zero set where the kernel
         // runs (a thread of its own MXCSR): the kernel's fallback reads the same scaled x
         // (5-bit MLX: its codes in place) by conversion, and gives the same bits
-        if (daz || !std::isfinite(x(1, 2))) continue;
+        if (daz || !std::isfinite(x(1, 2)) || !std::isfinite(x(2, W.in() - 1))) continue;
         UseKernels use(sub);
         cpu::FusedInput in;
         cpu::fused_prepare(W, x.data(), 3, in);
@@ -435,7 +436,7 @@ TEST_CASE("few_rows products match sums in double, with every kind of kernel; BF
   };
   for (const KernelKind& kind : kernel_kinds()) {
     UseKernels use(kind);
-    for (int64_t n : {1, 3, 4})
+    for (int64_t n : {1, 3, 4, 6, 9})
       for (int64_t K : {5, 16, 160, 173})
         for (int64_t m : {1, 6, 9}) {
           const int64_t lda = K + 3, ldb = K + 7, lds = m + 2;
@@ -456,6 +457,15 @@ TEST_CASE("few_rows products match sums in double, with every kind of kernel; BF
             for (int64_t c = 0; c < K; ++c)
               check_sum(o[i * ldo + c], m, [&](int64_t j) { return p[i * ldp + j]; }, [&](int64_t j) { return b[j * ldb + c]; });
             CHECK(o[i * ldo + K] == -1.0f);
+          }
+          // a row's sums do not depend on the rows beside it (MLA's decode puts four heads'
+          // queries in one call): each row alone gives the same bits
+          for (int64_t i = 0; i < n; ++i) {
+            std::vector<float> s1(static_cast<std::size_t>(m)), o1(static_cast<std::size_t>(K));
+            cpu::rows_dot_rows(a.data() + i * lda, lda, 1, K, b.data(), ldb, m, s1.data(), m);
+            cpu::rows_mix_rows(p.data() + i * ldp, ldp, 1, m, b.data(), ldb, K, o1.data(), K);
+            CHECK(std::memcmp(s1.data(), s.data() + i * lds, std::size_t(m) * sizeof(float)) == 0);
+            CHECK(std::memcmp(o1.data(), o.data() + i * ldo, std::size_t(K) * sizeof(float)) == 0);
           }
           // b as stored BF16 (a BF16 kv_b_proj read in place): the same bits as over b widened first
           std::vector<cpu::Bf16> b16(b.size());

@@ -5,10 +5,13 @@
 // threads, and query rows go in blocks of kAttnRowBlock that attend only to
 // the positions their last row can see, each block one q·k GEMM over the
 // content and RoPE parts together. The naive and absorbed forms share the
-// loop. tests/test_backend_ops.cpp checks it against the reference.
+// loop; absorbed decode takes heads four at a time, so that each row of the
+// latent cache is read once for four heads' queries.
+// tests/test_backend_ops.cpp checks it against the reference.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -26,6 +29,8 @@ namespace dsv3::cpu {
 // Query rows per attention block (a fixed size: results do not depend on
 // the thread count).
 constexpr int64_t kAttnRowBlock = 64;
+// Heads a unit of work in absorbed decode (see mla below).
+constexpr int64_t kAttnHeadGroup = 4;
 
 // y[i·ldy + o] = Σ_k x[i·K + k]·W[o, k] for every row o of W and n ≤ 4 rows
 // of x, on the calling thread: the fused kernel of W's format, or (plain
@@ -146,9 +151,18 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   const int64_t B = std::min(n, kAttnRowBlock);
   const int64_t dk = absorb ? dl : dq;   // length of a query·key dot product
   Mat<T> o = empty<T>(n, H * dv);        // [n, H*dv]
+  // Absorbed decode (at most kFusedMaxRows query rows, at T = float) takes
+  // heads kAttnHeadGroup at a time: their queries are one block of rows
+  // against the latent cache, so each cache row is read once for the group
+  // (few_rows' products share each load among four rows of queries); every
+  // sum is the one a head alone gets. Otherwise a unit is one head.
+  const bool grouped = std::is_same_v<T, float> && absorb && n <= kFusedMaxRows;
+  const int64_t HG = grouped ? kAttnHeadGroup : 1;
+  const int64_t units = (H + HG - 1) / HG;
   blas_single_threaded();
-  // Heads are independent: threads take whole heads, so every head's sums run
-  // in the same order whatever the thread count.
+  // Heads are independent: threads take whole heads (or groups of heads, a
+  // fixed size), so every head's sums run in the same order whatever the
+  // thread count.
   ThreadErrors errs;
 #pragma omp parallel
   {
@@ -156,21 +170,98 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     FusedInput fin;
     std::vector<float> fscratch;
     errs.run([&] {
-      wkv.resize(decode_heads ? static_cast<std::size_t>((dn + dv) * r) : 0);
+      wkv.resize(decode_heads ? static_cast<std::size_t>(HG * (dn + dv) * r) : 0);
       qn.resize(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
-      scores.resize(static_cast<std::size_t>(B * t));
-      qcat.resize(absorb ? static_cast<std::size_t>(B * dl) : 0);  // [B, r | dr]
-      olat.resize(absorb ? static_cast<std::size_t>(B * r) : 0);
+      scores.resize(static_cast<std::size_t>(HG * B * t));
+      qcat.resize(absorb ? static_cast<std::size_t>(HG * B * dl) : 0);  // [HG·B, r | dr]
+      olat.resize(absorb ? static_cast<std::size_t>(HG * B * r) : 0);
       kcat.resize(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
       vh.resize(absorb ? 0 : static_cast<std::size_t>(t * dv));
     });
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t h = 0; h < H; ++h) errs.run([&] {
-      if (decode_heads) {
-        decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), wkv.data());
-        if (round_w) round_bf16_if(true, wkv.begin(), wkv.end());
+    // Head h's W_UK [dn, r] (W_UV [dv, r] follows it): in place, or its kv_b
+    // rows decoded into slot `slot` of wkv.
+    auto head_uk = [&](int64_t h, int64_t slot) -> const T* {
+      if (kv_b) return kv_b + h * (dn + dv) * r;
+      if (!decode_heads) return nullptr;
+      T* dst = wkv.data() + slot * (dn + dv) * r;
+      decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), dst);
+      if (round_w) round_bf16_if(true, dst, dst + (dn + dv) * r);
+      return dst;
+    };
+    // q_lat[nb, r] = q_nope @ W_UK for head h (query rows qh, stride H*dq),
+    // beside q_pe: one dot with a cache row; into rows of qc (stride dl).
+    auto absorb_q = [&](int64_t h, const T* qh, int64_t nb, const T* W_UK, T* qc) {
+      if (fused_heads) {
+        if constexpr (std::is_same_v<T, float>) {
+          for (int64_t i = 0; i < nb; ++i) std::copy_n(qh + i * H * dq, dn, qn.data() + i * dn);
+          rows_dot((*uk)[std::size_t(h)], qn.data(), nb, qc, dl, fin, fscratch);
+        }
+      } else if (awq_heads) {
+        if constexpr (std::is_same_v<T, float>)
+          awq_rows_dot(*awq_kvb, qh, H * dq, nb, h * (dn + dv) / 8, dn / 8, fscratch, qc, dl);
+      } else if (kv_b16) {
+        if constexpr (std::is_same_v<T, float>)
+          rows_mix_rows(qh, H * dq, nb, dn, kv_b16 + h * (dn + dv) * r, r, r, qc, dl);
+      } else {
+        head_gemm(false, nb, r, dn, qh, H * dq, W_UK, r, qc, dl);
       }
-      const T* W_UK = kv_b ? kv_b + h * (dn + dv) * r : wkv.data();  // [dn, r]
+      for (int64_t i = 0; i < nb; ++i) {
+        rnd(qc + i * dl, r);
+        std::copy_n(qh + i * H * dq + dn, dr, qc + i * dl + r);
+      }
+    };
+    // o_h[nb, dv] = o_lat @ W_UV^T for head h, into rows of oh (stride H*dv).
+    auto absorb_o = [&](int64_t h, const T* ol, int64_t nb, const T* W_UV, T* oh) {
+      if (fused_heads) {
+        if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], ol, nb, oh, H * dv, fin, fscratch);
+      } else if (awq_heads) {
+        if constexpr (std::is_same_v<T, float>) {
+          const int64_t wv = (h * (dn + dv) + dn) / 8;  // W_UV's first word
+          awq_cols_partial(*awq_kvb, ol, r, nb, 0, r, wv, wv + dv / 8, fscratch, oh, H * dv);
+        }
+      } else if (kv_b16) {
+        if constexpr (std::is_same_v<T, float>)
+          rows_dot_rows(ol, r, nb, r, kv_b16 + (h * (dn + dv) + dn) * r, r, dv, oh, H * dv);
+      } else {
+        head_gemm(true, nb, dv, r, ol, r, W_UV, r, oh, H * dv);
+      }
+    };
+    // scale, causal mask and softmax of rows [0, rows) of s (stride tv),
+    // row ii holding query row i0 + ii mod nb
+    auto softmax_rows = [&](T* s, int64_t rows, int64_t nb, int64_t tv, int64_t i0) {
+      for (int64_t ii = 0; ii < rows; ++ii) {
+        T* si = s + ii * tv;
+        // token i sits at position start_pos + i and sees [0, start_pos + i]
+        const int64_t valid = start_pos + i0 + ii % nb + 1;
+        for (int64_t j = 0; j < valid; ++j) si[j] *= scale;
+        reference::softmax_masked(si, tv, valid);
+        rnd(si, tv);
+      }
+    };
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < units; ++u) errs.run([&] {
+      if (grouped) {
+        if constexpr (std::is_same_v<T, float>) {
+          // heads h0 … h1 − 1, all n query rows: row hh·n + i of qcat, scores and olat
+          const int64_t h0 = u * HG, h1 = std::min(H, h0 + HG), rows = (h1 - h0) * n, tv = t;
+          std::array<const T*, kAttnHeadGroup> uks{};
+          for (int64_t h = h0; h < h1; ++h) {
+            uks[std::size_t(h - h0)] = head_uk(h, h - h0);
+            absorb_q(h, q.data() + h * dq, n, uks[std::size_t(h - h0)], qcat.data() + (h - h0) * n * dl);
+          }
+          rows_dot_rows(qcat.data(), dl, rows, dl, KV, dl, tv, scores.data(), tv);  // scores = q·k, nope and rope
+          softmax_rows(scores.data(), rows, n, tv, 0);
+          rows_mix_rows(scores.data(), tv, rows, tv, KV, dl, r, olat.data(), r);  // o_lat = P @ C
+          rnd(olat.data(), rows * r);
+          for (int64_t h = h0; h < h1; ++h) {
+            const T* W_UK = uks[std::size_t(h - h0)];
+            absorb_o(h, olat.data() + (h - h0) * n * r, n, W_UK ? W_UK + dn * r : nullptr, o.data() + h * dv);
+          }
+        }
+        return;
+      }
+      const int64_t h = u;
+      const T* W_UK = head_uk(h, 0);                                // [dn, r]
       const T* W_UV = W_UK ? W_UK + dn * r : nullptr;               // [dv, r]
       const T* K = KV;                                              // keys, dk wide
       if (!absorb) {
@@ -190,56 +281,19 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
         const T* Q = qh;
         int64_t ldq = H * dq;
         if (absorb) {
-          // q_lat[nb, r] = q_nope @ W_UK, beside q_pe: one dot with a cache row
-          if (fused_heads) {
-            if constexpr (std::is_same_v<T, float>) {
-              for (int64_t i = 0; i < nb; ++i) std::copy_n(qh + i * H * dq, dn, qn.data() + i * dn);
-              rows_dot((*uk)[std::size_t(h)], qn.data(), nb, qcat.data(), dl, fin, fscratch);
-            }
-          } else if (awq_heads) {
-            if constexpr (std::is_same_v<T, float>)
-              awq_rows_dot(*awq_kvb, qh, H * dq, nb, h * (dn + dv) / 8, dn / 8, fscratch, qcat.data(), dl);
-          } else if (kv_b16) {
-            if constexpr (std::is_same_v<T, float>)
-              rows_mix_rows(qh, H * dq, nb, dn, kv_b16 + h * (dn + dv) * r, r, r, qcat.data(), dl);
-          } else {
-            head_gemm(false, nb, r, dn, qh, H * dq, W_UK, r, qcat.data(), dl);
-          }
-          for (int64_t i = 0; i < nb; ++i) {
-            rnd(qcat.data() + i * dl, r);
-            std::copy_n(qh + i * H * dq + dn, dr, qcat.data() + i * dl + r);
-          }
+          absorb_q(h, qh, nb, W_UK, qcat.data());
           Q = qcat.data();
           ldq = dl;
         }
         // scores[nb, tv] = q·k over nope and rope parts together
         head_gemm(true, nb, tv, dk, Q, ldq, K, dk, scores.data(), tv);
-        // causal mask: token i sits at position start_pos + i and sees [0, start_pos + i]
-        for (int64_t i = 0; i < nb; ++i) {
-          T* s = scores.data() + i * tv;
-          const int64_t valid = start_pos + i0 + i + 1;
-          for (int64_t j = 0; j < valid; ++j) s[j] *= scale;
-          reference::softmax_masked(s, tv, valid);
-          rnd(s, tv);
-        }
+        softmax_rows(scores.data(), nb, nb, tv, i0);
         T* oh = o.data() + i0 * H * dv + h * dv;                    // rows stride H*dv
         if (absorb) {
           // o_lat[nb, r] = P @ C;  o_h = o_lat @ W_UV^T
           head_gemm(false, nb, r, tv, scores.data(), tv, KV, dl, olat.data(), r);
           rnd(olat.data(), nb * r);
-          if (fused_heads) {
-            if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], olat.data(), nb, oh, H * dv, fin, fscratch);
-          } else if (awq_heads) {
-            if constexpr (std::is_same_v<T, float>) {
-              const int64_t wv = (h * (dn + dv) + dn) / 8;  // W_UV's first word
-              awq_cols_partial(*awq_kvb, olat.data(), r, nb, 0, r, wv, wv + dv / 8, fscratch, oh, H * dv);
-            }
-          } else if (kv_b16) {
-            if constexpr (std::is_same_v<T, float>)
-              rows_dot_rows(olat.data(), r, nb, r, kv_b16 + (h * (dn + dv) + dn) * r, r, dv, oh, H * dv);
-          } else {
-            head_gemm(true, nb, dv, r, olat.data(), r, W_UV, r, oh, H * dv);
-          }
+          absorb_o(h, olat.data(), nb, W_UV, oh);
         } else {
           head_gemm(false, nb, dv, tv, scores.data(), tv, vh.data(), dv, oh, H * dv);
         }

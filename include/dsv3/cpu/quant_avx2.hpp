@@ -717,11 +717,53 @@ DSV3_AVX2 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint
 // a·bᵀ: four rows of b at a time share each vector of a row of a; the four
 // sums end in one horizontal step; the last K mod 8 one at a time, after
 // (explicit fused multiply-adds: the same bits for b as F32 or as BF16).
+// Four rows of a at a time (MLA's decode: four heads' queries against the
+// latent cache) take two rows of b at a time instead, each vector of b
+// loaded once for the four: every sum is the same, in the same order.
 template <class B>
 DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b, int64_t ldb,
                                     int64_t m, float* s, int64_t lds) {
   const int64_t K8 = K / 8 * 8;
-  for (int64_t i = 0; i < n; ++i) {
+  auto tail = [&](int64_t i, int64_t j) {  // the last K mod 8 products of row i of a and row j of b
+    float t = 0;
+    for (int64_t k = K8; k < K; ++k) t = std::fma(a[i * lda + k], widen_scale(b + j * ldb + k), t);
+    return t;
+  };
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float* a0 = a + i * lda;
+    int64_t j = 0;
+    for (; j + 2 <= m; j += 2) {
+      __m256 c0[4], c1[4];  // rows j and j + 1 of b, against rows i … i + 3 of a
+      for (int r = 0; r < 4; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K8; k += 8) {
+        const __m256 b0 = widen_scales8(b + j * ldb + k), b1 = widen_scales8(b + (j + 1) * ldb + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          const __m256 x = _mm256_loadu_ps(a0 + r * lda + k);
+          c0[r] = _mm256_fmadd_ps(x, b0, c0[r]);
+          c1[r] = _mm256_fmadd_ps(x, b1, c1[r]);
+        }
+      }
+      float h0[4], h1[4];
+      hsum_rows<4>(c0, h0);
+      hsum_rows<4>(c1, h1);
+      for (int r = 0; r < 4; ++r) {
+        s[(i + r) * lds + j] = h0[r] + tail(i + r, j);
+        s[(i + r) * lds + j + 1] = h1[r] + tail(i + r, j + 1);
+      }
+    }
+    for (; j < m; ++j)
+      for (int r = 0; r < 4; ++r) {
+        __m256 acc[1] = {_mm256_setzero_ps()};
+        for (int64_t k = 0; k < K8; k += 8)
+          acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + r * lda + k), widen_scales8(b + j * ldb + k), acc[0]);
+        float h;
+        hsum_rows<1>(acc, &h);
+        s[(i + r) * lds + j] = h + tail(i + r, j);
+      }
+  }
+  for (; i < n; ++i) {
     const float* ai = a + i * lda;
     int64_t j = 0;
     for (; j + 4 <= m; j += 4) {
@@ -731,32 +773,69 @@ DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int6
 #pragma GCC unroll 4
         for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(x, widen_scales8(b + (j + r) * ldb + k), acc[r]);
       }
-      hsum_rows<4>(acc, s + i * lds + j);
-      for (int r = 0; r < 4; ++r) {
-        float t = 0;
-        for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], widen_scale(b + (j + r) * ldb + k), t);
-        s[i * lds + j + r] += t;
-      }
+      float h[4];
+      hsum_rows<4>(acc, h);
+      for (int r = 0; r < 4; ++r) s[i * lds + j + r] = h[r] + tail(i, j + r);
     }
     for (; j < m; ++j) {
       __m256 acc[1] = {_mm256_setzero_ps()};
       for (int64_t k = 0; k < K8; k += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ai + k), widen_scales8(b + j * ldb + k), acc[0]);
-      hsum_rows<1>(acc, s + i * lds + j);
-      float t = 0;
-      for (int64_t k = K8; k < K; ++k) t = std::fma(ai[k], widen_scale(b + j * ldb + k), t);
-      s[i * lds + j] += t;
+      float h;
+      hsum_rows<1>(acc, &h);
+      s[i * lds + j] = h + tail(i, j);
     }
   }
 }
 
 // p·b: up to 64 columns of o held in eight vectors while the rows of b
 // stream past, each scaled by its p and added in row order; the last
-// width mod 8 columns one at a time, in the same order.
+// width mod 8 columns one at a time, in the same order. Four rows of p at
+// a time (MLA's decode: four heads' probabilities over the latent cache)
+// take 16 columns at a time instead, each vector of b loaded once for the
+// four: every sum is the same, in the same order.
 template <class B>
 DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const B* b, int64_t ldb,
                                     int64_t width, float* o, int64_t ldo) {
   const int64_t W8 = width / 8 * 8;
-  for (int64_t i = 0; i < n; ++i) {
+  auto tail = [&](int64_t i) {  // the last width mod 8 columns of row i
+    for (int64_t c = W8; c < width; ++c) {
+      float t = 0;
+      for (int64_t j = 0; j < m; ++j) t = std::fma(p[i * ldp + j], widen_scale(b + j * ldb + c), t);
+      o[i * ldo + c] = t;
+    }
+  };
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float* p0 = p + i * ldp;
+    for (int64_t c0 = 0; c0 < W8; c0 += 16) {
+      const bool two = c0 + 16 <= W8;  // two vectors of columns, or the last one
+      __m256 acc[4][2];
+      for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      if (two) {
+        for (int64_t j = 0; j < m; ++j) {
+          const __m256 b0 = widen_scales8(b + j * ldb + c0), b1 = widen_scales8(b + j * ldb + c0 + 8);
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r) {
+            const __m256 pj = _mm256_set1_ps(p0[r * ldp + j]);
+            acc[r][0] = _mm256_fmadd_ps(pj, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(pj, b1, acc[r][1]);
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < m; ++j) {
+          const __m256 b0 = widen_scales8(b + j * ldb + c0);
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r) acc[r][0] = _mm256_fmadd_ps(_mm256_set1_ps(p0[r * ldp + j]), b0, acc[r][0]);
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        _mm256_storeu_ps(o + (i + r) * ldo + c0, acc[r][0]);
+        if (two) _mm256_storeu_ps(o + (i + r) * ldo + c0 + 8, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < 4; ++r) tail(i + r);
+  }
+  for (; i < n; ++i) {
     for (int64_t c0 = 0; c0 < W8; c0 += 64) {
       const int nv = int(std::min<int64_t>(8, (W8 - c0) / 8));
       __m256 acc[8];
@@ -773,11 +852,7 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
       }
       for (int v = 0; v < nv; ++v) _mm256_storeu_ps(o + i * ldo + c0 + 8 * v, acc[v]);
     }
-    for (int64_t c = W8; c < width; ++c) {
-      float t = 0;
-      for (int64_t j = 0; j < m; ++j) t = std::fma(p[i * ldp + j], widen_scale(b + j * ldb + c), t);
-      o[i * ldo + c] = t;
-    }
+    tail(i);
   }
 }
 
