@@ -18,8 +18,10 @@ Each round measures every engine/format once, in an order that rotates by one ea
   * prefill: tokens/s of one call on `--prompt-len` (512) tokens — dsv3 `generate --max-new-tokens 1
     --warmup 1` (`prefill_tokens_per_s`); llama.cpp `llama-bench -p 512 -n 0 -r 1` (its own warm-up
     run first);
-  * decode: tokens/s of `--new-tokens` (64) one-token calls — dsv3 `generate` after a 32-token
-    prompt (`decode_tokens_per_s`); llama.cpp `llama-bench -p 0 -n 64 -r 1` (from an empty context);
+  * decode: tokens/s of `--new-tokens` (64) one-token calls after a context of `--decode-prompt-len`
+    (32) tokens — dsv3 `generate` after a prompt of that length (`decode_tokens_per_s`); llama.cpp
+    `llama-bench -p 0 -n 64 -d 32 -r 1` (its context filled to that depth first, untimed). A long
+    context (`--decode-prompt-len 2048`) measures attention over the cache as well as the weights;
   * peak RSS of the decode process (`/usr/bin/time -v`).
 The figure is the median over rounds. **Effective GB/s** = stored bytes one decoded token reads x
 decode tokens/s, the bytes counted from the files' headers: the embedding's one row (bytes/vocab),
@@ -108,8 +110,10 @@ def dsv3_run(a, model, ids, new_tokens, key):
     return json.loads(out.strip().splitlines()[-1])["timing"][key], rss
 
 
-def llama_run(a, path, prompt, gen):
+def llama_run(a, path, prompt, gen, depth=0):
     cmd = [a.llama_bench, "-m", path, "-t", str(a.threads), "-p", str(prompt), "-n", str(gen), "-r", "1", "-o", "json"]
+    if depth:
+        cmd += ["-d", str(depth)]
     out, rss, _ = run_timed(cmd)
     res = json.loads(out)
     a.llama_build = {k: res[0].get(k) for k in ("build_commit", "build_number", "cpu_info", "backends", "type_k",
@@ -186,7 +190,7 @@ def main():
                 dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s")
             else:
                 pre, _ = llama_run(a, path, a.prompt_len, 0)
-                dec, rss = llama_run(a, path, 0, a.new_tokens)
+                dec, rss = llama_run(a, path, 0, a.new_tokens, a.decode_prompt_len)
             res[f"{eng}:{name}"] = dict(prefill=pre, decode=dec, rss=rss)
             log(f"  round {r + 1}/{a.rounds} {eng:9s} {name:5s} prefill {pre:8.1f}  decode {dec:7.1f} tok/s")
         rounds.append(res)
@@ -208,9 +212,9 @@ def main():
              raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note)
     L = [f"# dsv3 formats beside llama.cpp: {a.tag} ({R['date']})\n",
          f"`{a.preset}` preset (seed {a.seed}), {a.threads} threads, {a.rounds} interleaved rounds, medians. "
-         f"Prefill: one call on {a.prompt_len} tokens. Decode: {a.new_tokens} one-token calls (dsv3 after a "
-         f"{a.decode_prompt_len}-token prompt; llama-bench from an empty context). GB/s: stored bytes one decoded "
-         "token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E). "
+         f"Prefill: one call on {a.prompt_len} tokens. Decode: {a.new_tokens} one-token calls after "
+         f"{a.decode_prompt_len} tokens of context (dsv3: a prompt of that length; llama-bench: `-d "
+         f"{a.decode_prompt_len}`). GB/s: stored bytes one decoded token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E; the latent cache not counted). "
          "`vs bf16`: that GB/s over dsv3 bf16's in the same run. "
          f"CPU: {R['cpu']}."
          + (f" llama.cpp: commit {a.llama_build['build_commit']}, {a.llama_build['backends']} backend, "
