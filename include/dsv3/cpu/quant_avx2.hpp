@@ -737,6 +737,16 @@ DSV3_AVX2 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint
 // Four rows of a at a time (MLA's decode: four heads' queries against the
 // latent cache) take two rows of b at a time instead, each vector of b
 // loaded once for the four: every sum is the same, in the same order.
+// One row of a against one row of b, the first K8 values (a multiple of 8):
+// eight lanes, then the horizontal step.
+template <class B>
+__attribute__((always_inline)) DSV3_AVX2 inline float dot_row8(const float* a, const B* b, int64_t K8) {
+  __m256 acc[1] = {_mm256_setzero_ps()};
+  for (int64_t k = 0; k < K8; k += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), widen_scales8(b + k), acc[0]);
+  float h;
+  hsum_rows<1>(acc, &h);
+  return h;
+}
 template <class B>
 DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b, int64_t ldb,
                                     int64_t m, float* s, int64_t lds) {
@@ -771,14 +781,7 @@ DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int6
       }
     }
     for (; j < m; ++j)
-      for (int r = 0; r < 4; ++r) {
-        __m256 acc[1] = {_mm256_setzero_ps()};
-        for (int64_t k = 0; k < K8; k += 8)
-          acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + r * lda + k), widen_scales8(b + j * ldb + k), acc[0]);
-        float h;
-        hsum_rows<1>(acc, &h);
-        s[(i + r) * lds + j] = h + tail(i + r, j);
-      }
+      for (int r = 0; r < 4; ++r) s[(i + r) * lds + j] = dot_row8(a0 + r * lda, b + j * ldb, K8) + tail(i + r, j);
   }
   for (; i < n; ++i) {
     const float* ai = a + i * lda;
@@ -794,13 +797,7 @@ DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int6
       hsum_rows<4>(acc, h);
       for (int r = 0; r < 4; ++r) s[i * lds + j + r] = h[r] + tail(i, j + r);
     }
-    for (; j < m; ++j) {
-      __m256 acc[1] = {_mm256_setzero_ps()};
-      for (int64_t k = 0; k < K8; k += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(ai + k), widen_scales8(b + j * ldb + k), acc[0]);
-      float h;
-      hsum_rows<1>(acc, &h);
-      s[i * lds + j] = h + tail(i, j);
-    }
+    for (; j < m; ++j) s[i * lds + j] = dot_row8(ai, b + j * ldb, K8) + tail(i, j);
   }
 }
 
