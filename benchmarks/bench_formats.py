@@ -23,7 +23,9 @@ Each round measures every engine/format once, in an order that rotates by one ea
     `llama-bench -p 0 -n 64 -d 32 -r 1` (its context filled to that depth first, untimed). A long
     context (`--decode-prompt-len 2048`) measures attention over the cache as well as the weights;
   * peak RSS of the decode process (`/usr/bin/time -v`).
-The figure is the median over rounds. **Effective GB/s** = stored bytes one decoded token reads x
+The figure is the median over rounds; each ratio (dsv3 / llama.cpp, a format's GB/s over bf16's) is
+also taken round by round and given as its median with the lowest and highest round, which shows how
+far a host's drift between rounds moves it. **Effective GB/s** = stored bytes one decoded token reads x
 decode tokens/s, the bytes counted from the files' headers: the embedding's one row (bytes/vocab),
 every attention, norm, dense-MLP, router, shared-expert and lm_head tensor whole, routed experts at
 k/E of their bytes (k = 6, E = 64), scales, zero points and biases included; the same rule on the
@@ -33,7 +35,8 @@ Needs: the Python standard library; for the conversion, a Python with numpy (`--
 `.venv/golden/bin/python` of `bash scripts/venv.sh golden` if present, else this one) and the
 `--gguf-py` directory. Without `--llama-bench`, only dsv3 runs.
 
-Writes benchmarks/results/formats-TAG-DATE.{md,json}.
+Writes benchmarks/results/formats-TAG-DATE.{md,json}. `--render FILE.json` measures nothing and writes the
+.md beside a saved results JSON again, in the current tables.
 """
 import argparse
 import datetime
@@ -158,7 +161,17 @@ def main():
     ap.add_argument("--llama-build-note", default="",
                     help="how llama.cpp was built (flags, what was turned off and why): written into the results")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    ap.add_argument("--render", metavar="JSON",
+                    help="measure nothing: write the .md beside a results JSON of this script again, in today's tables")
     a = ap.parse_args()
+    if a.render:
+        R = json.load(open(a.render))
+        R.setdefault("tag", os.path.basename(a.render).removeprefix("formats-").rsplit("-", 3)[0])
+        md = render(R)
+        with open(os.path.splitext(a.render)[0] + ".md", "w") as f:
+            f.write(md)
+        print(md)
+        return
     a.formats = [f for f in a.formats.split(",") if f]
     a.llama_types = [t for t in a.llama_types.split(",") if t] if a.llama_bench else []
     if a.llama_bench:
@@ -205,41 +218,67 @@ def main():
                         gb_s=b * dec / 1e9, peak_rss=max(x[key]["rss"] or 0 for x in rounds),
                         decode_rounds=[x[key]["decode"] for x in rounds],
                         prefill_rounds=[x[key]["prefill"] for x in rounds])
-    ref = med.get("dsv3:bf16")
-    R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), preset=a.preset, seed=a.seed,
+    R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), tag=a.tag, preset=a.preset, seed=a.seed,
              threads=a.threads, rounds=a.rounds, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
              decode_prompt_len=a.decode_prompt_len, dsv3=a.dsv3, llama_cpp=getattr(a, "llama_build", None), median=med,
              raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note)
-    L = [f"# dsv3 formats beside llama.cpp: {a.tag} ({R['date']})\n",
-         f"`{a.preset}` preset (seed {a.seed}), {a.threads} threads, {a.rounds} interleaved rounds, medians. "
-         f"Prefill: one call on {a.prompt_len} tokens. Decode: {a.new_tokens} one-token calls after "
-         f"{a.decode_prompt_len} tokens of context (dsv3: a prompt of that length; llama-bench: `-d "
-         f"{a.decode_prompt_len}`). GB/s: stored bytes one decoded token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E; the latent cache not counted). "
+    write_results(a.out_dir, f"formats-{a.tag}", R, render(R))
+
+
+def spread(values):
+    """'median (min–max)' of per-round values."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def render(R):
+    """The results' markdown, from the results dict alone (so that `--render` can redo it for a saved JSON).
+    Besides the medians, each ratio is also taken round by round (both sides measured in the same round,
+    minutes apart at most) and given as its median with the smallest and largest round: on a host whose
+    speed drifts between rounds this is the steadier figure, and the range shows how far one run can be
+    trusted."""
+    med, rounds, lb = R["median"], R["raw"], R.get("llama_cpp")
+    ref = med.get("dsv3:bf16")
+
+    def per_round(k1, k2, field, scale=1.0):
+        return [scale * x[k1][field] / x[k2][field] for x in rounds if x[k2][field]]
+
+    L = [f"# dsv3 formats beside llama.cpp: {R.get('tag', '')} ({R['date']})\n",
+         f"`{R['preset']}` preset (seed {R['seed']}), {R['threads']} threads, {R['rounds']} interleaved rounds, medians. "
+         f"Prefill: one call on {R['prompt_len']} tokens. Decode: {R['new_tokens']} one-token calls after "
+         f"{R['decode_prompt_len']} tokens of context (dsv3: a prompt of that length; llama-bench: `-d "
+         f"{R['decode_prompt_len']}`). GB/s: stored bytes one decoded token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E; the latent cache not counted). "
          "`vs bf16`: that GB/s over dsv3 bf16's in the same run. "
          f"CPU: {R['cpu']}."
-         + (f" llama.cpp: commit {a.llama_build['build_commit']}, {a.llama_build['backends']} backend, "
+         + (f" llama.cpp: commit {lb['build_commit']}, {lb['backends']} backend, "
             "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)."
-            + (f" Build: {a.llama_build_note}" if a.llama_build_note else "") if getattr(a, "llama_build", None)
-            else "") + "\n",
+            + (f" Build: {R['llama_build_note']}" if R.get("llama_build_note") else "") if lb else "") + "\n",
          "| engine | format | file MB | MB read / token | prefill tok/s | decode tok/s | GB/s | vs bf16 | peak RSS MB |",
          "|---|---|---|---|---|---|---|---|---|"]
     for key, m in med.items():
         vs = f"{m['gb_s'] / ref['gb_s']:.2f}" if ref and m["engine"] == "dsv3" else "-"
         L.append(f"| {m['engine']} | {m['format']} | {m['file_bytes'] / 1e6:.0f} | {m['bytes_per_token'] / 1e6:.1f} | "
                  f"{m['prefill']:.1f} | {m['decode']:.1f} | {m['gb_s']:.1f} | {vs} | {m['peak_rss'] / 1e6:.0f} |")
-    if a.llama_types:
-        L += ["", "Same bits, dsv3 / llama.cpp (medians):", "",
-              "| dsv3 | llama.cpp | decode ratio | prefill ratio |", "|---|---|---|---|"]
-        for d, l in PAIRS:
-            if f"dsv3:{d}" in med and f"llama.cpp:{l}" in med:
-                x, y = med[f"dsv3:{d}"], med[f"llama.cpp:{l}"]
-                L.append(f"| {d} | {l} | {x['decode'] / y['decode']:.2f} | {x['prefill'] / y['prefill']:.2f} |")
+    if ref:
+        L += ["", "`vs bf16` round by round (each format's GB/s over dsv3 bf16's in the same round), median (lowest–highest "
+              "round): " + ", ".join(
+                  f"{m['format']} " + spread(per_round(k, "dsv3:bf16", "decode", m["bytes_per_token"] / ref["bytes_per_token"]))
+                  for k, m in med.items() if m["engine"] == "dsv3" and k != "dsv3:bf16")]
+    pairs = [(d, l) for d, l in PAIRS if f"dsv3:{d}" in med and f"llama.cpp:{l}" in med]
+    if pairs:
+        L += ["", "Same bits, dsv3 / llama.cpp: the ratio of the medians, and the ratio round by round (median, lowest–highest):", "",
+              "| dsv3 | llama.cpp | decode ratio | decode, round by round | prefill ratio | prefill, round by round |",
+              "|---|---|---|---|---|---|"]
+        for d, l in pairs:
+            kd, kl = f"dsv3:{d}", f"llama.cpp:{l}"
+            x, y = med[kd], med[kl]
+            L.append(f"| {d} | {l} | {x['decode'] / y['decode']:.2f} | {spread(per_round(kd, kl, 'decode'))} | "
+                     f"{x['prefill'] / y['prefill']:.2f} | {spread(per_round(kd, kl, 'prefill'))} |")
     if ref:
         L += ["", "Prefill of each format over dsv3 bf16's: " +
               ", ".join(f"{m['format']} {m['prefill'] / ref['prefill']:.2f}" for m in med.values() if m["engine"] == "dsv3")]
     L += ["", "Per round (decode tok/s): " + "; ".join(
         f"{k} " + "/".join(f"{v:.0f}" for v in m["decode_rounds"]) for k, m in med.items())]
-    write_results(a.out_dir, f"formats-{a.tag}", R, "\n".join(L) + "\n")
+    return "\n".join(L) + "\n"
 
 
 if __name__ == "__main__":
