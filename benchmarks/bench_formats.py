@@ -167,7 +167,7 @@ def main():
     if a.render:
         R = json.load(open(a.render))
         R.setdefault("tag", os.path.basename(a.render).removeprefix("formats-").rsplit("-", 3)[0])
-        md = render(R)
+        md = render(R).replace(ROOT + os.sep, "")  # (as write_results writes it)
         with open(os.path.splitext(a.render)[0] + ".md", "w") as f:
             f.write(md)
         print(md)
