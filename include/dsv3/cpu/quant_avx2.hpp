@@ -386,7 +386,7 @@ DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q
     q3 = codes<Sub>(_mm256_srli_epi32(b1, 4));
   } else if constexpr (BITS == 8) {
     // 16 bytes in both halves of a vector, a byte to each lane by an in-lane
-    // shuffle: 1.03–1.17× the kernel's speed with four vpmovzxbd from memory
+    // shuffle: 1.01–1.17× the kernel's speed with four vpmovzxbd from memory
     // (one core, Zen 3, K = 192 … 7168), the same lanes
     const __m256i v0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const __m256i v1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
