@@ -739,12 +739,6 @@ DSV3_AVX2 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint
 // few_rows.hpp's products, eight lanes (b F32, or BF16 as stored: B =
 // uint16_t, widened as widen_scales8 / widen_scale widen scales).
 
-// a·bᵀ: four rows of b at a time share each vector of a row of a; the four
-// sums end in one horizontal step; the last K mod 8 one at a time, after
-// (explicit fused multiply-adds: the same bits for b as F32 or as BF16).
-// Four rows of a at a time (MLA's decode: four heads' queries against the
-// latent cache) take two rows of b at a time instead, each vector of b
-// loaded once for the four: every sum is the same, in the same order.
 // One row of a against one row of b, the first K8 values (a multiple of 8):
 // eight lanes, then the horizontal step.
 template <class B>
@@ -755,6 +749,13 @@ __attribute__((always_inline)) DSV3_AVX2 inline float dot_row8(const float* a, c
   hsum_rows<1>(acc, &h);
   return h;
 }
+
+// a·bᵀ: four rows of b at a time share each vector of a row of a; the four
+// sums end in one horizontal step; the last K mod 8 one at a time, after
+// (explicit fused multiply-adds: the same bits for b as F32 or as BF16).
+// Four rows of a at a time (MLA's decode: four heads' queries against the
+// latent cache) take two rows of b at a time instead, each vector of b
+// loaded once for the four: every sum is the same, in the same order.
 template <class B>
 DSV3_AVX2 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b, int64_t ldb,
                                     int64_t m, float* s, int64_t lds) {
