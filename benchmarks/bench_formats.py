@@ -31,6 +31,11 @@ every attention, norm, dense-MLP, router, shared-expert and lm_head tensor whole
 k/E of their bytes (k = 6, E = 64), scales, zero points and biases included; the same rule on the
 GGUF tensors (token_embd / vocab, `*_exps` at k/E).
 
+The header names the OpenBLAS kernels dsv3's prefill GEMMs ran on (`generate --json`'s `timing.blas_core`) and
+whether `OPENBLAS_CORETYPE` in the environment chose them: dsv3 keeps a user's setting, and an environment
+that pins `Haswell` on an AVX-512 machine slows its prefill (Zen 5 EPYC, mid bf16: 1.4x against OpenBLAS's
+own choice there, Cooperlake).
+
 Needs: the Python standard library; for the conversion, a Python with numpy (`--python`, default
 `.venv/golden/bin/python` of `bash scripts/venv.sh golden` if present, else this one) and the
 `--gguf-py` directory. Without `--llama-bench`, only dsv3 runs.
@@ -106,11 +111,14 @@ def make_models(a):
     return dsv3, gguf
 
 
-def dsv3_run(a, model, ids, new_tokens, key):
+def dsv3_run(a, model, ids, new_tokens, key, blas_cores=None):
     cmd = [a.dsv3, "--threads", str(a.threads), "generate", "--model", model, "--ids", ids_arg(ids),
            "--max-new-tokens", str(new_tokens), "--json"] + (["--warmup", "1"] if new_tokens == 1 else [])
     out, rss, _ = run_timed(cmd)
-    return json.loads(out.strip().splitlines()[-1])["timing"][key], rss
+    timing = json.loads(out.strip().splitlines()[-1])["timing"]
+    if blas_cores is not None and timing.get("blas_core"):
+        blas_cores.add(timing["blas_core"])  # the OpenBLAS kernels dsv3's prefill GEMMs ran on
+    return timing[key], rss
 
 
 def llama_run(a, path, prompt, gen, depth=0):
@@ -192,14 +200,14 @@ def main():
         bytes_tok[(eng, name)] = (touched_bytes_per_token(path) if eng == "dsv3" else
                                   gguf_bytes_per_token(a, path, cfg))
     quiet = Quiet(a.max_busy, a.max_wait)
-    rounds = []
+    rounds, blas_cores = [], set()
     for r in range(a.rounds):
         res = {}
         order = entries[r % len(entries):] + entries[:r % len(entries)]
         for eng, name, path in order:
             quiet.wait(f"{eng} {name}")
             if eng == "dsv3":
-                pre, _ = dsv3_run(a, path, pre_ids, 1, "prefill_tokens_per_s")
+                pre, _ = dsv3_run(a, path, pre_ids, 1, "prefill_tokens_per_s", blas_cores)
                 dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s")
             else:
                 pre, _ = llama_run(a, path, a.prompt_len, 0)
@@ -221,7 +229,8 @@ def main():
     R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), tag=a.tag, preset=a.preset, seed=a.seed,
              threads=a.threads, rounds=a.rounds, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
              decode_prompt_len=a.decode_prompt_len, dsv3=a.dsv3, llama_cpp=getattr(a, "llama_build", None), median=med,
-             raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note)
+             raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note,
+             blas_core=", ".join(sorted(blas_cores)), openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
     write_results(a.out_dir, f"formats-{a.tag}", R, render(R))
 
 
@@ -249,6 +258,9 @@ def render(R):
          f"{R['decode_prompt_len']}`). GB/s: stored bytes one decoded token reads x decode tokens/s (scales, zero points, biases included; routed experts at k/E; the latent cache not counted). "
          "`vs bf16`: that GB/s over dsv3 bf16's in the same run. "
          f"CPU: {R['cpu']}."
+         + (f" dsv3's prefill GEMMs: OpenBLAS's {R['blas_core']} kernels"
+            + (f" (OPENBLAS_CORETYPE={R['openblas_coretype_env']} set in the environment)." if R.get("openblas_coretype_env")
+               else " (its own choice for this CPU).") if R.get("blas_core") else "")
          + (f" llama.cpp: commit {lb['build_commit']}, {lb['backends']} backend, "
             "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)."
             + (f" Build: {R['llama_build_note']}" if R.get("llama_build_note") else "") if lb else "") + "\n",

@@ -178,6 +178,8 @@ void run_generate(const GenerateArgs& a) {
                    {"decode_s", t2 - t1}, {"decode_calls", decode_calls},
                    {"decode_tokens_per_s", decode_calls ? double(decode_calls) / (t2 - t1) : 0.0},
                    {"kv_cache_bytes", cache.bytes()}};
+    // which OpenBLAS kernels ran the GEMMs (prefill): benchmark records name it
+    if (openblas_get_corename) j["timing"]["blas_core"] = openblas_get_corename();
     std::cout << j.dump() << std::endl;
   } else if (!tok) {
     for (std::size_t i = 0; i < gen.size(); ++i) std::cout << (i ? "," : "") << gen[i];
