@@ -108,16 +108,23 @@ void every_backend_matches(bool quick) {
 
 namespace {
 // The kinds of CPU kernel for the quantized formats that this CPU can run:
-// AVX-512, AVX2 (its MLX kernel reading codes as subnormals where the CPU
-// allows it, and converting them), and the plain loops, which every CPU runs.
+// AVX-512 (with the AWQ decode kernel this CPU prefers, and with the other:
+// cpu::awq_table_kernel), AVX2 (its MLX kernel reading codes as subnormals
+// where the CPU allows it, and converting them), and the plain loops, which
+// every CPU runs. `awq_only`: the kind differs from the one before only in
+// AWQ's kernel.
 struct KernelKind {
   const char* name;
-  bool avx512, avx2, subnormal;
+  bool avx512, avx2, subnormal, awq_tables = false, awq_only = false;
 };
 std::vector<KernelKind> kernel_kinds() {
   static const bool has512 = cpu::avx512_kernels(), has2 = cpu::avx2_kernels(), sub = cpu::avx2_subnormal_codes();
+  static const bool tables = cpu::awq_tables_preferred();
   std::vector<KernelKind> k;
-  if (has512) k.push_back({"avx512", true, has2, sub});
+  if (has512) {
+    k.push_back({"avx512", true, has2, sub, tables});
+    k.push_back({tables ? "avx512 (AWQ computed)" : "avx512 (AWQ tables)", true, has2, sub, !tables, true});
+  }
   if (has2 && sub) k.push_back({"avx2 (subnormal codes)", false, true, true});
   if (has2) k.push_back({"avx2", false, true, false});
   k.push_back({"plain", false, false, false});
@@ -125,11 +132,14 @@ std::vector<KernelKind> kernel_kinds() {
 }
 // Chooses a kind for its lifetime.
 struct UseKernels {
-  bool a = cpu::avx512_kernels(), b = cpu::avx2_kernels(), c = cpu::avx2_subnormal_codes();
+  bool a = cpu::avx512_kernels(), b = cpu::avx2_kernels(), c = cpu::avx2_subnormal_codes(), d = cpu::awq_tables_preferred();
   explicit UseKernels(const KernelKind& k) {
     cpu::avx512_kernels() = k.avx512, cpu::avx2_kernels() = k.avx2, cpu::avx2_subnormal_codes() = k.subnormal;
+    cpu::awq_tables_preferred() = k.awq_tables;
   }
-  ~UseKernels() { cpu::avx512_kernels() = a, cpu::avx2_kernels() = b, cpu::avx2_subnormal_codes() = c; }
+  ~UseKernels() {
+    cpu::avx512_kernels() = a, cpu::avx2_kernels() = b, cpu::avx2_subnormal_codes() = c, cpu::awq_tables_preferred() = d;
+  }
 };
 std::string kernel_kind_names() {
   std::string s;
@@ -154,6 +164,7 @@ TEST_CASE("the CPU backend's other kernel kinds match the reference op by op (f3
     t.backend = std::string("cpu ") + kinds[i].name + " (f32)";
     BackendCheck<float> s{cpu, {}, t, {}};
     for (const char* fmt : {"awq", "mlx4", "mlx5", "mlx8", "fp8"}) {
+      if (kinds[i].awq_only && std::string(fmt) != "awq") continue;
       Model<float> m(model_dir(fmt));
       s.run(fmt, m, true);
     }

@@ -511,8 +511,21 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
 // starts in set ⌊k·row_bytes/64⌋ mod 64; for whole lines (every published
 // width) that is k·L mod 64, L = row_bytes/64, which repeats every
 // 64/gcd(L, 64) rows, so no loop is needed on each call.
+// Which AVX-512 kernel AWQ decode runs: the tables (awq_groups_lut, whose
+// gathers bring 16 rows of a column word into the lanes), or the kernel that
+// computes each weight, 16 words a vector (avx512::awq_dot_group). The
+// tables were the faster on the Xeon they were written on; on AMD's Zen 5,
+// whose gathers are slow, the other is: mid awq decode 1.24x (2 threads,
+// interleaved rounds), so it runs on AMD CPUs.
+// A program (or test) may set awq_tables_preferred() to run the other one.
+inline bool& awq_tables_preferred() {
+  static bool on = (__builtin_cpu_init(), !__builtin_cpu_is("amd"));
+  return on;
+}
+inline bool awq_table_kernel() { return avx512_kernels() && awq_tables_preferred(); }
+
 inline bool awq_wide(const AwqWeight& a) {
-  if (!avx512_kernels()) return false;
+  if (!awq_table_kernel()) return false;
   const int64_t row_bytes = a.qweight.shape[1] * 4, rows = std::min<int64_t>(a.group_size, 256);
   int64_t sets = 0;
   if (row_bytes % 64 == 0) {
@@ -541,13 +554,14 @@ inline bool awq_wide(const AwqWeight& a) {
 // (the mid model's 1024 × 1024 AWQ matrices ran 35% slower than a group a
 // unit). The wide form (awq_wide) is not limited by L1.
 //
-// The AVX2 kernel (avx2::awq_dot_group) takes one group a call and reads
-// its rows twice (half a line each time), so a unit's size does not bear on
-// L1; it takes four groups, and the partial outputs summed after the round
-// are a quarter as many.
+// The kernels that compute each weight (avx2::awq_dot_group, and
+// avx512::awq_dot_group where awq_table_kernel() is false) take one group a call
+// and read each row's line of a band once, so a unit's size does not bear
+// on L1; they take four groups, and the partial outputs summed after the
+// round are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const int64_t fit = awq_wide(a) || avx2_runs() ? 4 : (32 << 10) / (G * row_bytes);
+  const int64_t fit = awq_wide(a) || !awq_table_kernel() ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
 
@@ -601,8 +615,12 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
     for (int64_t gi = 0; gi < ng; ++gi) awq_group_params(a, k0 / G + gi, w0, nw, params + gi * 256, params + gi * 256 + 128);
     if (wide)
       avx512::awq_groups_lut_wide(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, lut, lanes, acc);
-    else if (avx512_kernels())
+    else if (awq_table_kernel())
       avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
+    else if (avx512_kernels())
+      for (int64_t gi = 0; gi < ng; ++gi)
+        avx512::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,
+                              params + gi * 256, params + gi * 256 + 128, exact, acc);
     else if (avx2_kernels())
       for (int64_t gi = 0; gi < ng; ++gi)
         avx2::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,

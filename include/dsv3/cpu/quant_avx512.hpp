@@ -294,6 +294,73 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
   }
 }
 
+// The low nibble of 16 AWQ words as weights, f16((q − z)·s): q by vpermps
+// from iota = 0, 1, …, 15 (vpermps reads a lane's low 4 bits), then
+// fma(q, s, −z·s) when `exact` (mzs = −z·s), else (q − z)·s (mzs = z),
+// rounded to f16 and back (quant_avx2.hpp's awq_weights, 16 lanes).
+DSV3_AVX512 inline __m512 awq_weights16(__m512i q, __m512 iota, __m512 s, __m512 mzs, bool exact) {
+  const __m512 qf = _mm512_permutexvar_ps(q, iota);
+  const __m512 v = exact ? _mm512_fmadd_ps(qf, s, mzs) : _mm512_mul_ps(_mm512_sub_ps(qf, mzs), s);
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+// A band's rows lie far apart, one 64-byte line each: row k + 32 of the
+// band (8 as avx2::awq_prefetch asks: 1.04–1.11x slower on a Zen 5 core),
+// and the next band's line of row k.
+DSV3_AVX512 inline void awq_prefetch16(const uint32_t* row, int64_t words) {
+  _mm_prefetch(reinterpret_cast<const char*>(row + 32 * words), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + 16), _MM_HINT_T0);
+}
+
+// AWQ along the input, as quant_avx2.hpp's awq_dot_group but the band's
+// nw ≤ 16 words in one vector: input rows [k0, k1) of one group, acc (per x
+// row, [8][16] in nibble order) += x·f16((q − z)·s). Each weight is
+// computed, as there: q by vpermps from 0, 1, …, 15 (which reads a lane's
+// low 4 bits), (q − z)·s as fma(q, s, −z·s) when `exact` (else (q − z)·s),
+// rounded to f16 and back. Each lane's sums run over k in the same order as
+// the AVX2 kernel's, so the two give the same bits. It runs where the table
+// kernel's gathers are slow (quant.hpp's awq_table_kernel).
+DSV3_AVX512 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1,
+                                      const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
+                                      bool exact, float* acc) {
+  const __mmask16 live = first_lanes(nw);
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 s[8], mzs[8];  // the band's scales and −z·s (or z) per nibble
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    s[j] = _mm512_loadu_ps(sq + 16 * j);
+    const __m512 z = _mm512_loadu_ps(zq + 16 * j);
+    mzs[j] = exact ? _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), s[j]) : z;
+  }
+  if (n == 1) {  // the sums in registers across the group's rows
+    __m512 a[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(acc + 16 * j);
+    for (int64_t k = k0; k < k1; ++k) {
+      const uint32_t* row = qw + k * words;
+      awq_prefetch16(row, words);
+      __m512i q = _mm512_maskz_loadu_epi32(live, row);
+      const __m512 xv = _mm512_set1_ps(x[k]);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j, q = _mm512_srli_epi32(q, 4)) a[j] = _mm512_fmadd_ps(xv, awq_weights16(q, iota, s[j], mzs[j], exact), a[j]);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) _mm512_storeu_ps(acc + 16 * j, a[j]);
+    return;
+  }
+  for (int64_t k = k0; k < k1; ++k) {  // each weight computed once for the n rows of x
+    const uint32_t* row = qw + k * words;
+    awq_prefetch16(row, words);
+    __m512i q = _mm512_maskz_loadu_epi32(live, row);
+    for (int j = 0; j < 8; ++j, q = _mm512_srli_epi32(q, 4)) {
+      const __m512 v = awq_weights16(q, iota, s[j], mzs[j], exact);
+      for (int64_t i = 0; i < n; ++i) {
+        float* a = acc + i * 128 + 16 * j;
+        _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(x[i * ldx + k]), v, _mm512_loadu_ps(a)));
+      }
+    }
+  }
+}
+
 // awq_groups_lut for rows that crowd L1's sets (quant.hpp's awq_wide):
 // the same sums, the rows taken 32 at a time across every word of the band,
 // each word's 8 vectors of lanes kept in `lanes` ([i][l][j][16]) between
@@ -386,20 +453,24 @@ DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, 
 // awq_groups_lut reads (nibble order): zq[16·j + l] = nibble j of zero-point
 // word l, sq[16·j + l] = the scale of column 8·l + order[j]; lanes l ≥ nw
 // are 0. zw: the band's zero-point words; s16: the band's first column's
-// scale (F16, any alignment).
+// scale (F16, any alignment). Each nibble's 16 scales are picked from the
+// band's 128 with two vpermt2w (no gather: slow on AMD).
 DSV3_AVX512 inline void awq_band_params(const uint32_t* zw, int64_t nw, const uint8_t* s16, const int* order,
                                         float* zq, float* sq) {
-  const __mmask16 m = first_lanes(nw);
-  const __m512i z = _mm512_maskz_loadu_epi32(m, zw);
-  alignas(64) float s[128];
-  for (int c = 0; c < 8; ++c) {  // the band's 8·nw scales, 16 at a time
-    _mm512_store_ps(s + 16 * c, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(8 * nw - 16 * c), s16 + 32 * c)));
-  }
-  const __m512i col = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
+  const __m512i z = _mm512_maskz_loadu_epi32(first_lanes(nw), zw);
+  // the band's 8·nw F16 scales in two pairs of vectors (0 past them): words 0–7, 8–15
+  auto live = [](int64_t n) { return n >= 32 ? __mmask32(0xFFFFFFFFu) : n > 0 ? __mmask32((1u << n) - 1u) : __mmask32(0); };
+  const __m512i r0 = _mm512_maskz_loadu_epi16(live(8 * nw), s16), r1 = _mm512_maskz_loadu_epi16(live(8 * nw - 32), s16 + 64);
+  const __m512i r2 = _mm512_maskz_loadu_epi16(live(8 * nw - 64), s16 + 128), r3 = _mm512_maskz_loadu_epi16(live(8 * nw - 96), s16 + 192);
+  // lane l of 16 (and again l + 16): scale 8·(l mod 8) + column of its pair
+  const __m512i stride8 = _mm512_set_epi16(56, 48, 40, 32, 24, 16, 8, 0, 56, 48, 40, 32, 24, 16, 8, 0,
+                                           56, 48, 40, 32, 24, 16, 8, 0, 56, 48, 40, 32, 24, 16, 8, 0);
   for (int j = 0; j < 8; ++j) {
     const __m512i q = _mm512_and_si512(_mm512_srl_epi32(z, _mm_cvtsi32_si128(4 * j)), _mm512_set1_epi32(15));
     _mm512_storeu_ps(zq + 16 * j, _mm512_cvtepi32_ps(q));
-    _mm512_storeu_ps(sq + 16 * j, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_add_epi32(col, _mm512_set1_epi32(order[j])), s, 4));
+    const __m512i idx = _mm512_add_epi16(stride8, _mm512_set1_epi16(short(order[j])));
+    const __m512i lo = _mm512_permutex2var_epi16(r0, idx, r1), hi = _mm512_permutex2var_epi16(r2, idx, r3);  // words 0–7 | 8–15
+    _mm512_storeu_ps(sq + 16 * j, _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_mask_blend_epi16(0xFF00, lo, hi))));
   }
 }
 
@@ -596,6 +667,8 @@ inline void awq_groups_lut(const float*, int64_t, int64_t, int64_t, int64_t, int
 inline void awq_groups_lut_wide(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
                                 int64_t, const float*, float*, float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
+inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                          const float*, const float*, bool, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 inline int64_t awq_rows_lut(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
                             const float*, const float*, float*, float*, int64_t) { return c0; }
