@@ -176,7 +176,10 @@ DSV3_AVX512 inline void half_dot_row(const float* x, int64_t n, int64_t K, const
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-      if (i == 0) _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
+      if (i == 0) {  // both lines of the step's 128 bytes, 4 KB ahead
+        _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + k) + 4096 + 64, _MM_HINT_T0);
+      }
       a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k), half16<F16>(w + k), a0);
       a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 16), half16<F16>(w + k + 16), a1);
       a2 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + k + 32), half16<F16>(w + k + 32), a2);
