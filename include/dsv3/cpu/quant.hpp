@@ -370,8 +370,8 @@ inline const uint32_t* mlx_row_words(const MlxWeight& m, int64_t r) {
   return reinterpret_cast<const uint32_t*>(m.weight.data) + (base + r) * m.packed();
 }
 
-// The vector MLX kernels for `bits` and R rows a call (AVX-512: 8, 4 or 1;
-// AVX2: 4 or 1), scales of type S; AVX2's also takes x's scale exponent.
+// The vector MLX kernels for `bits` and R rows a call (4, or 1), scales of
+// type S: AVX-512, and AVX2 (which also takes x's scale exponent).
 template <class S>
 inline auto mlx_rows_kernel_avx2(int64_t bits, int R) {
   if (R == 4)
@@ -380,8 +380,6 @@ inline auto mlx_rows_kernel_avx2(int64_t bits, int R) {
 }
 template <class S>
 inline auto mlx_rows_kernel(int64_t bits, int R) {
-  if (R == 8)
-    return bits == 4 ? avx512::mlx_dot_rows<4, 8, S> : bits == 5 ? avx512::mlx_dot_rows<5, 8, S> : avx512::mlx_dot_rows<8, 8, S>;
   if (R == 4)
     return bits == 4 ? avx512::mlx_dot_rows<4, 4, S> : bits == 5 ? avx512::mlx_dot_rows<5, 4, S> : avx512::mlx_dot_rows<8, 4, S>;
   return bits == 4 ? avx512::mlx_dot_rows<4, 1, S> : bits == 5 ? avx512::mlx_dot_rows<5, 1, S> : avx512::mlx_dot_rows<8, 1, S>;
@@ -460,16 +458,16 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     return;
   }
   if (const MlxWeight* m = W.mlx()) {
-    if (const MlxKernel kern = mlx_kernel(*m); kern != MlxKernel::plain) {  // 8 (AVX-512) or 4 rows a call, then 4 and 1 at a time; x permuted for 4-bit
+    if (const MlxKernel kern = mlx_kernel(*m); kern != MlxKernel::plain) {  // 4 rows a call (and 1 at a time for the rest); x permuted for 4-bit
       const int64_t ng = K / m->group_size, base = m->expert >= 0 ? m->expert * m->out() : 0;
       const std::size_t ses = dtype_size(m->scales.dtype);
-      const bool bf16 = m->scales.dtype == DType::BF16;  // read as stored; others widened a call at a time
-      scratch.resize(std::size_t(16 * ng));
-      float *sf = scratch.data(), *bf = sf + 8 * ng;
+      const bool bf16 = m->scales.dtype == DType::BF16;  // read as stored; others widened per 4 rows
+      scratch.resize(std::size_t(8 * ng));
+      float *sf = scratch.data(), *bf = sf + 4 * ng;
       const float* xin = m->bits == 4 || in.xexp != 0 ? in.xp.data() : x;
       const bool daz = kern == MlxKernel::avx2 && avx2::denormals_are_zero();  // (read once: see there)
       for (int64_t o = r0; o < r1;) {
-        const int R = kern == MlxKernel::avx512 && r1 - o >= 8 ? 8 : r1 - o >= 4 ? 4 : 1;
+        const int R = r1 - o >= 4 ? 4 : 1;
         const uint8_t* sp = m->scales.data + std::size_t((base + o) * ng) * ses;
         const uint8_t* bp = m->biases.data + std::size_t((base + o) * ng) * ses;
         const uint32_t* wr = mlx_row_words(*m, o);

@@ -564,7 +564,7 @@ DSV3_AVX512 inline __m512 widen_scales16(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
-// R consecutive rows (R = 1, 4 or 8) of an MLX matrix against n rows of x (x in its
+// R consecutive rows (R ≤ 4) of an MLX matrix against n rows of x (x in its
 // own order; 4-bit: as mlx4_permute orders it): out[i·ldy + r] =
 // Σ_g s_rg·Σ_{k in g} x_k·q_rk + Σ_g b_rg·xs[i·ng + g] (quant.hpp's
 // mlx_dot_row_t computes the same with x permuted). w: row 0's words, `pk`
@@ -574,11 +574,7 @@ DSV3_AVX512 inline __m512 widen_scales16(const uint16_t* p, __mmask16 m) {
 // and one horizontal sum. Rows share each load of x; each row's sums run in
 // the same order whatever R is, so its result does not depend on how rows
 // are grouped. Scales are widened 16 groups at a time into `sc`, so that a
-// group's scale is one broadcast load. Eight rows a call (the 32 vector
-// registers hold their 16 sums) rather than four: the call's setup and
-// horizontal sums count for half as much a row; one-thread CPU time of mid
-// decode on a Zen 5 core 1.05× (4-bit), 1.13× (5-bit), 1.08× (8-bit) less,
-// logits identical.
+// group's scale is one broadcast load.
 template <int BITS, int R, class S>
 DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
                                      const uint32_t* w, int64_t pk, const S* sf, const S* bf, float* out,
@@ -592,19 +588,19 @@ DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n,
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * K;
     __m512 acc[R];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
       if (g % 16 == 0) {
         for (int r = 0; r < R; ++r) _mm512_store_ps(sc[r], widen_scales16(sf + r * ng + g, first_lanes(ng - g)));
       }
       __m512 t[R];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) t[r] = _mm512_setzero_ps();
       for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
         const __m512 x0 = _mm512_loadu_ps(xi + k), x1 = _mm512_loadu_ps(xi + k + 16);
         const __m512 x2 = _mm512_loadu_ps(xi + k + 32), x3 = _mm512_loadu_ps(xi + k + 48);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
           const uint8_t* pr = p + r * row_bytes + k / 8 * BITS;
           _mm_prefetch(reinterpret_cast<const char*>(pr) + R * row_bytes + 1024, _MM_HINT_T0);  // the next rows
@@ -623,22 +619,17 @@ DSV3_AVX512 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n,
           t[r] = _mm512_fmadd_ps(x3, q3, t[r]);
         }
       }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][g % 16]), t[r], acc[r]);
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {  // + Σ_g b_rg·xs_g, 16 groups a step
       for (int64_t g = 0; g < ng; g += 16) {
         const __mmask16 m = first_lanes(ng - g);
         acc[r] = _mm512_fmadd_ps(widen_scales16(bf + r * ng + g, m), _mm512_maskz_loadu_ps(m, xs + i * ng + g), acc[r]);
       }
     }
-    if constexpr (R > 4) {
-      hsum_rows<4>(acc, out + i * ldy);
-      hsum_rows<R - 4>(acc + 4, out + i * ldy + 4);
-    } else {
-      hsum_rows<R>(acc, out + i * ldy);
-    }
+    hsum_rows<R>(acc, out + i * ldy);
   }
 }
 
