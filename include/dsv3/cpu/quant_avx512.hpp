@@ -306,11 +306,13 @@ DSV3_AVX512 inline __m512 awq_weights16(__m512i q, __m512 iota, __m512 s, __m512
   const __m512 v = exact ? _mm512_fmadd_ps(qf, s, mzs) : _mm512_mul_ps(_mm512_sub_ps(qf, mzs), s);
   return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-// A band's rows lie far apart, one 64-byte line each: row k + 32 of the
-// band (8 as avx2::awq_prefetch asks: 1.04–1.11x slower on a Zen 5 core),
-// and the next band's line of row k.
+// A band's rows lie far apart, one 64-byte line each: row k + 64 of the
+// band, and the next band's line of row k. (On a Zen 5 EPYC, mid awq
+// decode: k + 8, as avx2::awq_prefetch asks, 1.04–1.11× slower than k + 32;
+// k + 32 1.03× (one thread, CPU time) and 1.06× (2 threads) slower than
+// k + 64.)
 DSV3_AVX512 inline void awq_prefetch16(const uint32_t* row, int64_t words) {
-  _mm_prefetch(reinterpret_cast<const char*>(row + 32 * words), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + 64 * words), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(row + 16), _MM_HINT_T0);
 }
 
