@@ -503,6 +503,23 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
   fail("fused_rows: '", W.name(), "' has no fused kernel");
 }
 
+// Which AVX-512 kernel AWQ decode runs: the tables (awq_groups_lut, whose
+// gathers bring 16 rows of a column word into the lanes), or the kernel that
+// computes each weight, 16 words a vector (avx512::awq_dot_group). The
+// tables were the faster on the Xeon they were written on; on AMD's Zen 5,
+// whose gathers are slow, the other is (mid awq decode 1.24×, the kernel
+// alone; docs/formats.md §5), so it runs on AMD CPUs. A program (or test)
+// may set awq_tables_preferred() to run the other one.
+inline bool& awq_tables_preferred() {
+#ifdef DSV3_HAVE_AVX512_KERNELS
+  static bool on = (__builtin_cpu_init(), !__builtin_cpu_is("amd"));
+#else
+  static bool on = true;  // (no AVX-512 kernels: never read)
+#endif
+  return on;
+}
+inline bool awq_table_kernel() { return avx512_kernels() && awq_tables_preferred(); }
+
 // Whether a group's rows crowd into few of L1's 64 sets (of 64-byte lines):
 // more than 8 rows a set, where L1 has 12 ways. Rows spaced a multiple of
 // 1 KB apart do (DeepSeek-V3's AWQ widths: 2048, 7168, 24576 columns); the
@@ -511,19 +528,6 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
 // starts in set ⌊k·row_bytes/64⌋ mod 64; for whole lines (every published
 // width) that is k·L mod 64, L = row_bytes/64, which repeats every
 // 64/gcd(L, 64) rows, so no loop is needed on each call.
-// Which AVX-512 kernel AWQ decode runs: the tables (awq_groups_lut, whose
-// gathers bring 16 rows of a column word into the lanes), or the kernel that
-// computes each weight, 16 words a vector (avx512::awq_dot_group). The
-// tables were the faster on the Xeon they were written on; on AMD's Zen 5,
-// whose gathers are slow, the other is: mid awq decode 1.24x (2 threads,
-// interleaved rounds), so it runs on AMD CPUs.
-// A program (or test) may set awq_tables_preferred() to run the other one.
-inline bool& awq_tables_preferred() {
-  static bool on = (__builtin_cpu_init(), !__builtin_cpu_is("amd"));
-  return on;
-}
-inline bool awq_table_kernel() { return avx512_kernels() && awq_tables_preferred(); }
-
 inline bool awq_wide(const AwqWeight& a) {
   if (!awq_table_kernel()) return false;
   const int64_t row_bytes = a.qweight.shape[1] * 4, rows = std::min<int64_t>(a.group_size, 256);
