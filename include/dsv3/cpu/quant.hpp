@@ -565,7 +565,8 @@ inline bool awq_wide(const AwqWeight& a) {
 // round are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const int64_t fit = awq_wide(a) || !awq_table_kernel() ? 4 : (32 << 10) / (G * row_bytes);
+  const bool computes = avx2_runs() || (avx512_kernels() && !awq_tables_preferred());  // a *::awq_dot_group runs
+  const int64_t fit = awq_wide(a) || computes ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
 
