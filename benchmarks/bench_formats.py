@@ -35,6 +35,8 @@ The header names the OpenBLAS kernels dsv3's prefill GEMMs ran on (`generate --j
 whether `OPENBLAS_CORETYPE` in the environment chose them: dsv3 keeps a user's setting, and an environment
 that pins `Haswell` on an AVX-512 machine slows its prefill (Zen 5 EPYC, mid bf16: 1.4x against OpenBLAS's
 own choice there, Cooperlake).
+It also names dsv3's decode kernels (`timing.decode_kernels`): `avx512`, `avx2`, `plain`, or `avx2 (avx512
+not preferred)` on a CPU that has AVX-512 but runs it as two 256-bit halves (AMD Zen 4: cpu::avx512_preferred).
 
 Needs: the Python standard library; for the conversion, a Python with numpy (`--python`, default
 `.venv/golden/bin/python` of `bash scripts/venv.sh golden` if present, else this one) and the
@@ -111,13 +113,15 @@ def make_models(a):
     return dsv3, gguf
 
 
-def dsv3_run(a, model, ids, new_tokens, key, blas_cores=None):
+def dsv3_run(a, model, ids, new_tokens, key, blas_cores=None, kernels=None):
     cmd = [a.dsv3, "--threads", str(a.threads), "generate", "--model", model, "--ids", ids_arg(ids),
            "--max-new-tokens", str(new_tokens), "--json"] + (["--warmup", "1"] if new_tokens == 1 else [])
     out, rss, _ = run_timed(cmd)
     timing = json.loads(out.strip().splitlines()[-1])["timing"]
     if blas_cores is not None and timing.get("blas_core"):
         blas_cores.add(timing["blas_core"])  # the OpenBLAS kernels dsv3's prefill GEMMs ran on
+    if kernels is not None and timing.get("decode_kernels"):
+        kernels.add(timing["decode_kernels"])  # dsv3's decode kernels (AVX-512 / AVX2 / plain)
     return timing[key], rss
 
 
@@ -200,7 +204,7 @@ def main():
         bytes_tok[(eng, name)] = (touched_bytes_per_token(path) if eng == "dsv3" else
                                   gguf_bytes_per_token(a, path, cfg))
     quiet = Quiet(a.max_busy, a.max_wait)
-    rounds, blas_cores = [], set()
+    rounds, blas_cores, kernels = [], set(), set()
     for r in range(a.rounds):
         res = {}
         order = entries[r % len(entries):] + entries[:r % len(entries)]
@@ -208,7 +212,7 @@ def main():
             quiet.wait(f"{eng} {name}")
             if eng == "dsv3":
                 pre, _ = dsv3_run(a, path, pre_ids, 1, "prefill_tokens_per_s", blas_cores)
-                dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s")
+                dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s", kernels=kernels)
             else:
                 pre, _ = llama_run(a, path, a.prompt_len, 0)
                 dec, rss = llama_run(a, path, 0, a.new_tokens, a.decode_prompt_len)
@@ -230,7 +234,8 @@ def main():
              threads=a.threads, rounds=a.rounds, prompt_len=a.prompt_len, new_tokens=a.new_tokens,
              decode_prompt_len=a.decode_prompt_len, dsv3=a.dsv3, llama_cpp=getattr(a, "llama_build", None), median=med,
              raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note,
-             blas_core=", ".join(sorted(blas_cores)), openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"))
+             blas_core=", ".join(sorted(blas_cores)), openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"),
+             decode_kernels=", ".join(sorted(kernels)))
     write_results(a.out_dir, f"formats-{a.tag}", R, render(R))
 
 
@@ -261,6 +266,7 @@ def render(R):
          + (f" dsv3's prefill GEMMs: OpenBLAS's {R['blas_core']} kernels"
             + (f" (OPENBLAS_CORETYPE={R['openblas_coretype_env']} set in the environment)." if R.get("openblas_coretype_env")
                else " (its own choice for this CPU).") if R.get("blas_core") else "")
+         + (f" dsv3's decode kernels: {R['decode_kernels']}." if R.get("decode_kernels") else "")
          + (f" llama.cpp: commit {lb['build_commit']}, {lb['backends']} backend, "
             "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)."
             + (f" Build: {R['llama_build_note']}" if R.get("llama_build_note") else "") if lb else "") + "\n",

@@ -180,6 +180,10 @@ void run_generate(const GenerateArgs& a) {
                    {"kv_cache_bytes", cache.bytes()}};
     // which OpenBLAS kernels ran the GEMMs (prefill): benchmark records name it
     if (openblas_get_corename) j["timing"]["blas_core"] = openblas_get_corename();
+    // which kernels streamed the weights through decode (cpu::avx512_preferred: not AVX-512 on Zen 4)
+    j["timing"]["decode_kernels"] = dsv3::cpu::avx512_runs()  ? "avx512"
+                                    : dsv3::cpu::avx2_streams() ? (dsv3::cpu::avx512_kernels() ? "avx2 (avx512 not preferred)" : "avx2")
+                                                                : "plain";
     std::cout << j.dump() << std::endl;
   } else if (!tok) {
     for (std::size_t i = 0; i < gen.size(); ++i) std::cout << (i ? "," : "") << gen[i];

@@ -109,36 +109,42 @@ void every_backend_matches(bool quick) {
 namespace {
 // The kinds of CPU kernel for the quantized formats that this CPU can run:
 // AVX-512 (with the AWQ decode kernel this CPU prefers, and with the other:
-// cpu::awq_table_kernel), AVX2 (its MLX kernel reading codes as subnormals
-// where the CPU allows it, and converting them), and the plain loops, which
-// every CPU runs. `awq_only`: the kind differs from the one before only in
-// AWQ's kernel.
+// cpu::awq_table_kernel), AVX-512 beside the AVX2 kernels that stream the
+// weights (what Zen 4 runs: cpu::avx512_preferred), AVX2 (its MLX kernel
+// reading codes as subnormals where the CPU allows it, and converting them),
+// and the plain loops, which every CPU runs. `awq_only`: the kind differs from
+// the one before only in AWQ's kernel. `own`: the kind this CPU runs unless
+// told otherwise (the suite above).
 struct KernelKind {
   const char* name;
-  bool avx512, avx2, subnormal, awq_tables = false, awq_only = false;
+  bool avx512, avx2, subnormal, awq_tables = false, awq_only = false, preferred = true, own = false;
 };
 std::vector<KernelKind> kernel_kinds() {
   static const bool has512 = cpu::avx512_kernels(), has2 = cpu::avx2_kernels(), sub = cpu::avx2_subnormal_codes();
-  static const bool tables = cpu::awq_tables_preferred();
+  static const bool tables = cpu::awq_tables_preferred(), pref = cpu::avx512_preferred();
   std::vector<KernelKind> k;
   if (has512) {
-    k.push_back({"avx512", true, has2, sub, tables});
+    k.push_back({"avx512", true, has2, sub, tables, false, true, pref});
     k.push_back({tables ? "avx512 (AWQ computed)" : "avx512 (AWQ tables)", true, has2, sub, !tables, true});
+    if (has2) k.push_back({"avx512 with AVX2 streams", true, true, sub, tables, false, false, !pref});
   }
-  if (has2 && sub) k.push_back({"avx2 (subnormal codes)", false, true, true});
-  if (has2) k.push_back({"avx2", false, true, false});
-  k.push_back({"plain", false, false, false});
+  if (has2 && sub) k.push_back({"avx2 (subnormal codes)", false, true, true, false, false, true, !has512});
+  if (has2) k.push_back({"avx2", false, true, false, false, false, true, !has512 && !sub});
+  k.push_back({"plain", false, false, false, false, false, true, !has512 && !has2});
   return k;
 }
 // Chooses a kind for its lifetime.
 struct UseKernels {
   bool a = cpu::avx512_kernels(), b = cpu::avx2_kernels(), c = cpu::avx2_subnormal_codes(), d = cpu::awq_tables_preferred();
+  bool e = cpu::avx512_preferred();
   explicit UseKernels(const KernelKind& k) {
     cpu::avx512_kernels() = k.avx512, cpu::avx2_kernels() = k.avx2, cpu::avx2_subnormal_codes() = k.subnormal;
     cpu::awq_tables_preferred() = k.awq_tables;
+    cpu::avx512_preferred() = k.preferred;
   }
   ~UseKernels() {
     cpu::avx512_kernels() = a, cpu::avx2_kernels() = b, cpu::avx2_subnormal_codes() = c, cpu::awq_tables_preferred() = d;
+    cpu::avx512_preferred() = e;
   }
 };
 std::string kernel_kind_names() {
@@ -152,18 +158,19 @@ TEST_SUITE("backend_ops") {
 TEST_CASE("every backend matches the reference op by op (f32)") { every_backend_matches<float>(false); }
 TEST_CASE("every backend matches the reference op by op (f64)") { every_backend_matches<double>(true); }
 
-// The formats whose decode has vector kernels beyond the linears (AWQ's and
-// MLX's per-head products in MLA), with every other kind of kernel this CPU
-// has (the suite above runs the CPU's own choice).
+// Every format with every other kind of kernel this CPU has (the suite
+// above runs the CPU's own choice): the linears, and AWQ's and MLX's
+// per-head products in MLA.
 TEST_CASE("the CPU backend's other kernel kinds match the reference op by op (f32, quick)") {
   const std::vector<KernelKind> kinds = kernel_kinds();
-  for (std::size_t i = 1; i < kinds.size(); ++i) {
+  for (std::size_t i = 0; i < kinds.size(); ++i) {
+    if (kinds[i].own) continue;
     UseKernels use(kinds[i]);
     CpuBackend<float> cpu;
     Tally t;
     t.backend = std::string("cpu ") + kinds[i].name + " (f32)";
     BackendCheck<float> s{cpu, {}, t, {}};
-    for (const char* fmt : {"awq", "mlx4", "mlx5", "mlx8", "fp8"}) {
+    for (const char* fmt : {"awq", "mlx4", "mlx5", "mlx8", "fp8", "bf16", "f32"}) {
       if (kinds[i].awq_only && std::string(fmt) != "awq") continue;
       Model<float> m(model_dir(fmt));
       s.run(fmt, m, true);
@@ -324,7 +331,7 @@ struct SyntheticLinears {
   }
   // (odd: at an odd address, which the one-pass F16 / BF16 kernels leave to the general path)
   void half(DType dt, int64_t out, int64_t in, int odd = 0) {
-    const std::string n = std::string(dt == DType::F16 ? "f16." : "bf16.") + std::to_string(out) + "x" + std::to_string(in) +
+    const std::string n = std::string(dt == DType::F16 ? "f16." : dt == DType::F32 ? "f32." : "bf16.") + std::to_string(out) + "x" + std::to_string(in) +
                           (odd ? ".odd" : "");
     Linear l;
     l.weight = scales(n, dt, {out, in}, 1e-3, 1.0, true, odd).view;
@@ -353,6 +360,8 @@ struct SyntheticLinears {
     half(DType::BF16, 70, 100);  // 64 + 32 + 4: every loop of the BF16 kernel
     half(DType::BF16, 9, 30);    // shorter than one run of 32
     half(DType::BF16, 9, 30, 1);
+    half(DType::F32, 70, 100);   // the dense rows too (Zen 4 runs them one at a time in AVX2: avx512_preferred)
+    half(DType::F32, 9, 30, 1);
   }
 };
 }  // namespace

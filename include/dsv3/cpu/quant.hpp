@@ -268,15 +268,22 @@ struct FusedInput {
   int xexp = 0;  // the AVX2 MLX / FP8 kernels' xp is x·2^xexp (their subnormal-code routes; 0: x as it is)
 };
 
-// Whether the AVX2 kernels run: the CPU has them and not the AVX-512 ones.
+// Whether the CPU has the AVX2 kernels and not the AVX-512 ones.
 inline bool avx2_runs() { return !avx512_kernels() && avx2_kernels(); }
+
+// Which kernels stream the weights in decode (the stored formats, the dense
+// rows): the AVX-512 ones where the CPU has them and avx512_preferred() (not
+// on Zen 4), else the AVX2 ones where it has those (avx2_streams(): CPUs
+// without AVX-512, and Zen 4), else the plain loops.
+inline bool avx512_runs() { return avx512_kernels() && avx512_preferred(); }
+inline bool avx2_streams() { return !avx512_runs() && avx2_kernels(); }
 
 // Which MLX kernel runs: the AVX-512 one (groups of 64 and more), the AVX2
 // one (groups of 32 and more; every MLX group size), or the plain loops.
 // Each reads x in its own order.
 enum class MlxKernel { plain, avx2, avx512 };
 inline MlxKernel mlx_kernel(const MlxWeight& m) {
-  if (avx512_kernels() && m.group_size % 64 == 0) return MlxKernel::avx512;
+  if (avx512_runs() && m.group_size % 64 == 0) return MlxKernel::avx512;
   if (avx2_kernels() && m.group_size % 32 == 0) return MlxKernel::avx2;
   return MlxKernel::plain;
 }
@@ -325,7 +332,7 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
 }
 
 inline void fused_prepare(const Linear& W, const float* x, int64_t n, FusedInput& in) {
-  if (W.fp8() && avx2_runs()) {  // x scaled for the AVX2 kernel's subnormal-code route, where it runs
+  if (W.fp8() && avx2_streams()) {  // x scaled for the AVX2 kernel's subnormal-code route, where it runs
     const int64_t K = W.in();
     in.xexp = subnormal_route_exponent(x, n * K);
     in.xp.resize(in.xexp != 0 ? std::size_t(n * K) : 0);
@@ -396,15 +403,15 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     // AVX2: groups of four rows known to hold no NaN code skip the kernel's
     // check; the first call on a group checks and records what it found
     std::atomic<uint8_t>* memo =
-        avx2_runs() && f->nan_memo ? f->nan_memo->flags(W.weight.data, (W.out() + 3) / 4) : nullptr;
-    const bool daz = avx2_runs() && avx2::denormals_are_zero();  // (read once: see there)
+        avx2_streams() && f->nan_memo ? f->nan_memo->flags(W.weight.data, (W.out() + 3) / 4) : nullptr;
+    const bool daz = avx2_streams() && avx2::denormals_are_zero();  // (read once: see there)
     int64_t cur = -1;
     for (int64_t o = r0; o < r1;) {
       if (o / br != cur) {
         cur = o / br;
         for (int64_t cb = 0; cb < sc; ++cb) scratch[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
       }
-      if (avx2_runs()) {  // 4 rows a call where they share a block row (their scales), else 1
+      if (avx2_streams()) {  // 4 rows a call where they share a block row (their scales), else 1
         const float* xin = in.xexp != 0 ? in.xp.data() : x;
         auto dot = [&](auto kernel) {  // rows o.. of W; true: a NaN code among them (checking kernels)
           return kernel(xin, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, in.xexp, daz, y + o, ldy,
@@ -427,7 +434,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         }
         continue;
       }
-      if (avx512_kernels())
+      if (avx512_runs())
         avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
                             fp8_e4m3_to_f32_bits);
       else
@@ -440,7 +447,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     const auto* w = reinterpret_cast<const uint16_t*>(W.weight.data);
     scratch.resize(std::size_t(K));
     for (int64_t o = r0; o < r1; ++o) {
-      if (avx512_kernels()) {
+      if (avx512_runs()) {
         avx512::half_dot_row<true>(x, n, K, w + o * K, y + o, ldy);
         continue;
       }
@@ -518,7 +525,7 @@ inline bool& awq_tables_preferred() {
 #endif
   return on;
 }
-inline bool awq_table_kernel() { return avx512_kernels() && awq_tables_preferred(); }
+inline bool awq_table_kernel() { return avx512_runs() && awq_tables_preferred(); }
 
 // Whether a group's rows crowd into few of L1's 64 sets (of 64-byte lines):
 // more than 8 rows a set, where L1 has 12 ways. Rows spaced a multiple of
@@ -565,7 +572,7 @@ inline bool awq_wide(const AwqWeight& a) {
 // round are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const bool computes = avx2_runs() || (avx512_kernels() && !awq_tables_preferred());  // a *::awq_dot_group runs
+  const bool computes = avx2_streams() || (avx512_runs() && !awq_tables_preferred());  // a *::awq_dot_group runs
   const int64_t fit = awq_wide(a) || computes ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
@@ -576,7 +583,7 @@ inline int64_t awq_groups_per_unit(const AwqWeight& a) {
 inline void awq_group_params(const AwqWeight& a, int64_t g, int64_t w0, int64_t nw, float* zq, float* sq) {
   const int64_t words = a.qweight.shape[1], O = a.out();
   const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data) + g * words + w0;
-  if (avx512_kernels() && a.scales.dtype == DType::F16) {  // (writes every lane)
+  if (avx512_runs() && a.scales.dtype == DType::F16) {  // (writes every lane)
     avx512::awq_band_params(qz, nw, a.scales.data + std::size_t(g * O + 8 * w0) * 2, kAwqOrder, zq, sq);
     return;
   }
@@ -622,7 +629,7 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
       avx512::awq_groups_lut_wide(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, lut, lanes, acc);
     else if (awq_table_kernel())
       avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
-    else if (avx512_kernels())
+    else if (avx512_runs())
       for (int64_t gi = 0; gi < ng; ++gi)
         avx512::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,
                               params + gi * 256, params + gi * 256 + 128, exact, acc);
@@ -666,7 +673,7 @@ inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_
       awq_group_params(a, g, wc, cnw, zq, sq);
       const float* xc = x + 8 * (wc - w0);
       int64_t c = g * G;
-      if (avx512_kernels()) c = avx512::awq_rows_lut(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, lut, y, ldy);
+      if (avx512_runs()) c = avx512::awq_rows_lut(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, lut, y, ldy);
       else if (avx2_kernels()) c = avx2::awq_rows(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, exact, y, ldy);
       for (; c < (g + 1) * G; ++c)
         for (int64_t i = 0; i < n; ++i) {
@@ -703,7 +710,7 @@ inline void awq_decode_kmajor(const AwqWeight& a, int64_t w0, int64_t nw, float*
       __builtin_prefetch(row + 8 * words);  // as avx2::awq_prefetch: rows far apart, one line each
       __builtin_prefetch(row + 16);         // (prefetches do not fault past the matrix)
       float* d = dst + k * 128;
-      if (avx512_kernels()) {
+      if (avx512_runs()) {
         avx512::awq_decode_krow(row, nw, zq, sq, d);
         continue;
       }
@@ -760,10 +767,10 @@ inline void mlx_decode_rows(const MlxWeight& m, int64_t r0, int64_t r1, float* d
 // Rows [r0, r1) of W as f32 (the contract of Linear::decode_rows).
 inline void decode_rows_fast(const Linear& W, int64_t r0, int64_t r1, float* dst) {
   const int64_t K = W.in();
-  if (const auto* f = W.fp8(); f && W.weight.dtype == DType::F8_E4M3 && (avx512_kernels() || avx2_kernels())) {
+  if (const auto* f = W.fp8(); f && W.weight.dtype == DType::F8_E4M3 && (avx512_runs() || avx2_kernels())) {
     const int64_t sc = f->scale_inv.shape[1];
     std::vector<float> sb(static_cast<std::size_t>(sc));
-    const auto dec = avx512_kernels() ? avx512::fp8_decode_row : avx2::fp8_decode_row;
+    const auto dec = avx512_runs() ? avx512::fp8_decode_row : avx2::fp8_decode_row;
     int64_t cur = -1;
     for (int64_t o = r0; o < r1; ++o) {
       if (o / f->block_rows != cur) {

@@ -21,6 +21,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#include <cpuid.h>
 #define DSV3_HAVE_AVX512_KERNELS 1
 #define DSV3_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,f16c,fma")))
 #endif
@@ -36,6 +37,29 @@ inline bool& avx512_kernels() {
                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
 #else
   static bool on = false;
+#endif
+  return on;
+}
+
+// Whether the kernels that stream weights through decode take their AVX-512
+// versions where avx512_kernels() is on, or their AVX2 ones: the stored
+// formats' (FP8, AWQ, MLX: quant.hpp) and the dense rows' (BF16, F16, F32:
+// linear.hpp). Off on AMD's family 25 with AVX-512 (Zen 4; Zen 3, also
+// family 25, has none), which runs each 512-bit instruction as two 256-bit
+// halves. There the AVX2 kernels decoded the mid model 1.14× (fp8) to 1.44×
+// (awq) as fast, mlx4 as fast, and bf16 1.38× (docs/formats.md §5); prefill
+// (which decodes bands for BLAS) ran as fast. The few-row attention products
+// keep AVX-512 there. A program (or test) may set it.
+inline bool& avx512_preferred() {
+#ifdef DSV3_HAVE_AVX512_KERNELS
+  static bool on = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &a, &b, &c, &d)) return true;
+    const unsigned family = ((a >> 8) & 0xF) + ((a >> 8 & 0xF) == 0xF ? (a >> 20) & 0xFF : 0);
+    return family != 25;
+  }();
+#else
+  static bool on = true;  // (no AVX-512 kernels: never read)
 #endif
   return on;
 }
