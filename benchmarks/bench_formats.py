@@ -137,15 +137,21 @@ def llama_run(a, path, prompt, gen, depth=0):
 
 
 def cpu_model():
-    """The CPU's name as /proc/cpuinfo gives it (results differ by host: AMD EPYC and Intel Xeon hosts
-    both serve this project's machines)."""
+    """The CPU's name as /proc/cpuinfo gives it, with its family and model (results differ by host: AMD EPYC
+    Zen 4 and Zen 5 and Intel Xeon hosts all serve this project's machines, and a VM may name them all
+    'AMD EPYC')."""
+    fields = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if ":" in line:
+                k, v = (x.strip() for x in line.split(":", 1))
+                fields.setdefault(k, v)
     except OSError:
         pass
-    return "unknown"
+    name = fields.get("model name", "unknown")
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def main():
