@@ -322,7 +322,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
           for (int64_t o = un.r0; o < un.r1; ++o) {
             if (avx512_runs())
               avx512::half_dot_row<false>(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
-            else if (avx2_streams())
+            else if (avx2_streams() && !avx2_runs())  // Zen 4 (the loop below measured even on Zen 3)
               avx2::bf16_dot_row(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);
             else
               dot_rows_bf16(x.data(), n, K, J.bf16 + o * K, y.data() + o, O);

@@ -292,11 +292,12 @@ DSV3_AVX2 inline void fp8_decode_row(const uint8_t* w, int64_t K, const float* s
 
 // A row of stored weights · x rows, 32 weights a step in four sums: F16
 // (AWQ keeps its embedding and lm_head in F16), BF16 or F32, each widened
-// exactly; every 64-byte line of the row asked for 4 KB ahead. The dense
-// products where the AVX2 kernels stream (quant.hpp's avx2_streams()); F32
-// only on Zen 4, where it ran mid f32 decode 1.09× as fast as four rows at a
-// time (rows_dot_rows, which CPUs without AVX-512 keep: +16% on Zen 3) and
-// 1.25× the AVX-512 row; BF16 there 1.38× half_dot_row.
+// exactly; every 64-byte line of the row asked for 4 KB ahead. F16 where
+// the AVX2 kernels stream (quant.hpp's avx2_streams()); BF16 and F32 on Zen 4
+// only (avx512_preferred() off), where BF16 ran mid bf16 decode 1.38× as
+// fast as half_dot_row, and F32 1.09× as fast as four rows at a time and
+// 1.25× the AVX-512 loop. CPUs without AVX-512 keep linear.hpp's
+// dot_rows_bf16 loop for BF16 and four rows at a time for F32 (+16% on Zen 3).
 DSV3_AVX2 inline __m256 f32x8(const float* p) { return _mm256_loadu_ps(p); }
 DSV3_AVX2 inline __m256 f16x8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
