@@ -290,6 +290,20 @@ DSV3_AVX2 inline void fp8_decode_row(const uint8_t* w, int64_t K, const float* s
   }
 }
 
+// A scale or bias as f32: BF16 as the published checkpoints store them, or
+// f32 (widened by the caller); 8 of them from p. (few_rows' BF16 b is
+// widened by the same two, and so are BF16 and F32 rows: dense_dot_row.)
+inline float widen_scale(const float* p) { return *p; }
+inline float widen_scale(const uint16_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);  // (no alignment in the mapping)
+  return bf16_to_f32(h);
+}
+DSV3_AVX2 inline __m256 widen_scales8(const float* p) { return _mm256_loadu_ps(p); }
+DSV3_AVX2 inline __m256 widen_scales8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
 // A row of stored weights · x rows, 32 weights a step in four sums: F16
 // (AWQ keeps its embedding and lm_head in F16), BF16 or F32, each widened
 // exactly; every 64-byte line of the row asked for 4 KB ahead. F16 where
@@ -298,19 +312,14 @@ DSV3_AVX2 inline void fp8_decode_row(const uint8_t* w, int64_t K, const float* s
 // fast as half_dot_row, and F32 1.09× as fast as four rows at a time and
 // 1.25× the AVX-512 loop. CPUs without AVX-512 keep linear.hpp's
 // dot_rows_bf16 loop for BF16 and four rows at a time for F32 (+16% on Zen 3).
-DSV3_AVX2 inline __m256 f32x8(const float* p) { return _mm256_loadu_ps(p); }
 DSV3_AVX2 inline __m256 f16x8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-DSV3_AVX2 inline __m256 bf16x8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 enum class RowType { f16, bf16, f32 };
 template <RowType T, class W>
 DSV3_AVX2 inline __m256 row8(const W* p) {
   if constexpr (T == RowType::f16) return f16x8(p);
-  else if constexpr (T == RowType::bf16) return bf16x8(p);
-  else return f32x8(p);
+  else return widen_scales8(p);  // BF16 (uint16_t) or F32
 }
 template <RowType T, class W>
 DSV3_AVX2 inline void dense_dot_row(const float* x, int64_t n, int64_t K, const W* w, float* out, int64_t stride) {
@@ -330,8 +339,7 @@ DSV3_AVX2 inline void dense_dot_row(const float* x, int64_t n, int64_t K, const 
     float tail = 0;
     for (; k < K; ++k) {
       if constexpr (T == RowType::f16) tail += xi[k] * f16_to_f32(w[k]);
-      else if constexpr (T == RowType::bf16) tail += xi[k] * bf16_to_f32(w[k]);
-      else tail += xi[k] * w[k];
+      else tail += xi[k] * widen_scale(w + k);
     }
     out[i * stride] = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail;
   }
@@ -454,20 +462,6 @@ DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q
     q2 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r1, j0), sh), mask));
     q3 = codes<Sub>(_mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(r1, j1), sh), mask));
   }
-}
-
-// A scale or bias as f32: BF16 as the published checkpoints store them, or
-// f32 (widened by the caller); 8 of them from p. (few_rows' BF16 b is
-// widened by the same two.)
-inline float widen_scale(const float* p) { return *p; }
-inline float widen_scale(const uint16_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);  // (no alignment in the mapping)
-  return bf16_to_f32(h);
-}
-DSV3_AVX2 inline __m256 widen_scales8(const float* p) { return _mm256_loadu_ps(p); }
-DSV3_AVX2 inline __m256 widen_scales8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 
 // R consecutive rows (R ≤ 4) of an MLX matrix against n rows of x (x in the
