@@ -132,6 +132,12 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   const AwqWeight* awq_kvb = w.kv_b_proj.awq();
   const bool awq_heads = std::is_same_v<T, float> && absorb && awq_kvb && n <= kFusedMaxRows && dn % 8 == 0 &&
                          dv % 8 == 0;
+  // An FP8 kv_b (the published checkpoint): a head's W_UV rows are dotted
+  // with o_lat by the FP8 linears' fused kernel (fused_rows), from the stored
+  // codes and block scales; its W_UK rows are decoded (below: the q product
+  // mixes rows, which that kernel does not do).
+  const bool fp8_uv = std::is_same_v<T, float> && absorb && w.kv_b_proj.fp8() && n <= kFusedMaxRows && !round_w &&
+                      has_fused_kernel<float>(w.kv_b_proj);
   // A BF16 kv_b (the BF16 checkpoint; dense, absorbed decode at T = float):
   // a head's W_UK and W_UV are read in place, each value widened as
   // few_rows' loops load it, so nothing is decoded per head and token.
@@ -170,7 +176,8 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     FusedInput fin;
     std::vector<float> fscratch;
     errs.run([&] {
-      wkv.resize(decode_heads ? static_cast<std::size_t>(HG * (dn + dv) * r) : 0);
+      // (grouped: one head's W_UK or W_UV at a time; else one head's both)
+      wkv.resize(decode_heads ? static_cast<std::size_t>((grouped ? std::max(dn, dv) : dn + dv) * r) : 0);
       qn.resize(fused_heads ? static_cast<std::size_t>(B * dn) : 0);  // q_nope of one head, rows packed
       scores.resize(static_cast<std::size_t>(HG * B * t));
       qcat.resize(absorb ? static_cast<std::size_t>(HG * B * dl) : 0);  // [HG·B, r | dr]
@@ -178,14 +185,19 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
       kcat.resize(absorb ? 0 : static_cast<std::size_t>(t * dq));  // [t, nope | rope]
       vh.resize(absorb ? 0 : static_cast<std::size_t>(t * dv));
     });
-    // Head h's W_UK [dn, r] (W_UV [dv, r] follows it): in place, or its kv_b
-    // rows decoded into slot `slot` of wkv.
-    auto head_uk = [&](int64_t h, int64_t slot) -> const T* {
-      if (kv_b) return kv_b + h * (dn + dv) * r;
+    // Rows [row0, row1) of head h's kv_b rows (W_UK: [0, dn), W_UV: [dn,
+    // dn + dv)), [row1 − row0, r]: in place, or decoded into wkv (the
+    // previous rows decoded there are then gone). The grouped decode takes a
+    // head's W_UK just before its q product and its W_UV just before its
+    // output product, so that wkv holds one of them (at DeepSeek-V3's
+    // dimensions 256 KB, in L2) rather than four heads' both (2 MB, which
+    // left L2 between the decode and the product that read it).
+    auto head_rows = [&](int64_t h, int64_t row0, int64_t row1) -> const T* {
+      if (kv_b) return kv_b + (h * (dn + dv) + row0) * r;
       if (!decode_heads) return nullptr;
-      T* dst = wkv.data() + slot * (dn + dv) * r;
-      decode_band(w.kv_b_proj, h * (dn + dv), (h + 1) * (dn + dv), dst);
-      if (round_w) round_bf16_if(true, dst, dst + (dn + dv) * r);
+      T* dst = wkv.data();
+      decode_band(w.kv_b_proj, h * (dn + dv) + row0, h * (dn + dv) + row1, dst);
+      if (round_w) round_bf16_if(true, dst, dst + (row1 - row0) * r);
       return dst;
     };
     // q_lat[nb, r] = q_nope @ W_UK for head h (query rows qh, stride H*dq),
@@ -212,7 +224,13 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     };
     // o_h[nb, dv] = o_lat @ W_UV^T for head h, into rows of oh (stride H*dv).
     auto absorb_o = [&](int64_t h, const T* ol, int64_t nb, const T* W_UV, T* oh) {
-      if (fused_heads) {
+      if (fp8_uv) {
+        if constexpr (std::is_same_v<T, float>) {
+          const int64_t row0 = h * (dn + dv) + dn;  // W_UV's first row in kv_b
+          fused_prepare(w.kv_b_proj, ol, nb, fin);
+          fused_rows(w.kv_b_proj, ol, nb, fin, row0, row0 + dv, fscratch, oh, H * dv, row0);
+        }
+      } else if (fused_heads) {
         if constexpr (std::is_same_v<T, float>) rows_dot((*uv)[std::size_t(h)], ol, nb, oh, H * dv, fin, fscratch);
       } else if (awq_heads) {
         if constexpr (std::is_same_v<T, float>) {
@@ -244,24 +262,20 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
         if constexpr (std::is_same_v<T, float>) {
           // heads h0 … h1 − 1, all n query rows: row hh·n + i of qcat, scores and olat
           const int64_t h0 = u * HG, h1 = std::min(H, h0 + HG), rows = (h1 - h0) * n, tv = t;
-          std::array<const T*, kAttnHeadGroup> uks{};
-          for (int64_t h = h0; h < h1; ++h) {
-            uks[std::size_t(h - h0)] = head_uk(h, h - h0);
-            absorb_q(h, q.data() + h * dq, n, uks[std::size_t(h - h0)], qcat.data() + (h - h0) * n * dl);
-          }
+          for (int64_t h = h0; h < h1; ++h)
+            absorb_q(h, q.data() + h * dq, n, head_rows(h, 0, dn), qcat.data() + (h - h0) * n * dl);
           rows_dot_rows(qcat.data(), dl, rows, dl, KV, dl, tv, scores.data(), tv);  // scores = q·k, nope and rope
           softmax_rows(scores.data(), rows, n, tv, 0);
           rows_mix_rows(scores.data(), tv, rows, tv, KV, dl, r, olat.data(), r);  // o_lat = P @ C
           rnd(olat.data(), rows * r);
-          for (int64_t h = h0; h < h1; ++h) {
-            const T* W_UK = uks[std::size_t(h - h0)];
-            absorb_o(h, olat.data() + (h - h0) * n * r, n, W_UK ? W_UK + dn * r : nullptr, o.data() + h * dv);
-          }
+          for (int64_t h = h0; h < h1; ++h)
+            absorb_o(h, olat.data() + (h - h0) * n * r, n, fp8_uv ? nullptr : head_rows(h, dn, dn + dv),
+                     o.data() + h * dv);
         }
         return;
       }
       const int64_t h = u;
-      const T* W_UK = head_uk(h, 0);                                // [dn, r]
+      const T* W_UK = head_rows(h, 0, dn + dv);                     // [dn, r]
       const T* W_UV = W_UK ? W_UK + dn * r : nullptr;               // [dv, r]
       const T* K = KV;                                              // keys, dk wide
       if (!absorb) {

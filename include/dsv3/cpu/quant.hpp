@@ -393,9 +393,11 @@ inline auto mlx_rows_kernel(int64_t bits, int R) {
 }
 
 // y[i, o] for o in [r0, r1) and every row i of x (n ≤ 4 rows, ldy = out):
-// the fused kernel of W's format (AWQ: awq_group_partial below).
+// the fused kernel of W's format (AWQ: awq_group_partial below). Row o
+// goes to column o − y0 of y (y0 > 0: y holds only columns from row y0 on,
+// as MLA's per-head W_UV rows of an FP8 kv_b_proj are written).
 inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedInput& in, int64_t r0, int64_t r1,
-                       std::vector<float>& scratch, float* y, int64_t ldy) {
+                       std::vector<float>& scratch, float* y, int64_t ldy, int64_t y0 = 0) {
   const int64_t K = W.in();
   if (const auto* f = W.fp8()) {
     const int64_t sc = f->scale_inv.shape[1], br = f->block_rows;
@@ -414,7 +416,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
       if (avx2_streams()) {  // 4 rows a call where they share a block row (their scales), else 1
         const float* xin = in.xexp != 0 ? in.xp.data() : x;
         auto dot = [&](auto kernel) {  // rows o.. of W; true: a NaN code among them (checking kernels)
-          return kernel(xin, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, in.xexp, daz, y + o, ldy,
+          return kernel(xin, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, in.xexp, daz, y + (o - y0), ldy,
                         fp8_e4m3_to_f32_bits);
         };
         if (r1 - o >= 4 && (o + 3) / br == cur) {
@@ -435,10 +437,10 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         continue;
       }
       if (avx512_runs())
-        avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy,
+        avx512::fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + (o - y0), ldy,
                             fp8_e4m3_to_f32_bits);
       else
-        fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + o, ldy);
+        fp8_dot_row(x, n, K, W.weight.data + o * K, scratch.data(), f->block_cols, y + (o - y0), ldy);
       ++o;
     }
     return;
@@ -448,18 +450,18 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     scratch.resize(std::size_t(K));
     for (int64_t o = r0; o < r1; ++o) {
       if (avx512_runs()) {
-        avx512::half_dot_row<true>(x, n, K, w + o * K, y + o, ldy);
+        avx512::half_dot_row<true>(x, n, K, w + o * K, y + (o - y0), ldy);
         continue;
       }
       if (avx2_kernels()) {
-        avx2::f16_dot_row(x, n, K, w + o * K, y + o, ldy);
+        avx2::f16_dot_row(x, n, K, w + o * K, y + (o - y0), ldy);
         continue;
       }
       decode_elements(W.weight.data + o * K * 2, DType::F16, K, scratch.data());
       for (int64_t i = 0; i < n; ++i) {
         float acc = 0;
         for (int64_t k = 0; k < K; ++k) acc += x[i * K + k] * scratch[std::size_t(k)];
-        y[i * ldy + o] = acc;
+        y[i * ldy + (o - y0)] = acc;
       }
     }
     return;
@@ -486,13 +488,13 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
         }
         const int64_t G = m->group_size, pk = m->packed();
         if (kern == MlxKernel::avx2 && bf16)
-          mlx_rows_kernel_avx2<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, in.xexp, daz, y + o, ldy);
+          mlx_rows_kernel_avx2<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, in.xexp, daz, y + (o - y0), ldy);
         else if (kern == MlxKernel::avx2)
-          mlx_rows_kernel_avx2<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, in.xexp, daz, y + o, ldy);
+          mlx_rows_kernel_avx2<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, in.xexp, daz, y + (o - y0), ldy);
         else if (bf16)
-          mlx_rows_kernel<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, y + o, ldy);
+          mlx_rows_kernel<uint16_t>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, s16, b16, y + (o - y0), ldy);
         else
-          mlx_rows_kernel<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, y + o, ldy);
+          mlx_rows_kernel<float>(m->bits, R)(xin, in.xs.data(), n, K, G, wr, pk, sf, bf, y + (o - y0), ldy);
         o += R;
       }
       return;
@@ -503,7 +505,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     auto* kern = m->bits == 4 ? mlx_dot_row4 : m->bits == 5 ? mlx_dot_row5 : mlx_dot_row8;
     for (int64_t o = r0; o < r1; ++o) {
       mlx_row_scales(*m, o, sg, bg, su);
-      kern(in.xp.data(), in.xs.data(), n, K, m->group_size, mlx_row_words(*m, o), su, bg, y + o, ldy);
+      kern(in.xp.data(), in.xs.data(), n, K, m->group_size, mlx_row_words(*m, o), su, bg, y + (o - y0), ldy);
     }
     return;
   }
