@@ -502,6 +502,66 @@ TEST_CASE("few_rows products match sums in double, with every kind of kernel; BF
   }
 }
 
+TEST_CASE("FP8 rows mixed from their codes give the bits of the rows decoded, then mixed; a NaN code declines") {
+  // avx2::fp8_mix_rows (MLA's q_nope·W_UK with an FP8 kv_b_proj) against the
+  // reference's values q·s and rows_mix_rows over them, with every kind of
+  // kernel that runs it (the CPU's AVX2 ones: AVX-512 machines have them too)
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int> code(0, 255);
+  int ran = 0;
+  for (const KernelKind& kind : kernel_kinds()) {
+    UseKernels use(kind);
+    if (!cpu::avx2_kernels()) continue;  // (mla.hpp decodes the rows there)
+    ++ran;
+    for (int64_t bc : {32, 128})
+      for (int64_t width : {16, 100, 128, 200})
+        for (int64_t m : {1, 5, 64})
+          for (int64_t n : {1, 3, 4}) {
+            const int64_t ldw = width + 9, ldp = m + 2, ldo = width + 3, sc = (width + bc - 1) / bc;
+            std::vector<uint8_t> w(std::size_t(m * ldw));
+            for (uint8_t& b : w) {
+              b = uint8_t(code(rng));
+              if ((b & 0x7f) == 0x7f) b = 0x3c;  // NaN codes: below
+            }
+            std::vector<float> s(static_cast<std::size_t>(sc)), p(static_cast<std::size_t>(n * ldp)),
+                dec(static_cast<std::size_t>(m * width));
+            for (float& v : s) v = std::ldexp(1.0f + 0.37f * float(code(rng)) / 255.0f, -int(code(rng) % 12));
+            for (float& v : p) v = nd(rng);
+            for (int64_t j = 0; j < m; ++j)
+              for (int64_t c = 0; c < width; ++c)
+                dec[std::size_t(j * width + c)] = fp8_e4m3_to_f32_bits(w[std::size_t(j * ldw + c)]) * s[std::size_t(c / bc)];
+            std::vector<float> want(std::size_t(n * ldo), -1.0f), got(want.size(), -1.0f);
+            cpu::rows_mix_rows(p.data(), ldp, n, m, dec.data(), width, width, want.data(), ldo);
+            REQUIRE(cpu::avx2::fp8_mix_rows(p.data(), ldp, n, m, w.data(), ldw, s.data(), bc, width, got.data(), ldo,
+                                            fp8_e4m3_to_f32_bits));
+            CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+            // a NaN code in a column of the vector steps: declined; in the last width mod 16: NaN there
+            std::vector<uint8_t> wn = w;
+            wn[std::size_t((m - 1) * ldw + 3)] = 0xff;
+            CHECK_FALSE(cpu::avx2::fp8_mix_rows(p.data(), ldp, n, m, wn.data(), ldw, s.data(), bc, width, got.data(),
+                                                ldo, fp8_e4m3_to_f32_bits));
+            if (width % 16 != 0) {
+              wn = w;
+              wn[std::size_t(width - 1)] = 0x7f;
+              CHECK(cpu::avx2::fp8_mix_rows(p.data(), ldp, n, m, wn.data(), ldw, s.data(), bc, width, got.data(), ldo,
+                                            fp8_e4m3_to_f32_bits));
+              for (int64_t i = 0; i < n; ++i) CHECK(std::isnan(got[std::size_t(i * ldo + width - 1)]));
+            }
+          }
+  }
+  // a scale whose 2^8 multiple would not be exact: declined
+  std::vector<uint8_t> w(16, 0x38);
+  std::vector<float> s{0x1p120f}, p{1.0f}, o(16);
+  if (cpu::avx2_kernels())
+    CHECK_FALSE(cpu::avx2::fp8_mix_rows(p.data(), 1, 1, 1, w.data(), 16, s.data(), 128, 16, o.data(), 16,
+                                        fp8_e4m3_to_f32_bits));
+  int want = 0;  // every kind with the AVX2 kernels ran the checks above (none where the CPU lacks them)
+  for (const KernelKind& kind : kernel_kinds()) want += kind.avx2 ? 1 : 0;
+  CHECK(ran == want);
+  CHECK((want > 0) == cpu::avx2_kernels());
+}
+
 namespace {
 // The fp8 200x300 linear of s with two NaN codes: 0x7f in row 5's edge
 // block (column 250), 0xff in row 130 within a full run of 16 (column 17).

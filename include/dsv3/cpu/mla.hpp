@@ -134,10 +134,16 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
                          dv % 8 == 0;
   // An FP8 kv_b (the published checkpoint): a head's W_UV rows are dotted
   // with o_lat by the FP8 linears' fused kernel (fused_rows), from the stored
-  // codes and block scales; its W_UK rows are decoded (below: the q product
-  // mixes rows, which that kernel does not do).
+  // codes and block scales; and q_lat = q_nope·W_UK mixes the head's W_UK
+  // rows from their codes (avx2::fp8_mix_rows: the bits of decoding them
+  // first), where each head's W_UK lies in one block row. A head the mix
+  // declines (a NaN code, a scale out of its range) decodes its W_UK rows.
   const bool fp8_uv = std::is_same_v<T, float> && absorb && w.kv_b_proj.fp8() && n <= kFusedMaxRows && !round_w &&
                       has_fused_kernel<float>(w.kv_b_proj);
+  const auto* fp8k = w.kv_b_proj.fp8();
+  bool fp8_uk = fp8_uv && avx2_kernels() && fp8k->block_cols % 16 == 0;
+  for (int64_t h = 0; fp8_uk && h < H; ++h)
+    fp8_uk = h * (dn + dv) / fp8k->block_rows == (h * (dn + dv) + dn - 1) / fp8k->block_rows;
   // A BF16 kv_b (the BF16 checkpoint; dense, absorbed decode at T = float):
   // a head's W_UK and W_UV are read in place, each value widened as
   // few_rows' loops load it, so nothing is decoded per head and token.
@@ -174,7 +180,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
   {
     std::vector<T> wkv, qn, scores, qcat, olat, kcat, vh;
     FusedInput fin;
-    std::vector<float> fscratch;
+    std::vector<float> fscratch, ukscale;
     errs.run([&] {
       // (grouped: one head's W_UK or W_UV at a time; else one head's both)
       wkv.resize(decode_heads ? static_cast<std::size_t>((grouped ? std::max(dn, dv) : dn + dv) * r) : 0);
@@ -214,6 +220,16 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
       } else if (kv_b16) {
         if constexpr (std::is_same_v<T, float>)
           rows_mix_rows(qh, H * dq, nb, dn, kv_b16 + h * (dn + dv) * r, r, r, qc, dl);
+      } else if (fp8_uk) {
+        if constexpr (std::is_same_v<T, float>) {
+          const int64_t row0 = h * (dn + dv), sc = fp8k->scale_inv.shape[1];
+          ukscale.resize(std::size_t(sc));
+          for (int64_t cb = 0; cb < sc; ++cb)
+            ukscale[std::size_t(cb)] = float(fp8k->scale_inv.at(row0 / fp8k->block_rows * sc + cb));
+          if (!avx2::fp8_mix_rows(qh, H * dq, nb, dn, w.kv_b_proj.weight.data + row0 * r, r, ukscale.data(),
+                                  fp8k->block_cols, r, qc, dl, fp8_e4m3_to_f32_bits))
+            head_gemm(false, nb, r, dn, qh, H * dq, head_rows(h, 0, dn), r, qc, dl);
+        }
       } else {
         head_gemm(false, nb, r, dn, qh, H * dq, W_UK, r, qc, dl);
       }
@@ -263,7 +279,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           // heads h0 … h1 − 1, all n query rows: row hh·n + i of qcat, scores and olat
           const int64_t h0 = u * HG, h1 = std::min(H, h0 + HG), rows = (h1 - h0) * n, tv = t;
           for (int64_t h = h0; h < h1; ++h)
-            absorb_q(h, q.data() + h * dq, n, head_rows(h, 0, dn), qcat.data() + (h - h0) * n * dl);
+            absorb_q(h, q.data() + h * dq, n, fp8_uk ? nullptr : head_rows(h, 0, dn), qcat.data() + (h - h0) * n * dl);
           rows_dot_rows(qcat.data(), dl, rows, dl, KV, dl, tv, scores.data(), tv);  // scores = q·k, nope and rope
           softmax_rows(scores.data(), rows, n, tv, 0);
           rows_mix_rows(scores.data(), tv, rows, tv, KV, dl, r, olat.data(), r);  // o_lat = P @ C

@@ -290,6 +290,56 @@ DSV3_AVX2 inline void fp8_decode_row(const uint8_t* w, int64_t K, const float* s
   }
 }
 
+// o[i·ldo + c] = Σ_{j<m} p[i·ldp + j]·(q_jc·s_c) for i < n, c < width: rows
+// j of FP8 codes at w + j·ldw, all in one block row, s_c = s[c / bc] their
+// column blocks' scales. The products rows_mix_rows makes over those rows
+// decoded by fp8_decode_row, bit for bit, without decoding them: each value
+// q·s is the one rounding fp8_decode_row makes ((2^-8·q)·(2^8·s), the same
+// real product), and each column's sum runs over j in order by fused
+// multiply-adds from zero, as rows_mix_rows's does at any vector width.
+// (MLA's q_nope·W_UK with an FP8 kv_b_proj.) 16 columns a step, 64 held in
+// registers while the rows stream past; the last width mod 16 columns one
+// at a time. Returns false, with o not to be used, where a code in the
+// vector steps is a NaN (0x7f / 0xff), or 2^8·s would not be exact: the
+// caller decodes the rows then (NaN codes give NaN there, as in the
+// reference). bc: a multiple of 16.
+DSV3_AVX2 inline bool fp8_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const uint8_t* w, int64_t ldw,
+                                   const float* s, int64_t bc, int64_t width, float* o, int64_t ldo,
+                                   float (*scalar)(uint8_t)) {
+  for (int64_t cb = 0; cb * bc < width; ++cb)
+    if (!(std::fabs(s[cb]) <= 0x1p100f)) return false;
+  const int64_t W16 = width / 16 * 16;
+  const __m128i low7 = _mm_set1_epi8(0x7f);
+  __m128i big = _mm_setzero_si128();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c0 = 0; c0 < W16; c0 += 64) {
+      const int nv = int(std::min<int64_t>(4, (W16 - c0) / 16));  // steps of 16 columns in this chunk
+      __m256 acc[8], up[4];
+      for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
+      for (int v = 0; v < nv; ++v) up[v] = _mm256_set1_ps(256.0f * s[(c0 + 16 * v) / bc]);
+      for (int64_t j = 0; j < m; ++j) {
+        const __m256 pj = _mm256_set1_ps(p[i * ldp + j]);
+        const uint8_t* wj = w + j * ldw + c0;
+        for (int v = 0; v < nv; ++v) {
+          const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wj + 16 * v));
+          big = _mm_max_epu8(big, _mm_and_si128(b, low7));
+          __m256 lo, hi;
+          fp8x16_scaled(b, lo, hi);
+          acc[2 * v] = _mm256_fmadd_ps(pj, _mm256_mul_ps(lo, up[v]), acc[2 * v]);
+          acc[2 * v + 1] = _mm256_fmadd_ps(pj, _mm256_mul_ps(hi, up[v]), acc[2 * v + 1]);
+        }
+      }
+      for (int v = 0; v < 2 * nv; ++v) _mm256_storeu_ps(o + i * ldo + c0 + 8 * v, acc[v]);
+    }
+    for (int64_t c = W16; c < width; ++c) {  // (a NaN code is NaN here)
+      float t = 0;
+      for (int64_t j = 0; j < m; ++j) t = std::fma(p[i * ldp + j], scalar(w[j * ldw + c]) * s[c / bc], t);
+      o[i * ldo + c] = t;
+    }
+  }
+  return _mm_movemask_epi8(_mm_cmpeq_epi8(big, low7)) == 0;
+}
+
 // A scale or bias as f32: BF16 as the published checkpoints store them, or
 // f32 (widened by the caller); 8 of them from p. (few_rows' BF16 b is
 // widened by the same two, and so are BF16 and F32 rows: dense_dot_row.)
@@ -910,6 +960,8 @@ DSV3_AVX2 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int6
 // Not x86-64 GCC: avx2_kernels() is false and these are never called.
 namespace avx2 {
 inline void fp8_decode_row(const uint8_t*, int64_t, const float*, int64_t, float*, float (*)(uint8_t)) {}
+inline bool fp8_mix_rows(const float*, int64_t, int64_t, int64_t, const uint8_t*, int64_t, const float*, int64_t,
+                         int64_t, float*, int64_t, float (*)(uint8_t)) { return false; }
 template <int R, bool Check>
 inline bool fp8_dot_rows(const float*, int64_t, int64_t, const uint8_t*, const float*, int64_t, int, bool, float*,
                          int64_t, float (*)(uint8_t)) { return false; }
