@@ -195,9 +195,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
     // dn + dv)), [row1 − row0, r]: in place, or decoded into wkv (the
     // previous rows decoded there are then gone). The grouped decode takes a
     // head's W_UK just before its q product and its W_UV just before its
-    // output product, so that wkv holds one of them (at DeepSeek-V3's
-    // dimensions 256 KB, in L2) rather than four heads' both (2 MB, which
-    // left L2 between the decode and the product that read it).
+    // output product, so wkv holds one of them, not four heads' both (256 KB
+    // against 2 MB a thread at DeepSeek-V3's dimensions; the same speed at
+    // full dims on Zen 4).
     auto head_rows = [&](int64_t h, int64_t row0, int64_t row1) -> const T* {
       if (kv_b) return kv_b + (h * (dn + dv) + row0) * r;
       if (!decode_heads) return nullptr;
