@@ -222,10 +222,9 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
           rows_mix_rows(qh, H * dq, nb, dn, kv_b16 + h * (dn + dv) * r, r, r, qc, dl);
       } else if (fp8_uk) {
         if constexpr (std::is_same_v<T, float>) {
-          const int64_t row0 = h * (dn + dv), sc = fp8k->scale_inv.shape[1];
-          ukscale.resize(std::size_t(sc));
-          for (int64_t cb = 0; cb < sc; ++cb)
-            ukscale[std::size_t(cb)] = float(fp8k->scale_inv.at(row0 / fp8k->block_rows * sc + cb));
+          const int64_t row0 = h * (dn + dv);
+          ukscale.resize(std::size_t(fp8k->scale_inv.shape[1]));
+          fp8_row_scales(*fp8k, row0 / fp8k->block_rows, ukscale.data());
           if (!avx2::fp8_mix_rows(qh, H * dq, nb, dn, w.kv_b_proj.weight.data + row0 * r, r, ukscale.data(),
                                   fp8k->block_cols, r, qc, dl, fp8_e4m3_to_f32_bits))
             head_gemm(false, nb, r, dn, qh, H * dq, head_rows(h, 0, dn), r, qc, dl);

@@ -392,6 +392,13 @@ inline auto mlx_rows_kernel(int64_t bits, int R) {
   return bits == 4 ? avx512::mlx_dot_rows<4, 1, S> : bits == 5 ? avx512::mlx_dot_rows<5, 1, S> : avx512::mlx_dot_rows<8, 1, S>;
 }
 
+// The scales of an FP8 weight's block row `br`, one per column block, as f32
+// (fused_rows, the band decoder, MLA's per-head W_UK).
+inline void fp8_row_scales(const Linear::Fp8Blocks& f, int64_t br, float* s) {
+  const int64_t sc = f.scale_inv.shape[1];
+  for (int64_t cb = 0; cb < sc; ++cb) s[cb] = float(f.scale_inv.at(br * sc + cb));
+}
+
 // y[i, o] for o in [r0, r1) and every row i of x (n ≤ 4 rows, ldy = out):
 // the fused kernel of W's format (AWQ: awq_group_partial below). Row o
 // goes to column o − y0 of y (y0 > 0: y holds only columns from row y0 on,
@@ -411,7 +418,7 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
     for (int64_t o = r0; o < r1;) {
       if (o / br != cur) {
         cur = o / br;
-        for (int64_t cb = 0; cb < sc; ++cb) scratch[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
+        fp8_row_scales(*f, cur, scratch.data());
       }
       if (avx2_streams()) {  // 4 rows a call where they share a block row (their scales), else 1
         const float* xin = in.xexp != 0 ? in.xp.data() : x;
@@ -777,7 +784,7 @@ inline void decode_rows_fast(const Linear& W, int64_t r0, int64_t r1, float* dst
     for (int64_t o = r0; o < r1; ++o) {
       if (o / f->block_rows != cur) {
         cur = o / f->block_rows;
-        for (int64_t cb = 0; cb < sc; ++cb) sb[std::size_t(cb)] = float(f->scale_inv.at(cur * sc + cb));
+        fp8_row_scales(*f, cur, sb.data());
       }
       dec(W.weight.data + o * K, K, sb.data(), f->block_cols, dst + (o - r0) * K, fp8_e4m3_to_f32_bits);
     }
