@@ -308,9 +308,9 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
   for (int64_t i = 0; i < n; ++i) {
     float* xpi = in.xp.data() + i * K;
     if (permute && kern == MlxKernel::avx512) avx512::mlx4_permute(x + i * K, K, xpi);
-    if (permute && kern == MlxKernel::avx2) avx2::mlx4_permute(x + i * K, K, xpi);
+    if (permute && kern == MlxKernel::avx2) avx2::mlx4_permute(x + i * K, K, xpi, in.xexp);  // (scaled there)
     if (permute && kern == MlxKernel::plain) mlx_permute<BITS>(x + i * K, K, xpi);
-    if (in.xexp != 0) {
+    if (in.xexp != 0 && BITS != 4) {
       // exact: powers of two, and x·up stays below 2^101. 5-bit: the AVX2 kernel reads
       // the codes where they lie, q·2^(5v mod 8) in lane v, so x·2^-(5v mod 8) to match.
       float up[8];

@@ -12,12 +12,12 @@
 // What eight lanes change against sixteen:
 //  * FP8: F16C's vcvtph2ps takes the codes moved into f16 fields, eight a
 //    vector, as the AVX-512 kernel does sixteen.
-//  * MLX: no byte permute or multishift. 4-bit: eight bytes zero-extended to
-//    eight lanes give the low nibbles (an and) and the high ones (a shift):
-//    values 2m and 2m + 1 of a run of 16, so x is read in that order
-//    (mlx4_permute). 5-bit: a byte shuffle gives each lane the two bytes that
-//    hold its value, a shift by 5v mod 8 and a mask. 8-bit: a byte shuffle
-//    gives each lane its byte.
+//  * MLX: no byte permute or multishift. 4-bit: eight 16-bit words zero-
+//    extended to eight lanes, each nibble read where it lies (three masks,
+//    and a shift for the top one): values 4l + j of a run of 32, so x is
+//    read in that order, scaled by 2^-4j to match (mlx4_permute). 5-bit: a
+//    byte shuffle gives each lane the two bytes that hold its value, a shift
+//    by 5v mod 8 and a mask. 8-bit: a byte shuffle gives each lane its byte.
 //  * AWQ: no 16-entry table lookup (vpermps reads 3 bits), so each weight is
 //    computed, f16((q − z)·s) by vcvtps2ph / vcvtph2ps, eight columns a vector.
 #pragma once
@@ -407,14 +407,21 @@ DSV3_AVX2 inline void f32_dot_row(const float* x, int64_t n, int64_t K, const fl
 // ---------------------------------------------------------------------------
 // MLX affine, groups a multiple of 32: 32 values a step.
 
-// The order 4-bit rows want x in, per 16 values (8 bytes): lanes 0–7 the
-// low nibbles of the 8 bytes (values 0, 2, …, 14), lanes 8–15 the high ones.
-inline void mlx4_permute(const float* x, int64_t K, float* xp) {
-  for (int64_t c = 0; c < K; c += 16)
-    for (int m = 0; m < 8; ++m) {
-      xp[c + m] = x[c + 2 * m];
-      xp[c + 8 + m] = x[c + 2 * m + 1];
-    }
+// The order (and scale) the 4-bit dot kernel wants x in, per 32 values
+// (16 bytes): mlx_x32's in-place route widens the 16 bytes' eight 16-bit
+// words to eight lanes, word l holding values 4l … 4l + 3 in its nibbles j =
+// 0 … 3, and reads nibble j where it lies, q·2^(4j) (j < 3, a mask) or moved
+// to the bottom (j = 3, a shift). So vector j takes values 4l + j, scaled by
+// 2^(xexp − 4j) (j < 3) or 2^xexp (j = 3): each product is x·q·2^xexp, as
+// before, and exact where x·2^(xexp − 8) stays normal (with xexp ≠ 0
+// always: subnormal_exponent keeps |x|·2^xexp above 2^-70 for every x that
+// matters; with xexp = 0, only |x| < 2^-118 would lose bits).
+inline void mlx4_permute(const float* x, int64_t K, float* xp, int xexp = 0) {
+  float up[4];
+  for (int j = 0; j < 4; ++j) up[j] = std::ldexp(1.0f, xexp - (j < 3 ? 4 * j : 0));
+  for (int64_t c = 0; c < K; c += 32)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 8; ++l) xp[c + 8 * j + l] = x[c + 4 * l + j] * up[j];
 }
 
 // 5-bit: for the 8 values from 8·h of 16 (10 bytes), lane v takes the two
@@ -458,15 +465,26 @@ DSV3_AVX2 inline __m256 codes(__m256i q) {
 }
 
 // 32 values of a row at p → four vectors of 8 floats (codes<Sub>), in the
-// lane order the kernel reads x in (4-bit: mlx4_permute's; 5- and 8-bit: in
-// order). `last`: the row ends within 16 bytes of p's 20 (5-bit reads its
+// lane order the kernel reads x in (4-bit InPlace: mlx4_permute's, nibble j
+// as q·2^(4j); 4-bit otherwise: values 2m and 2m + 1 of 16, for
+// mlx_decode_row; 5- and 8-bit: in order). `last`: the row ends within 16 bytes of p's 20 (5-bit reads its
 // second 16 bytes from p + 4 instead of p + 10: Mlx5Tables2). Before, those
 // 20 bytes were copied to a buffer first, at every row's last step: the 5-bit
 // kernel at K = 192 ran at half the 4-bit one's speed, now 1.74× as fast as
 // then (K = 384: 1.42×, 1024: 1.21×; one core, in cache, the same bits).
 template <int BITS, bool Sub = false, bool InPlace = false>
 DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q1, __m256& q2, __m256& q3) {
-  if constexpr (BITS == 4) {
+  if constexpr (BITS == 4 && InPlace) {
+    // (mlx4_permute's order) one vpmovzxwd, three masks and a shift for 32
+    // values, where the route below takes two vpmovzxbd, two masks and two
+    // shifts: the widening shuffles are what bound it (kernel 27 → 29.5 G
+    // weights/s in cache, one Zen 4 core, K = 1024; 18 → 19.2 at K = 192)
+    const __m256i A = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    q0 = codes<Sub>(_mm256_and_si256(A, _mm256_set1_epi32(0xF)));
+    q1 = codes<Sub>(_mm256_and_si256(A, _mm256_set1_epi32(0xF0)));
+    q2 = codes<Sub>(_mm256_and_si256(A, _mm256_set1_epi32(0xF00)));
+    q3 = codes<Sub>(_mm256_srli_epi32(A, 12));
+  } else if constexpr (BITS == 4) {  // in order of pairs (mlx_decode_row puts them back in order)
     const __m256i mask = _mm256_set1_epi32(15);
     const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8)));
@@ -523,14 +541,16 @@ DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q
 // one horizontal sum. A row's sums do not depend on R.
 //
 // Sub: the codes are read as the subnormals q·2^-149 (no conversion
-// instruction: 10 instead of 14 a run of 32 4-bit values), against x scaled
+// instruction: 9 instead of 13 a run of 32 4-bit values), against x scaled
 // by 2^xexp, so each product is x·q·2^(xexp−149) and `back` = 2^(149−xexp)
 // undoes it. mlx_prepare picks xexp from the largest |x| so that those
 // products and sums stay normal and finite; every sum is then the
 // conversion route's, scaled by a power of two: the same bits after `back`.
-// InPlace (5-bit, x scaled for it: mlx_prepare does so where xexp ≠ 0): the
-// codes are left where they lie in their lanes (mlx_x32), q·2^(5v mod 8),
-// against x·2^(xexp − (5v mod 8)): the same products, so the same bits.
+// InPlace: the codes are left where they lie in their lanes (mlx_x32),
+// against x scaled to match by mlx_prepare: 5-bit (where xexp ≠ 0) q·2^(5v
+// mod 8) in lane v against x·2^(xexp − (5v mod 8)); 4-bit (always) nibble j
+// of a 16-bit word, q·2^(4j), against x·2^(xexp − 4j) (mlx4_permute). The
+// same products, so the same bits.
 //
 // FixedG: the group size known when compiled (64, the published one), so
 // that a group's steps are unrolled; the same operations in the same order.
@@ -587,13 +607,13 @@ DSV3_AVX2 inline void mlx_dot_rows_t(const float* x, const float* xs, int64_t n,
 // one (xexp ≠ 0) and subnormals are read as they are (daz: MXCSR's
 // denormals-are-zero on this thread, as -ffast-math programs set it, would
 // make every code 0), else the conversion route (× 2^-xexp after). 5-bit
-// with xexp ≠ 0: x comes scaled per lane too, and either route reads the
-// codes in place.
+// with xexp ≠ 0, and 4-bit always: x comes scaled per lane too, and either
+// route reads the codes in place.
 template <int BITS, int R, class S>
 DSV3_AVX2 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, int64_t K, int64_t G,
                                    const uint32_t* w, int64_t pk, const S* sf, const S* bf, int xexp, bool daz,
                                    float* out, int64_t ldy) {
-  constexpr bool in_place = BITS == 5;
+  constexpr bool in_place = BITS == 5 || BITS == 4;  // 5-bit where x is scaled; 4-bit always (mlx4_permute)
   if (xexp != 0 && !daz) {
     if (G == 64)  // (the route nearly every call takes; the others keep G a variable)
       return mlx_dot_rows_t<BITS, R, S, true, in_place, 64>(x, xs, n, K, G, w, pk, sf, bf, pow2f(149 - xexp), out, ldy);
@@ -605,8 +625,9 @@ DSV3_AVX2 inline void mlx_dot_rows(const float* x, const float* xs, int64_t n, i
       return mlx_dot_rows_t<BITS, R, S, false, in_place, 64>(x, xs, n, K, G, w, pk, sf, bf, pow2f(-xexp), out, ldy);
     return mlx_dot_rows_t<BITS, R, S, false, in_place>(x, xs, n, K, G, w, pk, sf, bf, pow2f(-xexp), out, ldy);
   }
-  if (G == 64) return mlx_dot_rows_t<BITS, R, S, false, false, 64>(x, xs, n, K, G, w, pk, sf, bf, 1.0f, out, ldy);
-  mlx_dot_rows_t<BITS, R, S, false>(x, xs, n, K, G, w, pk, sf, bf, 1.0f, out, ldy);
+  constexpr bool in_place4 = BITS == 4;
+  if (G == 64) return mlx_dot_rows_t<BITS, R, S, false, in_place4, 64>(x, xs, n, K, G, w, pk, sf, bf, 1.0f, out, ldy);
+  mlx_dot_rows_t<BITS, R, S, false, in_place4>(x, xs, n, K, G, w, pk, sf, bf, 1.0f, out, ldy);
 }
 
 // The exponent x is scaled by for the Sub routes (quant.hpp's
@@ -970,7 +991,7 @@ inline bool abs_max_finite(const float*, int64_t, float&) { return false; }
 inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void bf16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void f32_dot_row(const float*, int64_t, int64_t, const float*, float*, int64_t) {}
-inline void mlx4_permute(const float*, int64_t, float*) {}
+inline void mlx4_permute(const float*, int64_t, float*, int = 0) {}
 inline int mlx5_lane_shift(int64_t) { return 0; }
 template <int BITS, int R, class S>
 inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
