@@ -477,7 +477,7 @@ DSV3_AVX2 inline void mlx_x32(const uint8_t* p, bool last, __m256& q0, __m256& q
   if constexpr (BITS == 4 && InPlace) {
     // (mlx4_permute's order) one vpmovzxwd, three masks and a shift for 32
     // values, where the route below takes two vpmovzxbd, two masks and two
-    // shifts: the widening shuffles are what bound it (kernel 27 → 29.5 G
+    // shifts: the widening shuffles are what bound it (kernel 27 → 28.5 G
     // weights/s in cache, one Zen 4 core, K = 1024; 18 → 19.2 at K = 192)
     const __m256i A = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     q0 = codes<Sub>(_mm256_and_si256(A, _mm256_set1_epi32(0xF)));
