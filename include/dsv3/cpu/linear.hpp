@@ -213,7 +213,17 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
   // A unit: output rows [r0, r1) of a job; for AWQ (stored [in, out]) input
   // rows [r0, r1), one group, whose partial y goes to parts[part].
   struct Unit { std::size_t job; int64_t r0, r1, part = -1; };
-  std::vector<Job> info(jobs.size());
+  // (the calling thread's, reused: a job's prepared input keeps its
+  // buffers' capacity from call to call, as the unit list below does)
+  thread_local std::vector<Job> info_store;
+  std::vector<Job>& info = info_store;
+  if (info.size() < jobs.size()) info.resize(jobs.size());
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    Job& J = info[j];
+    J.direct = nullptr, J.bf16 = nullptr, J.fused = false, J.round_w = false;
+    J.own.xp.clear(), J.own.xs.clear(), J.own.xexp = 0;
+    J.in = &J.own, J.part0 = J.part1 = 0;
+  }
   // (the unit list and the threads' buffers keep their capacity from call to
   // call: a decode step makes some 40 of these rounds)
   thread_local std::vector<Unit> unit_store;  // (the calling thread's; the region reads it through `units`)
