@@ -413,9 +413,9 @@ DSV3_AVX2 inline void f32_dot_row(const float* x, int64_t n, int64_t K, const fl
 // 0 … 3, and reads nibble j where it lies, q·2^(4j) (j < 3, a mask) or moved
 // to the bottom (j = 3, a shift). So vector j takes values 4l + j, scaled by
 // 2^(xexp − 4j) (j < 3) or 2^xexp (j = 3): each product is x·q·2^xexp, as
-// before, and exact where x·2^(xexp − 8) stays normal (with xexp ≠ 0
-// always: subnormal_exponent keeps |x|·2^xexp above 2^-70 for every x that
-// matters; with xexp = 0, only |x| < 2^-118 would lose bits).
+// before, and exact where x·2^(xexp − 8) stays normal: always with xexp ≠ 0
+// (subnormal_exponent gives xexp ≥ 81, so even the least subnormal x is then
+// 2^-68), and with xexp = 0 for every |x| ≥ 2^-118.
 inline void mlx4_permute(const float* x, int64_t K, float* xp, int xexp = 0) {
   float up[4];
   for (int j = 0; j < 4; ++j) up[j] = std::ldexp(1.0f, xexp - (j < 3 ? 4 * j : 0));
@@ -467,8 +467,9 @@ DSV3_AVX2 inline __m256 codes(__m256i q) {
 // 32 values of a row at p → four vectors of 8 floats (codes<Sub>), in the
 // lane order the kernel reads x in (4-bit InPlace: mlx4_permute's, nibble j
 // as q·2^(4j); 4-bit otherwise: values 2m and 2m + 1 of 16, for
-// mlx_decode_row; 5- and 8-bit: in order). `last`: the row ends within 16 bytes of p's 20 (5-bit reads its
-// second 16 bytes from p + 4 instead of p + 10: Mlx5Tables2). Before, those
+// mlx_decode_row; 5- and 8-bit: in order). `last`: the row ends within 16
+// bytes of p's 20 (5-bit reads its second 16 bytes from p + 4 instead of p +
+// 10: Mlx5Tables2). Before, those
 // 20 bytes were copied to a buffer first, at every row's last step: the 5-bit
 // kernel at K = 192 ran at half the 4-bit one's speed, now 1.74× as fast as
 // then (K = 384: 1.42×, 1024: 1.21×; one core, in cache, the same bits).
