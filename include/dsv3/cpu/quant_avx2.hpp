@@ -416,7 +416,7 @@ DSV3_AVX2 inline void f32_dot_row(const float* x, int64_t n, int64_t K, const fl
 // before, and exact where x·2^(xexp − 8) stays normal: always with xexp ≠ 0
 // (subnormal_exponent gives xexp ≥ 81, so even the least subnormal x is then
 // 2^-68), and with xexp = 0 for every |x| ≥ 2^-118.
-inline void mlx4_permute(const float* x, int64_t K, float* xp, int xexp = 0) {
+inline void mlx4_permute(const float* x, int64_t K, float* xp, int xexp) {
   float up[4];
   for (int j = 0; j < 4; ++j) up[j] = std::ldexp(1.0f, xexp - (j < 3 ? 4 * j : 0));
   for (int64_t c = 0; c < K; c += 32)
@@ -999,7 +999,7 @@ inline bool abs_max_finite(const float*, int64_t, float&) { return false; }
 inline void f16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void bf16_dot_row(const float*, int64_t, int64_t, const uint16_t*, float*, int64_t) {}
 inline void f32_dot_row(const float*, int64_t, int64_t, const float*, float*, int64_t) {}
-inline void mlx4_permute(const float*, int64_t, float*, int = 0) {}
+inline void mlx4_permute(const float*, int64_t, float*, int) {}
 inline int mlx5_lane_shift(int64_t) { return 0; }
 template <int BITS, int R, class S>
 inline void mlx_dot_rows(const float*, const float*, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
