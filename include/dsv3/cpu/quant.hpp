@@ -581,7 +581,7 @@ inline bool awq_wide(const AwqWeight& a) {
 // round are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const bool computes = avx2_streams() || (avx512_runs() && !awq_tables_preferred());  // a *::awq_dot_group runs
+  const bool computes = !awq_table_kernel() && (avx512_kernels() || avx2_kernels());  // a *::awq_dot_group runs
   const int64_t fit = awq_wide(a) || computes ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
@@ -592,7 +592,7 @@ inline int64_t awq_groups_per_unit(const AwqWeight& a) {
 inline void awq_group_params(const AwqWeight& a, int64_t g, int64_t w0, int64_t nw, float* zq, float* sq) {
   const int64_t words = a.qweight.shape[1], O = a.out();
   const auto* qz = reinterpret_cast<const uint32_t*>(a.qzeros.data) + g * words + w0;
-  if (avx512_runs() && a.scales.dtype == DType::F16) {  // (writes every lane)
+  if (avx512_kernels() && a.scales.dtype == DType::F16) {  // (writes every lane; Zen 4 too, as awq_cols_partial)
     avx512::awq_band_params(qz, nw, a.scales.data + std::size_t(g * O + 8 * w0) * 2, kAwqOrder, zq, sq);
     return;
   }
@@ -638,10 +638,10 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
       avx512::awq_groups_lut_wide(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, lut, lanes, acc);
     else if (awq_table_kernel())
       avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
-    else if (avx512_runs())
+    else if (avx512_kernels())  // (also where AVX2 streams the other formats: Zen 4, 8 rows ahead there)
       for (int64_t gi = 0; gi < ng; ++gi)
         avx512::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,
-                              params + gi * 256, params + gi * 256 + 128, exact, acc);
+                              params + gi * 256, params + gi * 256 + 128, exact, avx512_runs() ? 64 : 8, acc);
     else if (avx2_kernels())
       for (int64_t gi = 0; gi < ng; ++gi)
         avx2::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,

@@ -684,12 +684,18 @@ DSV3_AVX2 inline __m256 awq_weights(__m256i q, int j, __m256 s, __m256 mzs, bool
 // A band's rows are far apart in memory (a row is all `words` of the
 // matrix), and each of them gives the band one 64-byte line: the hardware
 // prefetcher does not see that stream. So the kernel asks for row k + 8 of
-// its band, and for the next band's line of row k (read by the next call,
-// which walks the same rows). One core from memory: 3.2–4.2 → 5.3–5.9 G
-// weights/s, the in-cache speed, on every shape of the mid model (Zen 3);
-// prefetch instructions do not fault past the matrix.
+// its half band (8 words at qh), and for the next band's line of row k (read
+// by the next call, which walks the same rows). One core from memory: 3.2–4.2
+// → 5.3–5.9 G weights/s, the in-cache speed, on every shape of the mid model
+// (Zen 3); prefetch instructions do not fault past the matrix.
+//
+// A safetensors file aligns its tensors to 8 bytes only (the data follow a
+// header of any length), so a half band's 32 bytes may lie across two lines:
+// the kernel asks for the line of its last byte too (the same line where
+// they do not).
 DSV3_AVX2 inline void awq_prefetch(const uint32_t* qh, int64_t k, int64_t words) {
   _mm_prefetch(reinterpret_cast<const char*>(qh + (k + 8) * words), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(qh + (k + 8) * words + 8) - 1, _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(qh + k * words + 16), _MM_HINT_T0);
 }
 
@@ -760,13 +766,17 @@ DSV3_AVX2 inline int64_t awq_rows(const float* x, int64_t ldx, int64_t n, int64_
   for (int e = 0; e < 128; ++e) mzs[e] = exact ? -zq[e] * sq[e] : zq[e];
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   // Storage rows lie a whole row of words apart (1 KB for mid's kv_b), each
-  // giving one line: ask for them 32 rows ahead (and the first 32 now). In
-  // mid awq decode, one thread, this kernel's samples fell by a sixth to a
-  // fifth (Zen 4; the whole decode's time within its noise); prefetches past
-  // the matrix do not fault.
-  for (int64_t c = c0; c < std::min(c1, c0 + 32); ++c) _mm_prefetch(reinterpret_cast<const char*>(qw + c * words), _MM_HINT_T0);
+  // giving one line, or two where the nw words lie across a line's end (a
+  // safetensors file aligns tensors to 8 bytes: awq_prefetch): ask for both
+  // lines 32 rows ahead (and the first 32 rows' now). Prefetches past the
+  // matrix do not fault.
+  auto ahead = [&](int64_t c) {  // the first and the last line of row c's nw words
+    _mm_prefetch(reinterpret_cast<const char*>(qw + c * words), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(qw + c * words + nw) - 1, _MM_HINT_T0);
+  };
+  for (int64_t c = c0; c < std::min(c1, c0 + 32); ++c) ahead(c);
   for (int64_t c = c0; c < c1; ++c) {
-    _mm_prefetch(reinterpret_cast<const char*>(qw + (c + 32) * words), _MM_HINT_T0);
+    ahead(c + 32);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t h = 0; h * 8 < nw; ++h) {
       const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(8, nw - 8 * h))), iota);

@@ -49,7 +49,11 @@ inline bool& avx512_kernels() {
 // halves. There the AVX2 kernels decoded the mid model 1.14× (fp8) to 1.44×
 // (awq) as fast, mlx4 as fast, and bf16 1.38× (docs/formats.md §5); prefill
 // (which decodes bands for BLAS) ran as fast. The few-row attention products
-// keep AVX-512 there. A program (or test) may set it.
+// keep AVX-512 there, and so does AWQ's decode kernel (awq_dot_group, which
+// computes each weight): asked for both lines of a row that lies across two
+// (awq_prefetch16), it ran mid awq decode 1.04–1.05× as fast as AVX2's (2
+// threads; one thread 1.08×; without the second lines' prefetch it had run
+// 0.66–0.73× as fast). A program (or test) may set it.
 inline bool& avx512_preferred() {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   static bool on = [] {
@@ -330,13 +334,16 @@ DSV3_AVX512 inline __m512 awq_weights16(__m512i q, __m512 iota, __m512 s, __m512
   const __m512 v = exact ? _mm512_fmadd_ps(qf, s, mzs) : _mm512_mul_ps(_mm512_sub_ps(qf, mzs), s);
   return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-// A band's rows lie far apart, one 64-byte line each: row k + 64 of the
-// band, and the next band's line of row k. (On a Zen 5 EPYC, mid awq
-// decode: k + 8, as avx2::awq_prefetch asks, 1.04–1.11× slower than k + 32;
-// k + 32 1.03× (one thread, CPU time) and 1.06× (2 threads) slower than
-// k + 64.)
-DSV3_AVX512 inline void awq_prefetch16(const uint32_t* row, int64_t words) {
-  _mm_prefetch(reinterpret_cast<const char*>(row + 64 * words), _MM_HINT_T0);
+// A band's rows lie far apart, one 64-byte line each (two where a tensor's
+// 8-byte alignment puts the band across a line's end: avx2::awq_prefetch):
+// row k + ahead of the band, both lines, and the next band's line of row k.
+// `ahead` (quant.hpp's awq_cols_partial): 64 where the AVX-512 kernels run
+// (on a Zen 5 EPYC, mid awq decode: k + 8 1.04–1.11× slower than k + 32; k +
+// 32 1.03× (one thread, CPU time) and 1.06× (2 threads) slower than k + 64),
+// 8 on Zen 4 (its AVX2 streams: k + 64 took 1.2× k + 8's samples here).
+DSV3_AVX512 inline void awq_prefetch16(const uint32_t* row, int64_t words, int64_t ahead) {
+  _mm_prefetch(reinterpret_cast<const char*>(row + ahead * words), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + ahead * words + 16) - 1, _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(row + 16), _MM_HINT_T0);
 }
 
@@ -346,11 +353,12 @@ DSV3_AVX512 inline void awq_prefetch16(const uint32_t* row, int64_t words) {
 // computed, as there: q by vpermps from 0, 1, …, 15 (which reads a lane's
 // low 4 bits), (q − z)·s as fma(q, s, −z·s) when `exact` (else (q − z)·s),
 // rounded to f16 and back. Each lane's sums run over k in the same order as
-// the AVX2 kernel's, so the two give the same bits. It runs where the table
-// kernel's gathers are slow (quant.hpp's awq_table_kernel).
+// the AVX2 kernel's, so the two give the same bits. It runs wherever the
+// AVX-512 kernels do and the table kernel does not (quant.hpp's
+// awq_cols_partial): on AMD's CPUs, whose gathers are slow, Zen 4 included.
 DSV3_AVX512 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1,
                                       const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
-                                      bool exact, float* acc) {
+                                      bool exact, int64_t ahead, float* acc) {
   const __mmask16 live = first_lanes(nw);
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 s[8], mzs[8];  // the band's scales and −z·s (or z) per nibble
@@ -366,7 +374,7 @@ DSV3_AVX512 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, in
     for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(acc + 16 * j);
     for (int64_t k = k0; k < k1; ++k) {
       const uint32_t* row = qw + k * words;
-      awq_prefetch16(row, words);
+      awq_prefetch16(row, words, ahead);
       __m512i q = _mm512_maskz_loadu_epi32(live, row);
       const __m512 xv = _mm512_set1_ps(x[k]);
 #pragma GCC unroll 8
@@ -378,7 +386,7 @@ DSV3_AVX512 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, in
   }
   for (int64_t k = k0; k < k1; ++k) {  // each weight computed once for the n rows of x
     const uint32_t* row = qw + k * words;
-    awq_prefetch16(row, words);
+    awq_prefetch16(row, words, ahead);
     __m512i q = _mm512_maskz_loadu_epi32(live, row);
     for (int j = 0; j < 8; ++j, q = _mm512_srli_epi32(q, 4)) {
       const __m512 v = awq_weights16(q, iota, s[j], mzs[j], exact);
@@ -697,7 +705,7 @@ inline void awq_groups_lut_wide(const float*, int64_t, int64_t, int64_t, int64_t
                                 int64_t, const float*, float*, float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
 inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
-                          const float*, const float*, bool, float*) {}
+                          const float*, const float*, bool, int64_t, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 inline int64_t awq_rows_lut(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
                             const float*, const float*, float*, float*, int64_t) { return c0; }
