@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <new>
 #include <vector>
 
 #include "../weights.hpp"
@@ -261,10 +262,28 @@ inline bool has_fused_kernel(const Linear& W) {
   return W.awq() != nullptr;
 }
 
+// Storage that starts on a 64-byte line (C++17's aligned new), for the
+// activations the decode kernels read: malloc's 16 bytes of alignment let
+// every other 32-byte load of x cross a line. Aligned, the 4-bit MLX
+// kernel's samples in one-thread mid mlx4 decode fell 3–5% (Zen 4).
+template <class T>
+struct LineAllocator {
+  using value_type = T;
+  LineAllocator() = default;
+  template <class U>
+  LineAllocator(const LineAllocator<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const LineAllocator<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+
 // State shared by every band of one matrix in one call: the activations in
 // the layout each kernel reads (MLX: permuted, with group sums).
 struct FusedInput {
-  std::vector<float> xp, xs;
+  std::vector<float, LineAllocator<float>> xp, xs;
   int xexp = 0;  // the AVX2 MLX / FP8 kernels' xp is x·2^xexp (their subnormal-code routes; 0: x as it is)
 };
 
