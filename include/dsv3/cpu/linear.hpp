@@ -209,6 +209,12 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
     FusedInput own;                  // the activations as that kernel reads them
     const FusedInput* in = &own;     // own, or an earlier job's when x and the layout are the same
     int64_t part0 = 0, part1 = 0;    // AWQ: its units' partial outputs, in group order
+    // back to the defaults above, own's buffers keeping their capacity
+    void reset() {
+      direct = nullptr, bf16 = nullptr, fused = false, round_w = false;
+      own.xp.clear(), own.xs.clear(), own.xexp = 0;
+      in = &own, part0 = part1 = 0;
+    }
   };
   // A unit: output rows [r0, r1) of a job; for AWQ (stored [in, out]) input
   // rows [r0, r1), one group, whose partial y goes to parts[part].
@@ -218,12 +224,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
   thread_local std::vector<Job> info_store;
   std::vector<Job>& info = info_store;
   if (info.size() < jobs.size()) info.resize(jobs.size());
-  for (std::size_t j = 0; j < jobs.size(); ++j) {
-    Job& J = info[j];
-    J.direct = nullptr, J.bf16 = nullptr, J.fused = false, J.round_w = false;
-    J.own.xp.clear(), J.own.xs.clear(), J.own.xexp = 0;
-    J.in = &J.own, J.part0 = J.part1 = 0;
-  }
+  for (std::size_t j = 0; j < jobs.size(); ++j) info[j].reset();
   // (the unit list and the threads' buffers keep their capacity from call to
   // call: a decode step makes some 40 of these rounds)
   thread_local std::vector<Unit> unit_store;  // (the calling thread's; the region reads it through `units`)
