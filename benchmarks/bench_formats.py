@@ -11,9 +11,13 @@ What runs, on the `mid` preset (`dsv3 make-model --preset mid --seed 7`, hidden 
     by make-model from the same seed;
   * llama.cpp (built by you, outside this repository) on the same f32 weights, converted with
     `gguf_from_hf.py` (llama.cpp's gguf-py) and quantized with its own `llama-quantize --pure` to
-    F32, BF16, Q8_0 and Q4_0 (pure: every matrix in that type, the head included, as in the dsv3
-    checkpoint it is compared with). Q4_0 stores 4.5 bits per weight like MLX 4-bit at group 64;
-    Q8_0 8.5, like FP8's one byte plus block scales.
+    F32, BF16, Q8_0 and Q4_0 (pure: every matrix in that type, the head included, as in the MLX
+    checkpoints). Q4_0 stores 4.5 bits per weight like MLX 4-bit at group 64; Q8_0 8.5, like FP8's one
+    byte plus block scales. dsv3's fp8 and awq checkpoints keep the embedding and the head in 16 bits
+    (BF16 as DeepSeek's FP8 release; F16 as AutoAWQ): on the mid model the head is a third of the weights
+    one token reads, so they are also set beside `Q8_0+BF16` and `Q4_0+F16`, the same quantization with
+    the embedding and head in BF16 / F16 (`--token-embedding-type`, `--output-tensor-type`): the same
+    bytes per token as the dsv3 file within the scales' share.
 Each round measures every engine/format once, in an order that rotates by one each round:
   * prefill: tokens/s of one call on `--prompt-len` (512) tokens — dsv3 `generate --max-new-tokens 1
     --warmup 1` (`prefill_tokens_per_s`); llama.cpp `llama-bench -p 512 -n 0 -r 1` (its own warm-up
@@ -60,9 +64,21 @@ sys.path.insert(0, HERE)
 from bench_model import Quiet, ids_arg, log, make_ids, run_timed, touched_bytes_per_token, write_results  # noqa: E402
 
 DSV3_FORMATS = ["f32", "bf16", "fp8", "awq", "mlx4", "mlx5", "mlx8"]
-LLAMA_TYPES = ["F32", "BF16", "Q8_0", "Q4_0"]
-# the comparisons the issue asks for: dsv3 format -> llama.cpp type at the same bits
-PAIRS = [("f32", "F32"), ("bf16", "BF16"), ("fp8", "Q8_0"), ("mlx8", "Q8_0"), ("mlx4", "Q4_0"), ("awq", "Q4_0")]
+LLAMA_TYPES = ["F32", "BF16", "Q8_0", "Q4_0", "Q8_0+BF16", "Q4_0+F16"]
+# the comparisons the issue asks for: dsv3 format -> llama.cpp type at the same bits; then the same for the
+# checkpoints whose embedding and head stay in 16 bits (fp8 BF16, as DeepSeek's own; awq F16), beside a
+# llama.cpp file laid out the same way ("TYPE+HEAD": below)
+PAIRS = [("f32", "F32"), ("bf16", "BF16"), ("fp8", "Q8_0"), ("mlx8", "Q8_0"), ("mlx4", "Q4_0"), ("awq", "Q4_0"),
+         ("fp8", "Q8_0+BF16"), ("awq", "Q4_0+F16")]
+
+
+def quantize_args(t):
+    """llama-quantize's arguments after the files for a type of --llama-types: "TYPE" (every matrix in it,
+    the embedding and head included: --pure) or "TYPE+HEAD" (every matrix but the embedding and the head
+    in TYPE, those two in HEAD: --token-embedding-type / --output-tensor-type)."""
+    base, _, head = t.partition("+")
+    extra = ["--token-embedding-type", head.lower(), "--output-tensor-type", head.lower()] if head else []
+    return extra, base
 
 GGUF_BYTES = r"""
 import json, sys
@@ -107,9 +123,12 @@ def make_models(a):
         for t in a.llama_types:
             g = os.path.join(a.models_dir, f"{a.preset}-{t}.gguf")
             if t != "F32" and not os.path.exists(g):
-                log(f"llama-quantize --pure {t}")
-                subprocess.run([a.llama_quantize, "--pure", f32, g, t, str(a.threads)], check=True,
+                extra, base = quantize_args(t)
+                log(f"llama-quantize --pure {' '.join(extra)} {base}")
+                tmp = g + ".part"  # (renamed into place: an interrupted run leaves no file taken as whole)
+                subprocess.run([a.llama_quantize, "--pure"] + extra + [f32, tmp, base, str(a.threads)], check=True,
                                capture_output=True)
+                os.replace(tmp, g)
             gguf[t] = f32 if t == "F32" else g
     return dsv3, gguf
 
