@@ -13,12 +13,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <dsv3/formats/file.hpp>
@@ -211,8 +213,22 @@ inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
 // the model out of range (e.g. a rope_theta or a scaling factor inside the
 // accepted ranges whose result overflows): an error naming the position,
 // never a file of NaNs with exit 0.
+// One pass over the bits first (an exponent of all ones: ∞ or NaN), a loop
+// without an early exit that the compiler vectorises: the search with
+// std::isfinite took 25 µs of a 4 ms mid mlx4 token (vocab 32000), on the
+// thread the other threads wait for.
 template <class T>
 void check_finite_logits(const T* row, int64_t V, int64_t position, const char* cmd) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  static_assert(sizeof(T) == sizeof(Bits), "float or double logits");
+  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+  Bits bad = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    Bits b;
+    std::memcpy(&b, row + v, sizeof b);
+    bad |= Bits((b & exponent) == exponent);
+  }
+  if (bad == 0) return;
   for (int64_t v = 0; v < V; ++v)
     if (!std::isfinite(row[v]))
       fail(cmd, ": the logits at position ", position, " are not finite (", double(row[v]), " for token id ", v,
