@@ -311,7 +311,7 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
     thread_local std::vector<T> buf;
     thread_local std::vector<float> scratch;
     errs.run([&] { buf.resize(std::max(buf.size(), buf_elems)); });
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (std::size_t u = 0; u < units.size(); ++u) errs.run([&] {
       const Unit& un = units[u];
       const Linear& W = *jobs[un.job].w;
@@ -466,7 +466,7 @@ inline Mat<T> linear(const Mat<T>& x, const Linear& W, const Variants& v = {}) {
 #pragma omp parallel
   {
     std::vector<T> scratch;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t b = 0; b < nbands; ++b)
       errs.run([&] { matmul_bands(x, W, v, b * band, std::min(O, (b + 1) * band), band, scratch, y); });
   }
@@ -500,7 +500,7 @@ inline std::vector<Mat<T>> linear_many(const std::vector<MatJob<T>>& jobs, const
 #pragma omp parallel
   {
     std::vector<T> scratch;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (std::size_t t = 0; t < order.size(); ++t) errs.run([&] {
       const MatJob<T>& j = jobs[order[t]];
       Mat<T>& y = ys[order[t]];

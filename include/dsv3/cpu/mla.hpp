@@ -271,7 +271,7 @@ inline Mat<T> mla(const Backend<T>& be, const Config& c, const AttentionWeights&
         rnd(si, tv);
       }
     };
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t u = 0; u < units; ++u) errs.run([&] {
       if (grouped) {
         if constexpr (std::is_same_v<T, float>) {
