@@ -73,9 +73,9 @@ PAIRS = [("f32", "F32"), ("bf16", "BF16"), ("fp8", "Q8_0"), ("mlx8", "Q8_0"), ("
 
 
 def quantize_args(t):
-    """llama-quantize's arguments after the files for a type of --llama-types: "TYPE" (every matrix in it,
-    the embedding and head included: --pure) or "TYPE+HEAD" (every matrix but the embedding and the head
-    in TYPE, those two in HEAD: --token-embedding-type / --output-tensor-type)."""
+    """(options, type) for llama-quantize from a type of --llama-types: "TYPE" (every matrix in it, the
+    embedding and head included: --pure alone) or "TYPE+HEAD" (every matrix but the embedding and the head
+    in TYPE, those two in HEAD: --token-embedding-type / --output-tensor-type as well)."""
     base, _, head = t.partition("+")
     extra = ["--token-embedding-type", head.lower(), "--output-tensor-type", head.lower()] if head else []
     return extra, base

