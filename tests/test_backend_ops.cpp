@@ -109,7 +109,7 @@ void every_backend_matches(bool quick) {
 namespace {
 // The kinds of CPU kernel for the quantized formats that this CPU can run:
 // AVX-512 (with the AWQ decode kernel this CPU prefers, and with the other:
-// cpu::awq_table_kernel), AVX-512 beside the AVX2 kernels that stream the
+// cpu::awq_gathers_preferred), AVX-512 beside the AVX2 kernels that stream the
 // weights (what Zen 4 runs: cpu::avx512_preferred), AVX2 (its MLX kernel
 // reading codes as subnormals where the CPU allows it, and converting them),
 // and the plain loops, which every CPU runs. `awq_only`: the kind differs from
@@ -117,16 +117,16 @@ namespace {
 // told otherwise (the suite above).
 struct KernelKind {
   const char* name;
-  bool avx512, avx2, subnormal, awq_tables = false, awq_only = false, preferred = true, own = false;
+  bool avx512, avx2, subnormal, awq_gathers = false, awq_only = false, preferred = true, own = false;
 };
 std::vector<KernelKind> kernel_kinds() {
   static const bool has512 = cpu::avx512_kernels(), has2 = cpu::avx2_kernels(), sub = cpu::avx2_subnormal_codes();
-  static const bool tables = cpu::awq_tables_preferred(), pref = cpu::avx512_preferred();
+  static const bool gathers = cpu::awq_gathers_preferred(), pref = cpu::avx512_preferred();
   std::vector<KernelKind> k;
   if (has512) {
-    k.push_back({"avx512", true, has2, sub, tables, false, true, pref});
-    k.push_back({tables ? "avx512 (AWQ computed)" : "avx512 (AWQ tables)", true, has2, sub, !tables, true});
-    if (has2) k.push_back({"avx512 with AVX2 streams", true, true, sub, tables, false, false, !pref});
+    k.push_back({"avx512", true, has2, sub, gathers, false, true, pref});
+    k.push_back({gathers ? "avx512 (AWQ transposes)" : "avx512 (AWQ gathers)", true, has2, sub, !gathers, true});
+    if (has2) k.push_back({"avx512 with AVX2 streams", true, true, sub, gathers, false, false, !pref});
   }
   if (has2 && sub) k.push_back({"avx2 (subnormal codes)", false, true, true, false, false, true, !has512});
   if (has2) k.push_back({"avx2", false, true, false, false, false, true, !has512 && !sub});
@@ -135,15 +135,15 @@ std::vector<KernelKind> kernel_kinds() {
 }
 // Chooses a kind for its lifetime.
 struct UseKernels {
-  bool a = cpu::avx512_kernels(), b = cpu::avx2_kernels(), c = cpu::avx2_subnormal_codes(), d = cpu::awq_tables_preferred();
+  bool a = cpu::avx512_kernels(), b = cpu::avx2_kernels(), c = cpu::avx2_subnormal_codes(), d = cpu::awq_gathers_preferred();
   bool e = cpu::avx512_preferred();
   explicit UseKernels(const KernelKind& k) {
     cpu::avx512_kernels() = k.avx512, cpu::avx2_kernels() = k.avx2, cpu::avx2_subnormal_codes() = k.subnormal;
-    cpu::awq_tables_preferred() = k.awq_tables;
+    cpu::awq_gathers_preferred() = k.awq_gathers;
     cpu::avx512_preferred() = k.preferred;
   }
   ~UseKernels() {
-    cpu::avx512_kernels() = a, cpu::avx2_kernels() = b, cpu::avx2_subnormal_codes() = c, cpu::awq_tables_preferred() = d;
+    cpu::avx512_kernels() = a, cpu::avx2_kernels() = b, cpu::avx2_subnormal_codes() = c, cpu::awq_gathers_preferred() = d;
     cpu::avx512_preferred() = e;
   }
 };
@@ -437,6 +437,79 @@ TEST_CASE("the AVX2 kernels' subnormal-code routes give the conversion routes' b
       }
   }
   CHECK(compared > 0);
+}
+#endif
+
+// AWQ's AVX-512 table kernels (cpu/quant_avx512.hpp): round_f16_normal, the
+// three-operation rounding their tables take where a group's scales allow
+// (awq_scales_normal), against the reference's conversion for every product
+// (q − z)·s with such a scale, of either sign; and the two ways of bringing
+// the words into lanes (gathers, transposes), which add the same products in
+// the same order, giving the same bits at every shape of the awkward-shapes
+// case above, including groups of 40 rows (one row at a time past each
+// block of 16), the wide form and f16-subnormal scales.
+#ifdef DSV3_HAVE_AVX512_KERNELS
+namespace {
+DSV3_AVX512 void round_f16_normal_16(const float* v, float* out) {
+  _mm512_storeu_ps(out, cpu::avx512::round_f16_normal(_mm512_loadu_ps(v)));
+}
+}  // namespace
+TEST_CASE("the AVX-512 AWQ tables: round_f16_normal is the reference's f16 rounding; gathers and transposes give the same bits") {
+  if (!cpu::avx512_kernels()) {
+    MESSAGE("no AVX-512 on this CPU: nothing to compare");
+    return;
+  }
+  int64_t checked = 0, bad = 0;
+  std::vector<float> v, got(16);
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float s = f16_to_f32(uint16_t(h)), as = std::fabs(s);
+    float row[128];
+    std::fill(row, row + 128, s);
+    const bool normal = as == 0 || (as >= 0x1p-14f && as <= 4366.0f);
+    if (std::isfinite(s)) CHECK_MESSAGE(cpu::avx512::awq_scales_normal(row) == normal, "scale ", s);
+    if (!normal) continue;
+    for (int d = -15; d <= 15; ++d) v.push_back(float(d) * s);
+  }
+  for (std::size_t e = 0; e < v.size(); e += 16) {
+    float in[16] = {};
+    std::copy(v.begin() + std::ptrdiff_t(e), v.begin() + std::ptrdiff_t(std::min(v.size(), e + 16)), in);
+    round_f16_normal_16(in, got.data());
+    for (int l = 0; l < 16; ++l, ++checked)
+      bad += cpu::qk::as_u32(got[std::size_t(l)]) != cpu::qk::as_u32(f16_to_f32(f32_to_f16(in[l])));
+  }
+  CHECK(bad == 0);
+  CHECK(checked > 1000000);
+  {  // one scale out of range in a group: the tables take the conversions
+    float row[128];
+    std::fill(row, row + 128, 0.01f);
+    row[77] = 0x1p-15f;
+    CHECK_FALSE(cpu::avx512::awq_scales_normal(row));
+    row[77] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_FALSE(cpu::avx512::awq_scales_normal(row));
+  }
+
+  SyntheticLinears s;
+  const KernelKind gathers{"avx512 (AWQ gathers)", true, cpu::avx2_kernels(), false, true};
+  const KernelKind transposes{"avx512 (AWQ transposes)", true, cpu::avx2_kernels(), false, false};
+  int compared = 0;
+  for (const auto& [name, W] : s.linears) {
+    if (!W.awq()) continue;
+    for (int64_t n : {1, 2, 3, 4}) {
+      const Mat<float> x = random_rows<float>(n, W.in(), 9);
+      Mat<float> a, b;
+      {
+        UseKernels use(gathers);
+        a = cpu::linear(x, W);
+      }
+      {
+        UseKernels use(transposes);
+        b = cpu::linear(x, W);
+      }
+      CHECK_MESSAGE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0, name, " n = ", n);
+      ++compared;
+    }
+  }
+  CHECK(compared == 7 * 4);
 }
 #endif
 

@@ -538,14 +538,15 @@ inline void fused_rows(const Linear& W, const float* x, int64_t n, const FusedIn
   fail("fused_rows: '", W.name(), "' has no fused kernel");
 }
 
-// Which AVX-512 kernel AWQ decode runs: the tables (awq_groups_lut, whose
-// gathers bring 16 rows of a column word into the lanes), or the kernel that
-// computes each weight, 16 words a vector (avx512::awq_dot_group). The
-// tables were the faster on the Xeon they were written on; on AMD's Zen 5,
-// whose gathers are slow, the other is (mid awq decode 1.24×, the kernel
-// alone; docs/formats.md §5), so it runs on AMD CPUs. A program (or test)
-// may set awq_tables_preferred() to run the other one.
-inline bool& awq_tables_preferred() {
+// Which AVX-512 kernel AWQ decode runs. Both look each column's 16 weights
+// up in a table for 16 input rows at a time; they bring a column word's 16
+// rows into the lanes by a gather (awq_groups_lut and its wide form) or by
+// loading 16 rows of the band and transposing them (awq_groups_tr). The
+// gathers were the faster on the Xeon they were written on; AMD's gathers
+// are slow, so the transposes run on AMD CPUs (measured on Zen 4:
+// docs/formats.md §5). A program (or test) may set awq_gathers_preferred()
+// to run the other one.
+inline bool& awq_gathers_preferred() {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   static bool on = (__builtin_cpu_init(), !__builtin_cpu_is("amd"));
 #else
@@ -553,7 +554,10 @@ inline bool& awq_tables_preferred() {
 #endif
   return on;
 }
-inline bool awq_table_kernel() { return avx512_runs() && awq_tables_preferred(); }
+inline bool awq_gather_kernel() { return avx512_runs() && awq_gathers_preferred(); }
+// Where the gathers do not run, AVX-512 (Zen 4 too, whose other streams
+// are AVX2: avx512_preferred) runs the transposes.
+inline bool awq_transpose_kernel() { return avx512_kernels() && !awq_gather_kernel(); }
 
 // Whether a group's rows crowd into few of L1's 64 sets (of 64-byte lines):
 // more than 8 rows a set, where L1 has 12 ways. Rows spaced a multiple of
@@ -564,7 +568,7 @@ inline bool awq_table_kernel() { return avx512_runs() && awq_tables_preferred();
 // width) that is k·L mod 64, L = row_bytes/64, which repeats every
 // 64/gcd(L, 64) rows, so no loop is needed on each call.
 inline bool awq_wide(const AwqWeight& a) {
-  if (!awq_table_kernel()) return false;
+  if (!awq_gather_kernel()) return false;
   const int64_t row_bytes = a.qweight.shape[1] * 4, rows = std::min<int64_t>(a.group_size, 256);
   int64_t sets = 0;
   if (row_bytes % 64 == 0) {
@@ -593,15 +597,14 @@ inline bool awq_wide(const AwqWeight& a) {
 // (the mid model's 1024 × 1024 AWQ matrices ran 35% slower than a group a
 // unit). The wide form (awq_wide) is not limited by L1.
 //
-// The kernels that compute each weight (avx2::awq_dot_group, and
-// avx512::awq_dot_group where awq_table_kernel() is false) take one group a call
-// and read each row's line of a band once, so a unit's size does not bear
-// on L1; they take four groups, and the partial outputs summed after the
-// round are a quarter as many.
+// The transposes (avx512::awq_groups_tr) and the AVX2 kernel that computes
+// each weight (avx2::awq_dot_group) read each row's lines of a band once a
+// call, so a unit's size does not bear on L1; they take four groups, and
+// the partial outputs summed after the round are a quarter as many.
 inline int64_t awq_groups_per_unit(const AwqWeight& a) {
   const int64_t G = a.group_size, row_bytes = a.qweight.shape[1] * 4;
-  const bool computes = !awq_table_kernel() && (avx512_kernels() || avx2_kernels());  // a *::awq_dot_group runs
-  const int64_t fit = awq_wide(a) || computes ? 4 : (32 << 10) / (G * row_bytes);
+  const bool once = !awq_gather_kernel() && (avx512_kernels() || avx2_kernels());  // each line read once a call
+  const int64_t fit = awq_wide(a) || once ? 4 : (32 << 10) / (G * row_bytes);
   return std::clamp<int64_t>(std::min(a.in() / G / 4, fit), 1, 4);
 }
 
@@ -644,28 +647,25 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
   const auto* qw = reinterpret_cast<const uint32_t*>(a.qweight.data);
   const bool wide = awq_wide(a);
   const bool exact = awq_fma_exact(a);
-  scratch.resize(std::size_t(ng * 256 + n * 128 + (wide ? 2048 + n * 2048 : 0)));
+  const bool transposed = awq_transpose_kernel();
+  scratch.resize(std::size_t(ng * 256 + n * 128 + (wide ? 2048 + n * 2048 : transposed ? 2048 + 16 + n * 2048 : 0)));
   float* params = scratch.data();  // per group: 128 zero points, 128 scales (nibble order)
   float* acc = params + ng * 256;
   float* lut = acc + n * 128;      // the wide kernel's tables and lanes
   float* lanes = lut + 2048;
+  // the transposes' words ([16][128], 64-byte aligned) and lanes
+  auto* tw = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(acc + n * 128) + 63) & ~uintptr_t(63));
+  if (transposed) lanes = reinterpret_cast<float*>(tw + 2048);
   for (int64_t w0 = wb; w0 < we; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
     const int64_t nw = std::min<int64_t>(16, we - w0), c0 = 8 * (w0 - wb);
     std::fill(acc, acc + n * 128, 0.0f);
     for (int64_t gi = 0; gi < ng; ++gi) awq_group_params(a, k0 / G + gi, w0, nw, params + gi * 256, params + gi * 256 + 128);
     if (wide)
       avx512::awq_groups_lut_wide(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, lut, lanes, acc);
-    else if (awq_table_kernel())
+    else if (awq_gather_kernel())
       avx512::awq_groups_lut(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, acc);
-    // AVX-512 also where AVX2 streams the other formats (Zen 4: 8 rows ahead
-    // there), but for a band of at most 8 words, which would leave half of
-    // each vector idle, the AVX2 kernel (the same bits): mid's expert
-    // gate/up (24 words: 16 + 8). On Zen 4 that cut one-thread CPU time of
-    // 200 mid awq decode tokens by 6% (4 pairs); 2 threads 0.99× (noise).
-    else if (avx512_kernels() && (avx512_runs() || nw > 8 || !avx2_kernels()))
-      for (int64_t gi = 0; gi < ng; ++gi)
-        avx512::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,
-                              params + gi * 256, params + gi * 256 + 128, exact, avx512_runs() ? 64 : 8, acc);
+    else if (transposed)  // (a band of 8 words or fewer fills the lanes too: they run along the input)
+      avx512::awq_groups_tr(x, n, ldx, k0, k1, G, qw + w0, words, nw, params, exact, w0 == wb, tw, lanes, acc);
     else if (avx2_kernels())
       for (int64_t gi = 0; gi < ng; ++gi)
         avx2::awq_dot_group(x, n, ldx, k0 + gi * G, std::min(k1, k0 + (gi + 1) * G), qw + w0, words, nw,

@@ -9,6 +9,8 @@
 // runs the op suite with them on and off.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -49,11 +51,11 @@ inline bool& avx512_kernels() {
 // halves. There the AVX2 kernels decoded the mid model 1.14× (fp8) to 1.44×
 // (awq) as fast, mlx4 as fast, and bf16 1.38× (docs/formats.md §5); prefill
 // (which decodes bands for BLAS) ran as fast. The few-row attention products
-// keep AVX-512 there, and so does AWQ's decode kernel (awq_dot_group, which
-// computes each weight): asked for both lines of a row that lies across two
-// (awq_prefetch16), it ran mid awq decode 1.04–1.05× as fast as AVX2's (2
-// threads; one thread 1.08×; without the second lines' prefetch it had run
-// 0.66–0.73× as fast). A program (or test) may set it.
+// keep AVX-512 there, and so does AWQ's decode kernel (awq_groups_tr, a
+// table per column, where the AVX2 kernel computes and rounds each weight:
+// at DeepSeek-V3's dimensions its samples are 0.66× AVX-512 awq_dot_group's,
+// which ran 1.04–1.05× as fast as AVX2's; docs/formats.md §5). A program
+// (or test) may set it.
 inline bool& avx512_preferred() {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   static bool on = [] {
@@ -316,84 +318,14 @@ DSV3_AVX512 inline void awq_groups_lut(const float* x, int64_t n, int64_t K, int
           for (; k < g1; ++k) {
             uint32_t q;
             std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
-            for (int j = 0; j < 8; ++j) tail[j] += xi[k] * tb[j][(q >> (4 * j)) & 15u];
+            // std::fma written out, here and in the other table kernels' row-at-a-time sums: left
+            // as `+= x·w`, GCC (-ffp-contract=fast) fused it in one compiled copy of a kernel and
+            // not in another (a clone for constant arguments), and the same call gave other bits
+            for (int j = 0; j < 8; ++j) tail[j] = std::fma(xi[k], tb[j][(q >> (4 * j)) & 15u], tail[j]);
           }
         }
       }
       awq_add_word(a, tail, acc + i * 128 + l);
-    }
-  }
-}
-
-// The low nibble of 16 AWQ words as weights, f16((q − z)·s): q by vpermps
-// from iota = 0, 1, …, 15 (vpermps reads a lane's low 4 bits), then
-// fma(q, s, −z·s) when `exact` (mzs = −z·s), else (q − z)·s (mzs = z),
-// rounded to f16 and back (quant_avx2.hpp's awq_weights, 16 lanes).
-DSV3_AVX512 inline __m512 awq_weights16(__m512i q, __m512 iota, __m512 s, __m512 mzs, bool exact) {
-  const __m512 qf = _mm512_permutexvar_ps(q, iota);
-  const __m512 v = exact ? _mm512_fmadd_ps(qf, s, mzs) : _mm512_mul_ps(_mm512_sub_ps(qf, mzs), s);
-  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-}
-// A band's rows lie far apart, one 64-byte line each (two where a tensor's
-// 8-byte alignment puts the band across a line's end: avx2::awq_prefetch):
-// row k + ahead of the band, both lines, and the next band's line of row k.
-// `ahead` (quant.hpp's awq_cols_partial): 64 where the AVX-512 kernels run
-// (on a Zen 5 EPYC, mid awq decode: k + 8 1.04–1.11× slower than k + 32; k +
-// 32 1.03× (one thread, CPU time) and 1.06× (2 threads) slower than k + 64),
-// 8 on Zen 4 (its AVX2 streams: k + 64 took 1.2× k + 8's samples here).
-DSV3_AVX512 inline void awq_prefetch16(const uint32_t* row, int64_t words, int64_t ahead) {
-  _mm_prefetch(reinterpret_cast<const char*>(row + ahead * words), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(row + ahead * words + 16) - 1, _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(row + 16), _MM_HINT_T0);
-}
-
-// AWQ along the input, as quant_avx2.hpp's awq_dot_group but the band's
-// nw ≤ 16 words in one vector: input rows [k0, k1) of one group, acc (per x
-// row, [8][16] in nibble order) += x·f16((q − z)·s). Each weight is
-// computed, as there: q by vpermps from 0, 1, …, 15 (which reads a lane's
-// low 4 bits), (q − z)·s as fma(q, s, −z·s) when `exact` (else (q − z)·s),
-// rounded to f16 and back. Each lane's sums run over k in the same order as
-// the AVX2 kernel's, so the two give the same bits. It runs wherever the
-// AVX-512 kernels do and the table kernel does not (quant.hpp's
-// awq_cols_partial): on AMD's CPUs, whose gathers are slow, Zen 4 included.
-DSV3_AVX512 inline void awq_dot_group(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1,
-                                      const uint32_t* qw, int64_t words, int64_t nw, const float* zq, const float* sq,
-                                      bool exact, int64_t ahead, float* acc) {
-  const __mmask16 live = first_lanes(nw);
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 s[8], mzs[8];  // the band's scales and −z·s (or z) per nibble
-#pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) {
-    s[j] = _mm512_loadu_ps(sq + 16 * j);
-    const __m512 z = _mm512_loadu_ps(zq + 16 * j);
-    mzs[j] = exact ? _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), s[j]) : z;
-  }
-  if (n == 1) {  // the sums in registers across the group's rows
-    __m512 a[8];
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(acc + 16 * j);
-    for (int64_t k = k0; k < k1; ++k) {
-      const uint32_t* row = qw + k * words;
-      awq_prefetch16(row, words, ahead);
-      __m512i q = _mm512_maskz_loadu_epi32(live, row);
-      const __m512 xv = _mm512_set1_ps(x[k]);
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j, q = _mm512_srli_epi32(q, 4)) a[j] = _mm512_fmadd_ps(xv, awq_weights16(q, iota, s[j], mzs[j], exact), a[j]);
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) _mm512_storeu_ps(acc + 16 * j, a[j]);
-    return;
-  }
-  for (int64_t k = k0; k < k1; ++k) {  // each weight computed once for the n rows of x
-    const uint32_t* row = qw + k * words;
-    awq_prefetch16(row, words, ahead);
-    __m512i q = _mm512_maskz_loadu_epi32(live, row);
-    for (int j = 0; j < 8; ++j, q = _mm512_srli_epi32(q, 4)) {
-      const __m512 v = awq_weights16(q, iota, s[j], mzs[j], exact);
-      for (int64_t i = 0; i < n; ++i) {
-        float* a = acc + i * 128 + 16 * j;
-        _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(x[i * ldx + k]), v, _mm512_loadu_ps(a)));
-      }
     }
   }
 }
@@ -439,7 +371,7 @@ DSV3_AVX512 inline void awq_groups_lut_wide(const float* x, int64_t n, int64_t K
         for (int64_t l = 0; l < nw; ++l) {
           uint32_t q;
           std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
-          for (int j = 0; j < 8; ++j) tail[i][l][j] += xi[k] * lut[(l * 8 + j) * 16 + ((q >> (4 * j)) & 15u)];
+          for (int j = 0; j < 8; ++j) tail[i][l][j] = std::fma(xi[k], lut[(l * 8 + j) * 16 + ((q >> (4 * j)) & 15u)], tail[i][l][j]);
         }
     }
   }
@@ -448,6 +380,169 @@ DSV3_AVX512 inline void awq_groups_lut_wide(const float* x, int64_t n, int64_t K
       __m512 a[8];
       for (int j = 0; j < 8; ++j) a[j] = _mm512_loadu_ps(lanes + i * 2048 + l * 128 + 16 * j);
       awq_add_word(a, tail[i][l], acc + i * 128 + l);
+    }
+}
+
+// 16 rows of 16 words become 16 vectors of one word each: r[l]'s lane m is
+// word l of row m. Four rounds of 16 two-vector shuffles: pairs of rows
+// (32-bit interleave), fours (64-bit), then 128-bit lanes twice.
+DSV3_AVX512 inline void transpose16(__m512i r[16]) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);      // lane L: words 4L, 4L + 1 of rows i, i + 1
+    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);  // words 4L + 2, 4L + 3
+  }
+  for (int i = 0; i < 16; i += 4) {  // b[i + c], lane L: word 4L + c of rows i .. i + 3
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i e0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), e1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);
+    const __m512i f0 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44), f1 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_i32x4(e0, f0, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(e0, f0, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(e1, f1, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(e1, f1, 0xDD);
+  }
+}
+
+// f16_to_f32(f32_to_f16(v)) for v = (q − z)·s computed exactly (an F16 or
+// BF16 scale s with 2^-14 ≤ |s| ≤ 4366, or 0: the weight is 0 or a normal
+// f16), in three operations instead of two conversions: Veltkamp's split,
+// c = v·(2^13 + 1), v rounded to 24 − 13 = 11 significant bits is c − (c −
+// v). Round to nearest, ties to even, as vcvtps2ph: the same value for every
+// such product (tests/test_backend_ops.cpp tries each f16 scale). The empty
+// asm keeps the compiler from fusing c − v into an fma (-ffp-contract),
+// which would give v back.
+DSV3_AVX512 inline __m512 round_f16_normal(__m512 v) {
+  __m512 c = _mm512_mul_ps(v, _mm512_set1_ps(8193.0f));
+  asm("" : "+v"(c));
+  return _mm512_sub_ps(c, _mm512_sub_ps(c, v));
+}
+// Whether every scale of a band's group (128, awq_band_params's layout) is
+// one that round_f16_normal takes: 2^-14 ≤ |s| ≤ 4366 (15·4366 < 65504), or 0.
+DSV3_AVX512 inline bool awq_scales_normal(const float* sq) {
+  __mmask16 bad = 0;
+  for (int e = 0; e < 128; e += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(sq + e));
+    const __mmask16 in = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0x1p-14f), _CMP_GE_OQ) &
+                         _mm512_cmp_ps_mask(a, _mm512_set1_ps(4366.0f), _CMP_LE_OQ);
+    bad |= __mmask16(~in & ~_mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_EQ_OQ));
+  }
+  return bad == 0;
+}
+
+// Column e's table (awq_band_params's layout, e = 16·j + l): its 16 weights
+// f16((q − z)·s), by round_f16_normal from mzs = −z·s where the group's
+// scales allow (`normal`), else by awq_table's conversions.
+DSV3_AVX512 inline __m512 awq_column_table(bool normal, const float* zq, const float* sq, const float* mzs, int64_t e) {
+  if (!normal) return awq_table(zq[e], sq[e]);
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return round_f16_normal(_mm512_fmadd_ps(iota, _mm512_set1_ps(sq[e]), _mm512_set1_ps(mzs[e])));
+}
+
+// AWQ along the input with awq_groups_lut's tables and sums, the words
+// brought into lanes by transposes instead of gathers (slow on AMD's CPUs):
+// the kernel AWQ decode runs there. Input rows [k0, k1), groups of G from
+// k0, against a band of nw ≤ 16 words; params, acc as awq_groups_lut's.
+// A group's rows go in chunks of at most 128. Each block of 16 rows of the
+// band (one or two lines a row) is loaded once, transposed (transpose16)
+// and stored word by word into `tw` ([16][128], 64-byte aligned); then for
+// each word l, its 8 columns' tables (built once a chunk: awq_column_table)
+// look up the nibbles of 16 rows at a time. A word's lanes wait in `lanes`
+// ([n][16][8][16]) from one chunk to the next. Each lane adds the same
+// products in the same order as awq_groups_lut's, so the two give the same
+// bits; no weight is rounded on its own (a table holds a column's 16
+// weights for a group's rows), where the AVX2 kernel rounds each one.
+// `exact`: (q − z)·s is one exact fma (quant.hpp's awq_fma_exact).
+//
+// Memory: a band's rows lie a whole row of words apart, one or two lines
+// each (two unless the tensor is line-aligned: a safetensors file aligns to
+// 8 bytes). `first`: the unit's first band, whose lines no earlier call
+// asked for: while a block is loaded, the kernel asks for both lines of the
+// row 16 on. Every call asks (into L2) for the next band's last line of each
+// of its rows (the next call walks the same rows; its first line is this
+// band's last), a few rows a word's pass, so that the requests do not queue
+// up behind each other: all of them while the blocks were loaded (an
+// earlier version) left the kernel waiting on its prefetches in situ.
+DSV3_AVX512 inline void awq_groups_tr(const float* x, int64_t n, int64_t ldx, int64_t k0, int64_t k1, int64_t G,
+                                      const uint32_t* qw, int64_t words, int64_t nw, const float* params, bool exact,
+                                      bool first, uint32_t* tw, float* lanes, float* acc) {
+  constexpr int64_t kChunk = 128;
+  const __mmask16 live = first_lanes(nw);
+  float tail[4][16][8];  // rows past a group's last block (G not a multiple of 16)
+  if (G % 16) std::memset(tail, 0, sizeof(tail));
+  alignas(64) float mzs[128];
+  for (int64_t g0 = k0; g0 < k1; g0 += G, params += 256) {
+    const int64_t g1 = std::min(k1, g0 + G), full = g0 + (g1 - g0) / 16 * 16;  // rows [g0, full) in blocks of 16
+    const float *zq = params, *sq = params + 128;
+    const bool normal = exact && awq_scales_normal(sq);
+    if (normal)
+      for (int e = 0; e < 128; e += 16)
+        _mm512_store_ps(mzs + e, _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(zq + e)), _mm512_loadu_ps(sq + e)));
+    for (int64_t c0 = g0; c0 < full; c0 += kChunk) {
+      const int64_t c1 = std::min(full, c0 + kChunk);
+      for (int64_t k = c0; k < c1; k += 16) {
+        __m512i r[16];
+        for (int m = 0; m < 16; ++m) {
+          const uint32_t* row = qw + (k + m) * words;
+          if (first) {
+            _mm_prefetch(reinterpret_cast<const char*>(row + 16 * words), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(row + 16 * words + 16) - 1, _MM_HINT_T0);
+          }
+          r[m] = _mm512_maskz_loadu_epi32(live, row);
+        }
+        transpose16(r);
+        for (int64_t l = 0; l < nw; ++l) _mm512_store_si512(tw + l * kChunk + (k - c0), r[l]);
+      }
+      const int64_t per_l = (c1 - c0 + nw - 1) / nw;  // rows whose next band's line each word's pass asks for
+      for (int64_t i = 0; i < n; ++i) {
+        const float* xi = x + i * ldx;
+        for (int64_t l = 0; l < nw; ++l) {
+          if (i == 0)
+            for (int64_t k = c0 + l * per_l; k < std::min(c1, c0 + (l + 1) * per_l); ++k)
+              _mm_prefetch(reinterpret_cast<const char*>(qw + k * words + 32) - 1, _MM_HINT_T1);
+          float* la = lanes + i * 2048 + l * 128;
+          const uint32_t* tl = tw + l * kChunk - c0;
+          __m512 a[8], t[8];
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) {  // (the call's first chunk starts the lanes)
+            a[j] = c0 == k0 ? _mm512_setzero_ps() : _mm512_loadu_ps(la + 16 * j);
+            t[j] = awq_column_table(normal, zq, sq, mzs, j * 16 + l);
+          }
+          for (int64_t k = c0; k < c1; k += 16) {
+            __m512i q = _mm512_load_si512(tl + k);
+            const __m512 xv = _mm512_loadu_ps(xi + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; ++j, q = _mm512_srli_epi32(q, 4))
+              a[j] = _mm512_fmadd_ps(xv, _mm512_permutexvar_ps(q, t[j]), a[j]);
+          }
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) _mm512_storeu_ps(la + 16 * j, a[j]);
+        }
+      }
+    }
+    if (full < g1)  // rows past the group's last multiple of 16, one at a time through the same tables
+      for (int64_t l = 0; l < nw; ++l) {
+        alignas(64) float tb[8][16];
+        for (int j = 0; j < 8; ++j) _mm512_store_ps(tb[j], awq_column_table(normal, zq, sq, mzs, j * 16 + l));
+        for (int64_t k = full; k < g1; ++k) {
+          uint32_t q;
+          std::memcpy(&q, qw + k * words + l, 4);  // (no alignment in the mapping)
+          for (int64_t i = 0; i < n; ++i)
+            for (int j = 0; j < 8; ++j) tail[i][l][j] = std::fma(x[i * ldx + k], tb[j][(q >> (4 * j)) & 15u], tail[i][l][j]);
+        }
+      }
+  }
+  static const float none[8] = {};
+  const bool blocks = std::min(G, k1 - k0) >= 16;  // whether the first group had a block (and so `lanes` holds sums)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t l = 0; l < nw; ++l) {
+      __m512 a[8];
+      for (int j = 0; j < 8; ++j) a[j] = blocks ? _mm512_loadu_ps(lanes + i * 2048 + l * 128 + 16 * j) : _mm512_setzero_ps();
+      awq_add_word(a, G % 16 ? tail[i][l] : none, acc + i * 128 + l);
     }
 }
 
@@ -704,8 +799,8 @@ inline void awq_groups_lut(const float*, int64_t, int64_t, int64_t, int64_t, int
 inline void awq_groups_lut_wide(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t,
                                 int64_t, const float*, float*, float*, float*) {}
 inline void awq_decode_krow(const uint32_t*, int64_t, const float*, const float*, float*) {}
-inline void awq_dot_group(const float*, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
-                          const float*, const float*, bool, int64_t, float*) {}
+inline void awq_groups_tr(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                          const float*, bool, bool, uint32_t*, float*, float*) {}
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 inline int64_t awq_rows_lut(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
                             const float*, const float*, float*, float*, int64_t) { return c0; }
