@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Real scale: decode on a checkpoint with DeepSeek-V3's real dimensions and FP8 format (a few
-layers of it), and the extrapolation, arithmetic shown, to the real 671B checkpoint.
+"""Real scale: decode on a checkpoint with DeepSeek-V3's real dimensions in one of the published
+formats (a few layers of it), and the extrapolation, arithmetic shown, to the real 671B checkpoint.
 
-    python3 benchmarks/bench_fulldims.py [--model build/bench/fulldims] [--layers 4] [--new-tokens 8]
+    python3 benchmarks/bench_fulldims.py [--dtype fp8] [--model DIR] [--layers 4] [--new-tokens 8]
 
-1. `dsv3 make-model --preset full-dims --dtype fp8 --layers N` (if DIR has no config.json): layers
-   0..2 dense, the rest MoE with 256 experts, real hidden/attention/vocab sizes, FP8 e4m3 weights
-   with 128x128 block scales, BF16 embedding/lm_head/norms/router — the real checkpoint's layout.
+1. `dsv3 make-model --preset full-dims --dtype DTYPE --layers N` (if DIR has no config.json): layers
+   0..2 dense, the rest MoE with 256 experts, real hidden/attention/vocab sizes. fp8 (the default):
+   FP8 e4m3 weights with 128x128 block scales, BF16 embedding/lm_head/norms/router — the official
+   checkpoint's layout; awq: AutoAWQ GEMM int4 (group 128), F16 embedding/lm_head; mlx4/5/8: mlx-lm's
+   affine layout (embedding and lm_head quantized too); bf16. DIR defaults to build/bench/fulldims
+   (fp8) or build/bench/fulldims-DTYPE; an existing DIR in another format is refused.
 2. `dsv3 --prefault off generate` of a short prompt and N new tokens: per-token decode time and peak
    RSS (weights paged in as used), and the run's touched weights (its routing, via `dsv3 trace`).
 3. Bytes one decoded token reads, per kind of layer, in the stored dtype; the real model = the same
    embedding row + lm_head + 3 dense layers + 58 MoE layers (k = 8 of 256 experts each).
    Seconds per token at a bandwidth B = bytes per token / B.
 
-Writes benchmarks/results/fulldims-DATE.{md,json}.
+Writes benchmarks/results/fulldims-DATE.{md,json} (fp8) or fulldims-DTYPE-DATE.{md,json}.
 """
 import argparse
 import datetime
@@ -56,10 +59,35 @@ def layer_bytes(model_dir, cfg):
     return glob, per
 
 
+DTYPES = ("fp8", "awq", "mlx4", "mlx5", "mlx8", "bf16")
+DESCRIBE = {
+    "fp8": "FP8 e4m3 weights with 128x128 block scales; BF16 embedding, lm_head, norms, router",
+    "awq": "AutoAWQ GEMM int4 weights with F16 scales and int4 zero points per group; F16 embedding and lm_head",
+    "mlx4": "MLX affine 4-bit weights (mlx-lm layout, BF16 scales and biases per group), embedding and lm_head too",
+    "mlx5": "MLX affine 5-bit weights (mlx-lm layout, BF16 scales and biases per group), embedding and lm_head too",
+    "mlx8": "MLX affine 8-bit weights (mlx-lm layout, BF16 scales and biases per group), embedding and lm_head too",
+    "bf16": "BF16 weights throughout",
+}
+
+
+def model_dtype(cfg):
+    """The format make-model wrote, from config.json: fp8 | awq | mlxN | bf16 (None if not one of those)."""
+    q = cfg.get("quantization_config") or {}
+    if q.get("quant_method") == "fp8":
+        return "fp8"
+    if q.get("quant_method") == "awq":
+        return "awq"
+    m = cfg.get("quantization") or q
+    if "bits" in m and "group_size" in m:
+        return f"mlx{m['bits']}"
+    return "bf16" if cfg.get("torch_dtype") == "bfloat16" else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
-    ap.add_argument("--model", default="build/bench/fulldims")
+    ap.add_argument("--dtype", default="fp8", choices=DTYPES, help="the checkpoint's format (make-model --dtype)")
+    ap.add_argument("--model", help="checkpoint directory (default build/bench/fulldims, or fulldims-DTYPE)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=5)
@@ -73,11 +101,17 @@ def main():
     a = ap.parse_args()
     a.sweep_threads = []
 
+    a.model = a.model or ("build/bench/fulldims" + ("" if a.dtype == "fp8" else f"-{a.dtype}"))
     if not os.path.exists(os.path.join(a.model, "config.json")):
-        log(f"make-model full-dims fp8 --layers {a.layers} -> {a.model}")
-        run_timed([a.dsv3, "make-model", "--preset", "full-dims", "--dtype", "fp8", "--layers", str(a.layers),
+        log(f"make-model full-dims {a.dtype} --layers {a.layers} -> {a.model}")
+        run_timed([a.dsv3, "make-model", "--preset", "full-dims", "--dtype", a.dtype, "--layers", str(a.layers),
                    "--out", a.model])
     cfg = json.load(open(os.path.join(a.model, "config.json")))
+    if model_dtype(cfg) != a.dtype:
+        sys.exit(f"{a.model}/config.json: a {model_dtype(cfg) or 'other'} checkpoint, not {a.dtype} "
+                 f"(--dtype {a.dtype} wants one of its own: another --model, or an empty directory)")
+    heads = {d for n, (d, _, _) in safetensors_tensors(a.model).items() if n == "lm_head.weight"}
+    head_dtype = "/".join(sorted(heads)) or "?"
     glob, per = layer_bytes(a.model, cfg)
     dense = [L for L in per if L < cfg["first_k_dense_replace"]]
     moe = [L for L in per if L >= cfg["first_k_dense_replace"]]
@@ -106,9 +140,10 @@ def main():
         (REAL_LAYERS - REAL_DENSE) * moe_tok
     real_whole = glob["embedding"] + glob["lm_head"] + glob["final_norm"] + REAL_DENSE * dense_whole + \
         (REAL_LAYERS - REAL_DENSE) * moe_whole
-    bws = [("measured here (dsv3 decode, FP8)", eff)] + [(f"{b} GB/s", float(b) * 1e9) for b in a.bandwidths.split(",")]
+    bws = [(f"measured here (dsv3 decode, {a.dtype})", eff)] + [(f"{b} GB/s", float(b) * 1e9) for b in a.bandwidths.split(",")]
 
-    R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), model=a.model, config_layers=cfg["num_hidden_layers"],
+    R = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), model=a.model, dtype=a.dtype,
+             config_layers=cfg["num_hidden_layers"],
              threads=a.threads, timing=t, wall_s=wall, peak_rss_bytes=rss, touched=touched,
              bytes=dict(global_=glob, dense_layer=dict(whole=dense_whole, per_token=dense_tok),
                         moe_layer=dict(whole=moe_whole, per_token=moe_tok), here_per_token=here_tok,
@@ -117,10 +152,10 @@ def main():
     G = 1e9
     L = []
     w = L.append
-    w(f"# dsv3 at real scale: full-dims FP8, {cfg['num_hidden_layers']} layers ({R['date']})\n")
-    w(f"Checkpoint `{a.model}`: `dsv3 make-model --preset full-dims --dtype fp8 --layers {cfg['num_hidden_layers']}` — "
-      f"DeepSeek-V3's dimensions and storage (FP8 e4m3 weights with 128x128 block scales; BF16 embedding, lm_head, "
-      f"norms, router), layers 0..{len(dense) - 1} dense, {len(moe)} MoE layer(s) of {cfg['n_routed_experts']} experts; "
+    w(f"# dsv3 at real scale: full-dims {a.dtype}, {cfg['num_hidden_layers']} layers ({R['date']})\n")
+    w(f"Checkpoint `{a.model}`: `dsv3 make-model --preset full-dims --dtype {a.dtype} --layers {cfg['num_hidden_layers']}` — "
+      f"DeepSeek-V3's dimensions, stored as {DESCRIBE[a.dtype]}, layers 0..{len(dense) - 1} dense, {len(moe)} MoE "
+      f"layer(s) of {cfg['n_routed_experts']} experts; "
       f"{sum(p['whole'] for p in per.values()) / G + (glob['embedding'] + glob['lm_head']) / G:.2f} GB.\n")
     w(f"Run: `dsv3 --threads {a.threads} --prefault off generate --ids <{a.prompt_len} ids> --max-new-tokens "
       f"{a.new_tokens} --json` (weights paged in from the mapping as first used).\n")
@@ -146,10 +181,11 @@ def main():
     w("| part | bytes per token | × count | total |")
     w("|---|---|---|---|")
     w(f"| embedding row | {glob['embedding_row'] / 1e3:.1f} KB | 1 | {glob['embedding_row'] / 1e6:.3f} MB |")
-    w(f"| dense layer (attention + MLP, FP8 + scales) | {dense_tok / 1e6:.1f} MB | {REAL_DENSE} | {REAL_DENSE * dense_tok / G:.3f} GB |")
+    w(f"| dense layer (attention + MLP, as stored: weights, scales, zero points or biases) | {dense_tok / 1e6:.1f} MB | "
+      f"{REAL_DENSE} | {REAL_DENSE * dense_tok / G:.3f} GB |")
     w(f"| MoE layer (attention, router, shared expert, 8/256 of the routed experts) | {moe_tok / 1e6:.1f} MB | "
       f"{REAL_LAYERS - REAL_DENSE} | {(REAL_LAYERS - REAL_DENSE) * moe_tok / G:.3f} GB |")
-    w(f"| lm_head (BF16) + final norm | {(glob['lm_head'] + glob['final_norm']) / 1e6:.1f} MB | 1 | "
+    w(f"| lm_head ({head_dtype}) + final norm | {(glob['lm_head'] + glob['final_norm']) / 1e6:.1f} MB | 1 | "
       f"{(glob['lm_head'] + glob['final_norm']) / G:.3f} GB |")
     w(f"| **per decoded token** | | | **{real_tok / G:.2f} GB** |")
     w(f"| whole checkpoint (same arithmetic with every expert) | | | {real_whole / G:.0f} GB |")
@@ -165,7 +201,7 @@ def main():
       f"weights per token, e.g. {(REAL_LAYERS - REAL_DENSE) * moe_tok / 7e9:.1f} s per token from a 7 GB/s NVMe "
       f"drive if none were cached; the weights every token reads (attention, dense layers, shared experts, "
       f"routers, lm_head) stay in the page cache once read.")
-    write_results(a.out_dir, "fulldims", R, "\n".join(L) + "\n")
+    write_results(a.out_dir, "fulldims" + ("" if a.dtype == "fp8" else f"-{a.dtype}"), R, "\n".join(L) + "\n")
 
 
 if __name__ == "__main__":

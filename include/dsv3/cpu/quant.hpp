@@ -653,9 +653,11 @@ inline void awq_cols_partial(const AwqWeight& a, const float* x, int64_t ldx, in
   float* acc = params + ng * 256;
   float* lut = acc + n * 128;      // the wide kernel's tables and lanes
   float* lanes = lut + 2048;
-  // the transposes' words ([16][128], 64-byte aligned) and lanes
-  auto* tw = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(acc + n * 128) + 63) & ~uintptr_t(63));
-  if (transposed) lanes = reinterpret_cast<float*>(tw + 2048);
+  uint32_t* tw = nullptr;  // the transposes' words ([16][128], 64-byte aligned), then their lanes
+  if (transposed) {
+    tw = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(acc + n * 128) + 63) & ~uintptr_t(63));
+    lanes = reinterpret_cast<float*>(tw + 2048);
+  }
   for (int64_t w0 = wb; w0 < we; w0 += 16) {  // bands of 16 words: 128 columns, one 64-byte line a row
     const int64_t nw = std::min<int64_t>(16, we - w0), c0 = 8 * (w0 - wb);
     std::fill(acc, acc + n * 128, 0.0f);
