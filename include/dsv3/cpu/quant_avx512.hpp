@@ -51,11 +51,9 @@ inline bool& avx512_kernels() {
 // halves. There the AVX2 kernels decoded the mid model 1.14× (fp8) to 1.44×
 // (awq) as fast, mlx4 as fast, and bf16 1.38× (docs/formats.md §5); prefill
 // (which decodes bands for BLAS) ran as fast. The few-row attention products
-// keep AVX-512 there, and so does AWQ's decode kernel (awq_groups_tr, a
-// table per column, where the AVX2 kernel computes and rounds each weight:
-// at DeepSeek-V3's dimensions its samples are 0.66× AVX-512 awq_dot_group's,
-// which ran 1.04–1.05× as fast as AVX2's; docs/formats.md §5). A program
-// (or test) may set it.
+// keep AVX-512 there, and so does AWQ's decode kernel (awq_groups_tr: a
+// table of each column's 16 weights, where the AVX2 kernel rounds every
+// weight to f16 itself; docs/formats.md §5). A program (or test) may set it.
 inline bool& avx512_preferred() {
 #ifdef DSV3_HAVE_AVX512_KERNELS
   static bool on = [] {
