@@ -35,11 +35,13 @@ REAL_LAYERS, REAL_DENSE = 61, 3  # DeepSeek-V3: num_hidden_layers, first_k_dense
 
 
 def layer_bytes(model_dir, cfg):
-    """Per layer: whole bytes and bytes one decoded token reads (k/E of the routed experts)."""
+    """Per layer: whole bytes and bytes one decoded token reads (k/E of the routed experts, which MLX
+    stacks as mlp.switch_mlp.*); and the dtype(s) lm_head.weight is stored in."""
     E, k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
     per = {}
     glob = dict(embedding=0, embedding_row=0, lm_head=0, final_norm=0)
-    for name, (_, _, nb) in safetensors_tensors(model_dir).items():
+    head_dtypes = set()
+    for name, (dtype, _, nb) in safetensors_tensors(model_dir).items():
         m = re.match(r"model\.layers\.(\d+)\.", name)
         if not m:
             if name.startswith("model.embed_tokens."):
@@ -47,6 +49,8 @@ def layer_bytes(model_dir, cfg):
                 glob["embedding_row"] += nb / cfg["vocab_size"]
             elif name.startswith("lm_head."):
                 glob["lm_head"] += nb
+                if name == "lm_head.weight":
+                    head_dtypes.add(dtype)
             else:
                 glob["final_norm"] += nb
             continue
@@ -55,8 +59,9 @@ def layer_bytes(model_dir, cfg):
             continue  # MTP
         d = per.setdefault(L, dict(whole=0, per_token=0))
         d["whole"] += nb
-        d["per_token"] += nb * k / E if ".mlp.experts." in name else nb
-    return glob, per
+        routed = ".mlp.experts." in name or ".mlp.switch_mlp." in name
+        d["per_token"] += nb * k / E if routed else nb
+    return glob, per, "/".join(sorted(head_dtypes)) or "?"
 
 
 DTYPES = ("fp8", "awq", "mlx4", "mlx5", "mlx8", "bf16")
@@ -101,18 +106,18 @@ def main():
     a = ap.parse_args()
     a.sweep_threads = []
 
-    a.model = a.model or ("build/bench/fulldims" + ("" if a.dtype == "fp8" else f"-{a.dtype}"))
+    name = "fulldims" + ("" if a.dtype == "fp8" else f"-{a.dtype}")  # the checkpoint's directory and the results'
+    a.model = a.model or os.path.join("build", "bench", name)
     if not os.path.exists(os.path.join(a.model, "config.json")):
         log(f"make-model full-dims {a.dtype} --layers {a.layers} -> {a.model}")
         run_timed([a.dsv3, "make-model", "--preset", "full-dims", "--dtype", a.dtype, "--layers", str(a.layers),
                    "--out", a.model])
     cfg = json.load(open(os.path.join(a.model, "config.json")))
-    if model_dtype(cfg) != a.dtype:
-        sys.exit(f"{a.model}/config.json: a {model_dtype(cfg) or 'other'} checkpoint, not {a.dtype} "
+    found = model_dtype(cfg)
+    if found != a.dtype:
+        sys.exit(f"{a.model}/config.json: a {found or 'other'} checkpoint, not {a.dtype} "
                  f"(--dtype {a.dtype} wants one of its own: another --model, or an empty directory)")
-    heads = {d for n, (d, _, _) in safetensors_tensors(a.model).items() if n == "lm_head.weight"}
-    head_dtype = "/".join(sorted(heads)) or "?"
-    glob, per = layer_bytes(a.model, cfg)
+    glob, per, head_dtype = layer_bytes(a.model, cfg)
     dense = [L for L in per if L < cfg["first_k_dense_replace"]]
     moe = [L for L in per if L >= cfg["first_k_dense_replace"]]
     if not dense or not moe:
@@ -201,7 +206,7 @@ def main():
       f"weights per token, e.g. {(REAL_LAYERS - REAL_DENSE) * moe_tok / 7e9:.1f} s per token from a 7 GB/s NVMe "
       f"drive if none were cached; the weights every token reads (attention, dense layers, shared experts, "
       f"routers, lm_head) stay in the page cache once read.")
-    write_results(a.out_dir, "fulldims" + ("" if a.dtype == "fp8" else f"-{a.dtype}"), R, "\n".join(L) + "\n")
+    write_results(a.out_dir, name, R, "\n".join(L) + "\n")
 
 
 if __name__ == "__main__":
