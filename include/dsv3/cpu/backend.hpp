@@ -54,9 +54,9 @@ class CpuBackend : public Backend<T> {
   void rope(Act<T>& xa, int64_t col0, int64_t width, int64_t stride, const std::vector<RopeRow>& r,
             bool interleave) const override {
     Mat<T>& x = xa.host_mut();
-#pragma omp parallel for schedule(static) if (rows(x) > cpu::kFusedMaxRows)
-    for (int64_t i = 0; i < rows(x); ++i)
+    cpu::for_rows(rows(x), rows(x) > cpu::kFusedMaxRows, [&](int64_t i) {
       for (int64_t c = col0; c + width <= cols(x); c += stride) rope_apply(&x(i, c), width, r[std::size_t(i)], interleave);
+    });
   }
   Act<T> attention_mla(const Backend<T>& ops, const Config& c, const AttentionWeights& w, const Act<T>& x,
                        LayerCache& cache, int64_t start_pos, const std::vector<RopeRow>& rope, AttnForm form,

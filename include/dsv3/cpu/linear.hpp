@@ -524,8 +524,7 @@ inline Mat<T> rms_norm(const Mat<T>& x, const TensorView& weight, double eps, co
   const int64_t n = rows(x), d = cols(x);
   const std::vector<T> w = reference::rms_norm_weight<T>(weight, d);
   Mat<T> y = empty<T>(n, d);
-#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-  for (int64_t i = 0; i < n; ++i) reference::rms_norm_row(&x(i, 0), w.data(), d, eps, v, &y(i, 0));
+  for_rows(n, n > kFusedMaxRows, [&](int64_t i) { reference::rms_norm_row(&x(i, 0), w.data(), d, eps, v, &y(i, 0)); });
   round_act(v, y);
   return y;
 }

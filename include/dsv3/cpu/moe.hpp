@@ -36,8 +36,8 @@ constexpr std::size_t kSwigluParallelElems = 1024;
 // g <- silu(g) * u, in place.
 template <class T>
 inline void swiglu(Mat<T>& g, const Mat<T>& u, const Variants& v) {
-#pragma omp parallel for schedule(static) if (g.size() > kSwigluParallelElems)
-  for (std::size_t i = 0; i < g.size(); ++i) g.data()[i] = reference::swiglu(g.data()[i], u.data()[i], v);
+  for_rows(int64_t(g.size()), g.size() > kSwigluParallelElems,
+           [&](int64_t i) { g.data()[i] = reference::swiglu(g.data()[i], u.data()[i], v); });
   round_act(v, g);
 }
 
@@ -64,8 +64,12 @@ inline std::vector<Mat<T>> mlp_many(const Backend<T>& be, const std::vector<cons
   jobs.clear();
   std::size_t elems = 0;
   for (std::size_t e = 0; e < ws.size(); ++e) elems += gu[2 * e].size();
-#pragma omp parallel for schedule(dynamic, 1) if (elems > kSwigluParallelElems)
-  for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
+  if (elems > kSwigluParallelElems) {  // an expert a thread at a time (each expert's own loop then runs plainly)
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
+  } else {
+    for (std::size_t e = 0; e < ws.size(); ++e) swiglu(gu[2 * e], gu[2 * e + 1], v);
+  }
   for (std::size_t e = 0; e < ws.size(); ++e) jobs.push_back({&gu[2 * e], &ws[e]->down_proj});
   return HostOps<T>{be}.linear_many(jobs, v);
 }
@@ -79,9 +83,9 @@ inline Routing route(const Backend<T>& be, const Config& c, const GateWeights& g
   const std::vector<T> bias = reference::router_bias<T>(gw, c);
   std::vector<reference::TokenRoute<T>> routes(static_cast<std::size_t>(n));
   ThreadErrors errs;
-#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-  for (int64_t i = 0; i < n; ++i)
+  for_rows(n, n > kFusedMaxRows, [&](int64_t i) {
     errs.run([&] { routes[std::size_t(i)] = reference::select_experts(&logits(i, 0), bias.data(), c, K, v); });
+  });
   errs.rethrow();
   return reference::pack_routing(routes, logits, c, K, trace, layer, start_pos);
 }
@@ -155,12 +159,11 @@ inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, co
     mlps.push_back(&w.experts[std::size_t(active[a])]);
     ran.push_back(a);
   }
-#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-  for (std::size_t r = 0; r < ran.size(); ++r) {  // the rows that chose expert active[a] (copies: any order)
-    const std::size_t a = ran[r];
+  for_rows(int64_t(ran.size()), n > kFusedMaxRows, [&](int64_t r) {  // the rows that chose expert active[a] (copies: any order)
+    const std::size_t a = ran[std::size_t(r)];
     const auto& rows_e = by_expert[std::size_t(active[a])];
     for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m], 0), D, &xs[a](int64_t(m), 0));
-  }
+  });
   if (w.shared_experts) inputs.push_back(&x), mlps.push_back(&*w.shared_experts);
   std::vector<Mat<T>> computed = mlp_many(be, mlps, inputs, v);
   Mat<T> shared;
@@ -170,21 +173,20 @@ inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, co
   if (split) exchange_expert_outputs(*group, c.n_routed_experts, active, by_expert, D, out);
   // Each token's terms in ascending expert id (its ids are ascending).
   Mat<T> y = empty<T>(n, D);
-#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-  for (int64_t i = 0; i < n; ++i) {  // rows are independent; each row's sum keeps its order
+  for_rows(n, n > kFusedMaxRows, [&](int64_t i) {  // rows are independent; each row's sum keeps its order
     T* dst = &y(i, 0);
     std::fill_n(dst, D, T(0));
     for (int64_t j = 0; j < r.k; ++j) {
       const std::size_t ij = std::size_t(i * r.k + j);
       reference::add_weighted(dst, T(r.weights[ij]), &out[slot[std::size_t(r.ids[ij])]](row_in[ij], 0), D, v);
     }
-  }
+  });
   trace.edit("routed_out", layer, start_pos, n, D, y.data());
   if (w.shared_experts) {
     trace.edit("shared_out", layer, start_pos, n, D, shared.data());
-#pragma omp parallel for schedule(static) if (n > kFusedMaxRows)
-    for (int64_t i = 0; i < n; ++i)
+    for_rows(n, n > kFusedMaxRows, [&](int64_t i) {
       for (int64_t d = 0; d < D; ++d) y(i, d) += shared(i, d);
+    });
     round_act(v, y);
   }
   return y;

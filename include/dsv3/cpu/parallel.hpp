@@ -30,7 +30,10 @@
 //   errs.rethrow();
 #pragma once
 
+#include <omp.h>
+
 #include <atomic>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 
@@ -58,5 +61,23 @@ class ThreadErrors {
   std::mutex mu_;
   std::exception_ptr first_;
 };
+
+// body(i) for i in [0, n): over the threads (a static schedule) when
+// `wide`, else a plain loop on the calling thread. A region that `if (...)`
+// leaves to one thread still enters libgomp (a team, its descriptors, its
+// end): about half a microsecond, and a mid-model decode step took some 130
+// of them (norms, RoPE, routing, each expert's SwiGLU inside the experts'
+// round, the MoE's copies and sums) beside its 60 real ones. A loop already
+// inside a region (nested) runs plainly too, as the region of one thread
+// OpenMP would give it.
+template <class F>
+inline void for_rows(int64_t n, bool wide, F&& body) {
+  if (!wide || n < 2 || omp_in_parallel()) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
 
 }  // namespace dsv3::cpu
