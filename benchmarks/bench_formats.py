@@ -41,7 +41,8 @@ whether `OPENBLAS_CORETYPE` in the environment chose them: dsv3 keeps a user's s
 that pins `Haswell` on an AVX-512 machine slows its prefill (Zen 5 EPYC, mid bf16: 1.4x against OpenBLAS's
 own choice there, Cooperlake).
 It also names dsv3's decode kernels (`timing.decode_kernels`): `avx512`, `avx2`, `plain`, or `avx2 (avx512
-not preferred)` on a CPU that has AVX-512 but runs it as two 256-bit halves (AMD Zen 4: cpu::avx512_preferred).
+not preferred)` on a CPU that has AVX-512 but runs it as two 256-bit halves (AMD Zen 4: cpu::avx512_preferred),
+and AWQ's int4 kernel, which is chosen apart (`timing.awq_decode_kernel`: AVX-512 transposes on Zen 4).
 
 Needs: the Python standard library; for the conversion, a Python with numpy (`--python`, default
 `.venv/golden/bin/python` of `bash scripts/venv.sh golden` if present, else this one) and the
@@ -133,7 +134,7 @@ def make_models(a):
     return dsv3, gguf
 
 
-def dsv3_run(a, model, ids, new_tokens, key, blas_cores=None, kernels=None):
+def dsv3_run(a, model, ids, new_tokens, key, blas_cores=None, kernels=None, awq_kernels=None):
     cmd = [a.dsv3, "--threads", str(a.threads), "generate", "--model", model, "--ids", ids_arg(ids),
            "--max-new-tokens", str(new_tokens), "--json"] + (["--warmup", "1"] if new_tokens == 1 else [])
     out, rss, _ = run_timed(cmd)
@@ -142,6 +143,8 @@ def dsv3_run(a, model, ids, new_tokens, key, blas_cores=None, kernels=None):
         blas_cores.add(timing["blas_core"])  # the OpenBLAS kernels dsv3's prefill GEMMs ran on
     if kernels is not None and timing.get("decode_kernels"):
         kernels.add(timing["decode_kernels"])  # dsv3's decode kernels (AVX-512 / AVX2 / plain)
+    if awq_kernels is not None and timing.get("awq_decode_kernel"):
+        awq_kernels.add(timing["awq_decode_kernel"])  # AWQ's int4 kernel, chosen apart
     return timing[key], rss
 
 
@@ -230,7 +233,7 @@ def main():
         bytes_tok[(eng, name)] = (touched_bytes_per_token(path) if eng == "dsv3" else
                                   gguf_bytes_per_token(a, path, cfg))
     quiet = Quiet(a.max_busy, a.max_wait)
-    rounds, blas_cores, kernels = [], set(), set()
+    rounds, blas_cores, kernels, awq_kernels = [], set(), set(), set()
     for r in range(a.rounds):
         res = {}
         order = entries[r % len(entries):] + entries[:r % len(entries)]
@@ -238,7 +241,8 @@ def main():
             quiet.wait(f"{eng} {name}")
             if eng == "dsv3":
                 pre, _ = dsv3_run(a, path, pre_ids, 1, "prefill_tokens_per_s", blas_cores)
-                dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s", kernels=kernels)
+                dec, rss = dsv3_run(a, path, dec_ids, a.new_tokens, "decode_tokens_per_s", kernels=kernels,
+                                    awq_kernels=awq_kernels if name == "awq" else None)
             else:
                 pre, _ = llama_run(a, path, a.prompt_len, 0)
                 dec, rss = llama_run(a, path, 0, a.new_tokens, a.decode_prompt_len)
@@ -261,7 +265,7 @@ def main():
              decode_prompt_len=a.decode_prompt_len, dsv3=a.dsv3, llama_cpp=getattr(a, "llama_build", None), median=med,
              raw=rounds, quiet_waited_s=quiet.waited_s, cpu=cpu_model(), llama_build_note=a.llama_build_note,
              blas_core=", ".join(sorted(blas_cores)), openblas_coretype_env=os.environ.get("OPENBLAS_CORETYPE"),
-             decode_kernels=", ".join(sorted(kernels)))
+             decode_kernels=", ".join(sorted(kernels)), awq_decode_kernel=", ".join(sorted(awq_kernels)))
     write_results(a.out_dir, f"formats-{a.tag}", R, render(R))
 
 
@@ -292,7 +296,8 @@ def render(R):
          + (f" dsv3's prefill GEMMs: OpenBLAS's {R['blas_core']} kernels"
             + (f" (OPENBLAS_CORETYPE={R['openblas_coretype_env']} set in the environment)." if R.get("openblas_coretype_env")
                else " (its own choice for this CPU).") if R.get("blas_core") else "")
-         + (f" dsv3's decode kernels: {R['decode_kernels']}." if R.get("decode_kernels") else "")
+         + (f" dsv3's decode kernels: {R['decode_kernels']}" + (f" (AWQ's int4 kernel: {R['awq_decode_kernel']})"
+            if R.get("awq_decode_kernel") else "") + "." if R.get("decode_kernels") else "")
          + (f" llama.cpp: commit {lb['build_commit']}, {lb['backends']} backend, "
             "llama-bench defaults (KV cache f16, flash attention auto, weight repacking on)."
             + (f" Build: {R['llama_build_note']}" if R.get("llama_build_note") else "") if lb else "") + "\n",

@@ -184,6 +184,11 @@ void run_generate(const GenerateArgs& a) {
     j["timing"]["decode_kernels"] = dsv3::cpu::avx512_runs()  ? "avx512"
                                     : dsv3::cpu::avx2_streams() ? (dsv3::cpu::avx512_kernels() ? "avx2 (avx512 not preferred)" : "avx2")
                                                                 : "plain";
+    // AWQ's int4 kernel is chosen apart (cpu::awq_gather_kernel, awq_transpose_kernel): AVX-512 on Zen 4 too
+    j["timing"]["awq_decode_kernel"] = dsv3::cpu::awq_gather_kernel()      ? "avx512 gathers"
+                                       : dsv3::cpu::awq_transpose_kernel() ? "avx512 transposes"
+                                       : dsv3::cpu::avx2_kernels()         ? "avx2"
+                                                                           : "plain";
     std::cout << j.dump() << std::endl;
   } else if (!tok) {
     for (std::size_t i = 0; i < gen.size(); ++i) std::cout << (i ? "," : "") << gen[i];

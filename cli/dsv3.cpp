@@ -148,7 +148,8 @@ static int run(int argc, char** argv) {
   auto* gen = app.add_subcommand("generate", "Generate tokens from --ids or a text --prompt; stops at EOS.\n"
                                  "With --json prints {\"prompt_ids\": [...], \"generated_ids\": [...], \"timing\": {...}}: timing has\n"
                                  "load/prefill/decode seconds and tokens/s, kv_cache_bytes, blas_core (OpenBLAS's kernels) and\n"
-                                 "decode_kernels (avx512 | avx2 | avx2 (avx512 not preferred) | plain).");
+                                 "decode_kernels (avx512 | avx2 | avx2 (avx512 not preferred) | plain) and awq_decode_kernel\n"
+                                 "(avx512 gathers | avx512 transposes | avx2 | plain: AWQ's int4 kernel, chosen apart).");
   add_gen_opts(gen);
   gen->add_option("--ids", ga.ids, "Prompt token ids");
   gen->add_option("--prompt", ga.prompt, "Prompt text (needs a tokenizer)");

@@ -47,6 +47,9 @@ for dt in f32 bf16 fp8; do
 done
 "$DSV3" generate --model "$T/tiny-f32" --ids 0,5,17 --max-new-tokens 5 --json >"$T/g.json" && ok || bad generate
 grep -q '"generated_ids":\[' "$T/g.json" && ok || bad "generate --json output: $(cat "$T/g.json")"
+# the timing names the kernels (README: decode_kernels, awq_decode_kernel)
+python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['timing']; sys.exit(0 if t['decode_kernels'] in ('avx512', 'avx2', 'avx2 (avx512 not preferred)', 'plain') and t['awq_decode_kernel'] in ('avx512 gathers', 'avx512 transposes', 'avx2', 'plain') else 1)" "$T/g.json" \
+  && ok || bad "generate --json timing kernels: $(cat "$T/g.json")"
 "$DSV3" generate --model "$T/tiny-f32" --ids 0,5,17 --max-new-tokens 5 --json --temperature 0.8 --top-p 0.9 --seed 7 >"$T/s1.json"
 "$DSV3" generate --model "$T/tiny-f32" --ids 0,5,17 --max-new-tokens 5 --json --temperature 0.8 --top-p 0.9 --seed 7 >"$T/s2.json"
 python3 -c "import json,sys; a,b=(json.load(open(f))['generated_ids'] for f in sys.argv[1:]); sys.exit(a!=b)" "$T/s1.json" "$T/s2.json" \
