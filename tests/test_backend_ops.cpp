@@ -510,6 +510,32 @@ TEST_CASE("the AVX-512 AWQ tables: round_f16_normal is the reference's f16 round
     }
   }
   CHECK(compared == 7 * 4);
+  // MLA's absorbed queries (awq_rows_dot, a head's W_UK read along its rows):
+  // the same two ways, on slices of words as heads take them (a whole band,
+  // a few words from the middle), groups whose rows end in fewer than 16
+  int rows_compared = 0;
+  for (const auto& [name, W] : s.linears) {
+    if (!W.awq()) continue;
+    const AwqWeight& A = *W.awq();
+    const int64_t words = A.qweight.shape[1], in = A.in();
+    for (const auto& [w0, nw] : {std::pair<int64_t, int64_t>{0, std::min<int64_t>(words, 16)},
+                                 std::pair<int64_t, int64_t>{words / 3, std::min<int64_t>(words - words / 3, 5)}})
+      for (int64_t n : {1, 2, 4}) {
+        const Mat<float> x = random_rows<float>(n, 8 * nw, 11);
+        std::vector<float> a(std::size_t(n * in)), b(a.size()), scratch;
+        {
+          UseKernels use(gathers);
+          cpu::awq_rows_dot(A, x.data(), 8 * nw, n, w0, nw, scratch, a.data(), in);
+        }
+        {
+          UseKernels use(transposes);
+          cpu::awq_rows_dot(A, x.data(), 8 * nw, n, w0, nw, scratch, b.data(), in);
+        }
+        CHECK_MESSAGE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0, name, " words ", w0, "+", nw, " n = ", n);
+        ++rows_compared;
+      }
+  }
+  CHECK(rows_compared == 7 * 2 * 3);
 }
 #endif
 

@@ -691,9 +691,12 @@ inline void awq_group_partial(const AwqWeight& a, const float* x, int64_t n, int
 // m]·W[8·w0 + m, c] for every input index c of W [out, in] (storage row c,
 // the nw words from w0), for n ≤ 4 rows of x. MLA's absorbed decode takes
 // q_lat = q_nope·W_UK this way from a head's rows of kv_b, whose input index
-// is q_lat's. The AVX-512 kernel takes 16 storage rows at a time in the
-// lanes (a gather of each word), a group's 8·nw columns as tables of their
-// 16 weights; the plain loop adds one column at a time.
+// is q_lat's. The AVX-512 kernels take 16 storage rows at a time in the
+// lanes (each word by a gather, or, where the transposes run as for the
+// linears, awq_transpose_kernel, by loading the 16 rows and transposing
+// them: the same bits), a group's 8·nw columns as tables of their 16
+// weights; the AVX2 kernel computes each weight; the plain loop adds one
+// column at a time.
 inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_t n, int64_t w0, int64_t nw,
                          std::vector<float>& scratch, float* y, int64_t ldy) {
   const int64_t words = a.qweight.shape[1], G = a.group_size, in = a.in();
@@ -708,7 +711,9 @@ inline void awq_rows_dot(const AwqWeight& a, const float* x, int64_t ldx, int64_
       awq_group_params(a, g, wc, cnw, zq, sq);
       const float* xc = x + 8 * (wc - w0);
       int64_t c = g * G;
-      if (avx512_runs()) c = avx512::awq_rows_lut(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, lut, y, ldy);
+      if (awq_gather_kernel()) c = avx512::awq_rows_lut(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, lut, y, ldy);
+      else if (awq_transpose_kernel())
+        c = avx512::awq_rows_tr(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, exact, lut, y, ldy);
       else if (avx2_kernels()) c = avx2::awq_rows(xc, ldx, n, c, (g + 1) * G, qw + wc, words, cnw, zq, sq, exact, y, ldy);
       for (; c < (g + 1) * G; ++c)
         for (int64_t i = 0; i < n; ++i) {

@@ -579,6 +579,63 @@ DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, 
   return c;
 }
 
+// awq_rows_lut's sums, the words brought into the lanes by transposes (as
+// awq_groups_tr's) instead of gathers (slow on AMD's CPUs): 16 storage rows'
+// nw words are loaded (one or two lines a row) and transposed (transpose16),
+// so that r[l] holds word l of the 16 rows. Every lane adds the same
+// products in the same order as awq_rows_lut's, so the two give the same
+// bits. Tables: awq_column_table, from mzs = −z·s where the group's scales
+// allow (`exact` and awq_scales_normal), the same values as awq_tables'.
+// Rows 32 on are asked for (both lines) while a block is loaded; the first
+// 32 before the first block. Returns the first row it left, as
+// awq_rows_lut.
+DSV3_AVX512 inline int64_t awq_rows_tr(const float* x, int64_t ldx, int64_t n, int64_t c0, int64_t c1,
+                                       const uint32_t* qw, int64_t words, int64_t nw, const float* zq,
+                                       const float* sq, bool exact, float* lut, float* y, int64_t ldy) {
+  static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
+  if (c1 - c0 < 16) return c0;
+  const bool normal = exact && awq_scales_normal(sq);
+  alignas(64) float mzs[128];
+  if (normal)
+    for (int e = 0; e < 128; e += 16)
+      _mm512_store_ps(mzs + e, _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(zq + e)), _mm512_loadu_ps(sq + e)));
+  for (int64_t l = 0; l < nw; ++l)  // lut[(8·l + j)·16 + q], as awq_tables lays them out
+    for (int j = 0; j < 8; ++j) _mm512_storeu_ps(lut + (l * 8 + j) * 16, awq_column_table(normal, zq, sq, mzs, j * 16 + l));
+  const __mmask16 live = first_lanes(nw);
+  auto ahead = [&](int64_t c) {  // the first and the last line of row c's nw words (past the matrix: no fault)
+    _mm_prefetch(reinterpret_cast<const char*>(qw + c * words), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(qw + c * words + nw) - 1, _MM_HINT_T0);
+  };
+  for (int64_t c = c0; c < std::min(c1, c0 + 32); ++c) ahead(c);
+  int64_t c = c0;
+  for (; c + 16 <= c1; c += 16) {
+    __m512i r[16];
+    for (int m = 0; m < 16; ++m) {
+      ahead(c + 32 + m);
+      r[m] = _mm512_maskz_loadu_epi32(live, qw + (c + m) * words);
+    }
+    transpose16(r);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * ldx;
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      for (int64_t l = 0; l < nw; ++l) {
+        const __m512i q = r[l];
+        const float* t = lut + l * 128;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j += 2) {
+          acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), _mm512_loadu_ps(t + 16 * j)),
+                                 _mm512_set1_ps(xi[8 * l + kOrder[j]]), acc0);
+          acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j + 4), _mm512_loadu_ps(t + 16 * j + 16)),
+                                 _mm512_set1_ps(xi[8 * l + kOrder[j + 1]]), acc1);
+        }
+      }
+      float* yi = y + i * ldy + c;
+      _mm512_storeu_ps(yi, _mm512_add_ps(_mm512_loadu_ps(yi), _mm512_add_ps(acc0, acc1)));
+    }
+  }
+  return c;
+}
+
 // A band's zero points and F16 scales for one group, widened in the layout
 // awq_groups_lut reads (nibble order): zq[16·j + l] = nibble j of zero-point
 // word l, sq[16·j + l] = the scale of column 8·l + order[j]; lanes l ≥ nw
@@ -802,6 +859,8 @@ inline void awq_groups_tr(const float*, int64_t, int64_t, int64_t, int64_t, int6
 inline void awq_band_params(const uint32_t*, int64_t, const uint8_t*, const int*, float*, float*) {}
 inline int64_t awq_rows_lut(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
                             const float*, const float*, float*, float*, int64_t) { return c0; }
+inline int64_t awq_rows_tr(const float*, int64_t, int64_t, int64_t c0, int64_t, const uint32_t*, int64_t, int64_t,
+                           const float*, const float*, bool, float*, float*, int64_t) { return c0; }
 template <int BITS>
 inline void mlx_decode_row(int64_t, int64_t, const uint32_t*, const float*, const float*, float*) {}
 }  // namespace avx512
