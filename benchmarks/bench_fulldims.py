@@ -12,6 +12,8 @@ formats (a few layers of it), and the extrapolation, arithmetic shown, to the re
    (fp8) or build/bench/fulldims-DTYPE; an existing DIR in another format is refused.
 2. `dsv3 --prefault off generate` of a short prompt and N new tokens: per-token decode time and peak
    RSS (weights paged in as used), and the run's touched weights (its routing, via `dsv3 trace`).
+   The checkpoint's files are read once before, when they fit in the memory available, so that the
+   weights come from the page cache and not the disk; the report gives the run's major page faults.
 3. Bytes one decoded token reads, per kind of layer, in the stored dtype; the real model = the same
    embedding row + lm_head + 3 dense layers + 58 MoE layers (k = 8 of 256 experts each).
    Seconds per token at a bandwidth B = bytes per token / B.
@@ -88,6 +90,31 @@ def model_dtype(cfg):
     return "bf16" if cfg.get("torch_dtype") == "bfloat16" else None
 
 
+def warm_page_cache(model):
+    """Reads the checkpoint's files once, so that decode (--prefault off) pages its weights in from the page
+    cache and measures memory, not the disk: a checkpoint other runs have pushed out of the cache would
+    otherwise be read from disk expert by expert (seen here: full-dims mlx4 decode 0.206 s a token after
+    the AWQ checkpoint had been read, 0.101 s with its pages cached). Skipped, with a note, when the files
+    are larger than nine tenths of the memory available; the report's major page faults tell either way."""
+    files = [os.path.join(model, f) for f in sorted(os.listdir(model)) if f.endswith(".safetensors")]
+    size = sum(os.path.getsize(f) for f in files)
+    avail = None
+    with open("/proc/meminfo") as m:
+        for line in m:
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    if avail is not None and size > 0.9 * avail:
+        log(f"page cache: {size / 1e9:.1f} GB of weights, {avail / 1e9:.1f} GB available: not read ahead "
+            "(decode will read some weights from disk)")
+        return False
+    log(f"page cache: reading {size / 1e9:.1f} GB of weights once")
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(16 << 20):
+                pass
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsv3", default=os.path.join(ROOT, "build", "dsv3"))
@@ -127,9 +154,12 @@ def main():
     here_tok = glob["embedding_row"] + glob["lm_head"] + glob["final_norm"] + sum(p["per_token"] for p in per.values())
 
     ids = make_ids(a.prompt_len, cfg["vocab_size"])
+    cached = warm_page_cache(a.model)
     log(f"decode: {a.prompt_len}-token prompt, {a.new_tokens} new tokens, --prefault off, {a.threads} threads")
+    run_stats = {}
     out, rss, wall = run_timed([a.dsv3, "--threads", str(a.threads), "--prefault", "off", "generate", "--model",
-                                a.model, "--ids", ids_arg(ids), "--max-new-tokens", str(a.new_tokens), "--json"])
+                                a.model, "--ids", ids_arg(ids), "--max-new-tokens", str(a.new_tokens), "--json"],
+                               run_stats)
     j = json.loads(out.strip().splitlines()[-1])
     t = j["timing"]
     s_per_tok = t["decode_s"] / t["decode_calls"]
@@ -153,7 +183,8 @@ def main():
              bytes=dict(global_=glob, dense_layer=dict(whole=dense_whole, per_token=dense_tok),
                         moe_layer=dict(whole=moe_whole, per_token=moe_tok), here_per_token=here_tok,
                         real_per_token=real_tok, real_whole=real_whole),
-             effective_bytes_per_s=eff, seconds_per_token=s_per_tok, sgemv_stream_bytes_per_s=stream)
+             effective_bytes_per_s=eff, seconds_per_token=s_per_tok, sgemv_stream_bytes_per_s=stream,
+             page_cache_warmed=cached, major_faults=run_stats.get("major_faults"))
     G = 1e9
     L = []
     w = L.append
@@ -174,6 +205,15 @@ def main():
         w(f"| the machine's stream bandwidth (OpenBLAS sgemv over >= 1 GiB, {a.threads} threads) | {stream / G:.2f} GB/s: "
           f"decode reads at {eff / stream:.0%} of it |")
     w(f"| peak RSS | {rss / G:.2f} GB |")
+    mf = run_stats.get("major_faults")
+    if mf is not None:
+        # a major fault on a mapped file reads up to the readahead window (128 KB by default): faults that
+        # could have read more than 1% of the weights the run touched mean the disk is in the figures
+        disk = mf * (128 << 10) > 0.01 * touched["bytes"]
+        w(f"| major page faults (reads from disk: the program, its libraries, weights) | {mf}"
+          + ((f" ({'the checkpoint did not fit in the page cache' if not cached else 'pages were evicted'}): "
+              "part of the decode time may be the disk's, not memory bandwidth |") if disk else
+             ": at most 1% of the weights touched, the rest came from the page cache |"))
     w(f"| weights the run touched (all but routed experts + experts chosen: "
       f"{', '.join(f'layer {k}: {v}' for k, v in touched['experts_used'].items())} of {touched['n_routed_experts']}) | "
       f"{touched['bytes'] / G:.2f} GB |")

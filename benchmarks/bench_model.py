@@ -243,8 +243,10 @@ def ensure_model(dsv3, path, preset, dtype):
 # ------------------------------------------------------------------------------------------
 # dsv3 runs
 # ------------------------------------------------------------------------------------------
-def run_timed(cmd):
-    """Runs cmd under /usr/bin/time -v; returns (stdout, peak_rss_bytes, wall_s)."""
+def run_timed(cmd, stats=None):
+    """Runs cmd under /usr/bin/time -v; returns (stdout, peak_rss_bytes, wall_s). A dict `stats` also gets
+    the run's major page faults (`major_faults`: pages read from disk, as a mapped checkpoint's are when
+    the page cache does not hold them)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         t = time.perf_counter()
         p = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name] + cmd, capture_output=True, text=True)
@@ -253,6 +255,9 @@ def run_timed(cmd):
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({p.returncode}): {p.stderr[-2000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", tv)
+    if stats is not None:
+        f = re.search(r"Major \(requiring I/O\) page faults: (\d+)", tv)
+        stats["major_faults"] = int(f.group(1)) if f else None
     return p.stdout, int(m.group(1)) * 1024 if m else None, wall
 
 
