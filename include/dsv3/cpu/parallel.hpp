@@ -67,7 +67,7 @@ class ThreadErrors {
 // leaves to one thread still enters libgomp (a team, its descriptors, its
 // end): about half a microsecond, and a mid-model decode step took some 130
 // of them (norms, RoPE, routing, each expert's SwiGLU inside the experts'
-// round, the MoE's copies and sums) beside its 60 real ones. A loop already
+// round, the MoE's copies and sums) beside its 70 real ones. A loop already
 // inside a region (nested) runs plainly too, as the region of one thread
 // OpenMP would give it.
 template <class F>
