@@ -544,6 +544,23 @@ DSV3_AVX512 inline void awq_groups_tr(const float* x, int64_t n, int64_t ldx, in
     }
 }
 
+// One word's 8 columns for 16 storage rows (q: word l of each row, in the
+// lanes), against x's 8 values of that word (xl = x + 8·l): each column's
+// table t[16·j ..] (awq_tables' layout) looked up for the 16 rows, times
+// x[kAwqOrder[j]], into acc0 (even nibbles) and acc1 (odd ones). The step of
+// both row kernels (awq_rows_lut, awq_rows_tr), so that they add the same
+// products in the same order.
+DSV3_AVX512 inline void awq_rows_word(__m512i q, const float* t, const float* xl, __m512& acc0, __m512& acc1) {
+  static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; j += 2) {
+    acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), _mm512_loadu_ps(t + 16 * j)),
+                           _mm512_set1_ps(xl[kOrder[j]]), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j + 4), _mm512_loadu_ps(t + 16 * j + 16)),
+                           _mm512_set1_ps(xl[kOrder[j + 1]]), acc1);
+  }
+}
+
 // AWQ's storage read along its rows (quant.hpp's awq_rows_dot): storage
 // rows [c0, c1) of one group, 16 at a time in the lanes, against the 8·nw
 // columns of the nw ≤ 16 words at qw (zq / sq as awq_band_params lays them
@@ -554,7 +571,6 @@ DSV3_AVX512 inline void awq_groups_tr(const float* x, int64_t n, int64_t ldx, in
 DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, int64_t c0, int64_t c1,
                                         const uint32_t* qw, int64_t words, int64_t nw, const float* zq,
                                         const float* sq, float* lut, float* y, int64_t ldy) {
-  static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
   awq_tables(zq, sq, nw, lut);
   const __m512i rows = awq_row_offsets(words);
   int64_t c = c0;
@@ -562,17 +578,9 @@ DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, 
     for (int64_t i = 0; i < n; ++i) {
       const float* xi = x + i * ldx;
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-      for (int64_t l = 0; l < nw; ++l) {
-        const __m512i q = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + c * words + l), 4);
-        const float* t = lut + l * 128;
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j += 2) {
-          acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), _mm512_loadu_ps(t + 16 * j)),
-                                 _mm512_set1_ps(xi[8 * l + kOrder[j]]), acc0);
-          acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j + 4), _mm512_loadu_ps(t + 16 * j + 16)),
-                                 _mm512_set1_ps(xi[8 * l + kOrder[j + 1]]), acc1);
-        }
-      }
+      for (int64_t l = 0; l < nw; ++l)
+        awq_rows_word(_mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(qw + c * words + l), 4),
+                      lut + l * 128, xi + 8 * l, acc0, acc1);
       float* yi = y + i * ldy + c;
       _mm512_storeu_ps(yi, _mm512_add_ps(_mm512_loadu_ps(yi), _mm512_add_ps(acc0, acc1)));
     }
@@ -592,7 +600,6 @@ DSV3_AVX512 inline int64_t awq_rows_lut(const float* x, int64_t ldx, int64_t n, 
 DSV3_AVX512 inline int64_t awq_rows_tr(const float* x, int64_t ldx, int64_t n, int64_t c0, int64_t c1,
                                        const uint32_t* qw, int64_t words, int64_t nw, const float* zq,
                                        const float* sq, bool exact, float* lut, float* y, int64_t ldy) {
-  static constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // AutoAWQ's order_map (quant.hpp's kAwqOrder)
   if (c1 - c0 < 16) return c0;
   const bool normal = exact && awq_scales_normal(sq);
   alignas(64) float mzs[128];
@@ -618,17 +625,7 @@ DSV3_AVX512 inline int64_t awq_rows_tr(const float* x, int64_t ldx, int64_t n, i
     for (int64_t i = 0; i < n; ++i) {
       const float* xi = x + i * ldx;
       __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-      for (int64_t l = 0; l < nw; ++l) {
-        const __m512i q = r[l];
-        const float* t = lut + l * 128;
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j += 2) {
-          acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j), _mm512_loadu_ps(t + 16 * j)),
-                                 _mm512_set1_ps(xi[8 * l + kOrder[j]]), acc0);
-          acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4 * j + 4), _mm512_loadu_ps(t + 16 * j + 16)),
-                                 _mm512_set1_ps(xi[8 * l + kOrder[j + 1]]), acc1);
-        }
-      }
+      for (int64_t l = 0; l < nw; ++l) awq_rows_word(r[l], lut + l * 128, xi + 8 * l, acc0, acc1);
       float* yi = y + i * ldy + c;
       _mm512_storeu_ps(yi, _mm512_add_ps(_mm512_loadu_ps(yi), _mm512_add_ps(acc0, acc1)));
     }
