@@ -432,6 +432,15 @@ DSV3_AVX512 inline bool awq_scales_normal(const float* sq) {
   return bad == 0;
 }
 
+// Whether a group's tables take round_f16_normal (`exact` products and
+// awq_scales_normal); if so, mzs[e] = −z·s for its 128 columns.
+DSV3_AVX512 inline bool awq_normal_tables(bool exact, const float* zq, const float* sq, float* mzs) {
+  if (!exact || !awq_scales_normal(sq)) return false;
+  for (int e = 0; e < 128; e += 16)
+    _mm512_storeu_ps(mzs + e, _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(zq + e)), _mm512_loadu_ps(sq + e)));
+  return true;
+}
+
 // Column e's table (awq_band_params's layout, e = 16·j + l): its 16 weights
 // f16((q − z)·s), by round_f16_normal from mzs = −z·s where the group's
 // scales allow (`normal`), else by awq_table's conversions.
@@ -476,10 +485,7 @@ DSV3_AVX512 inline void awq_groups_tr(const float* x, int64_t n, int64_t ldx, in
   for (int64_t g0 = k0; g0 < k1; g0 += G, params += 256) {
     const int64_t g1 = std::min(k1, g0 + G), full = g0 + (g1 - g0) / 16 * 16;  // rows [g0, full) in blocks of 16
     const float *zq = params, *sq = params + 128;
-    const bool normal = exact && awq_scales_normal(sq);
-    if (normal)
-      for (int e = 0; e < 128; e += 16)
-        _mm512_store_ps(mzs + e, _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(zq + e)), _mm512_loadu_ps(sq + e)));
+    const bool normal = awq_normal_tables(exact, zq, sq, mzs);
     for (int64_t c0 = g0; c0 < full; c0 += kChunk) {
       const int64_t c1 = std::min(full, c0 + kChunk);
       for (int64_t k = c0; k < c1; k += 16) {
@@ -601,11 +607,8 @@ DSV3_AVX512 inline int64_t awq_rows_tr(const float* x, int64_t ldx, int64_t n, i
                                        const uint32_t* qw, int64_t words, int64_t nw, const float* zq,
                                        const float* sq, bool exact, float* lut, float* y, int64_t ldy) {
   if (c1 - c0 < 16) return c0;
-  const bool normal = exact && awq_scales_normal(sq);
   alignas(64) float mzs[128];
-  if (normal)
-    for (int e = 0; e < 128; e += 16)
-      _mm512_store_ps(mzs + e, _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(zq + e)), _mm512_loadu_ps(sq + e)));
+  const bool normal = awq_normal_tables(exact, zq, sq, mzs);
   for (int64_t l = 0; l < nw; ++l)  // lut[(8·l + j)·16 + q], as awq_tables lays them out
     for (int j = 0; j < 8; ++j) _mm512_storeu_ps(lut + (l * 8 + j) * 16, awq_column_table(normal, zq, sq, mzs, j * 16 + l));
   const __mmask16 live = first_lanes(nw);
