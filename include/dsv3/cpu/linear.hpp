@@ -242,9 +242,10 @@ inline void linear_fused_many(const std::vector<MatJob<T>>& jobs, const Variants
         info[j].bf16 = reinterpret_cast<const uint16_t*>(W.weight.data);
       info[j].fused = !info[j].round_w && has_fused_kernel<T>(W);
       if (info[j].fused) {
-        // A decode step's experts all read the same row (copied per expert),
-        // gate and up the same x: an earlier job's prepared input is reused
-        // when its weight reads x the same way and x holds the same bits.
+        // A decode step's experts all read x itself (moe.hpp), gate and up
+        // the same x: an earlier job's prepared input is reused when its
+        // weight reads x the same way and x is the same matrix or holds the
+        // same bits.
         std::size_t same = j;
         for (std::size_t k = 0; k < j && same == j; ++k)
           if (info[k].fused && same_fused_input(*jobs[k].w, W) && jobs[k].x->shape() == jobs[j].x->shape() &&

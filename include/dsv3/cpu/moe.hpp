@@ -148,19 +148,24 @@ inline Mat<T> moe(const Backend<T>& be, const Config& c, const MoEWeights& w, co
   // are summed below in ascending expert id, then the shared expert's output.
   const bool split = group && group->size() > 1;
   auto mine = [&](std::size_t a) { return !split || group->owns(active[a], c.n_routed_experts); };
+  // An expert's input: the rows that chose it, copied; or, where every token
+  // chose it (always in decode, n = 1), x itself: its rows are then 0 … n − 1
+  // in order. The linears see one input for those experts, so x is prepared
+  // for them once, with no copies to compare.
   std::vector<Mat<T>> xs(active.size());
   std::vector<const Mat<T>*> inputs;
   std::vector<const MLPWeights*> mlps;
-  std::vector<std::size_t> ran;  // the active slots this process computes
+  std::vector<std::size_t> ran, copied;  // the active slots this process computes; those with a copy
   for (std::size_t a = 0; a < active.size(); ++a) {
     if (!mine(a)) continue;
-    xs[a] = empty<T>(int64_t(by_expert[std::size_t(active[a])].size()), D);
-    inputs.push_back(&xs[a]);
+    const int64_t m = int64_t(by_expert[std::size_t(active[a])].size());
+    if (m < n) xs[a] = empty<T>(m, D), copied.push_back(a);
+    inputs.push_back(m < n ? &xs[a] : &x);
     mlps.push_back(&w.experts[std::size_t(active[a])]);
     ran.push_back(a);
   }
-  for_rows(int64_t(ran.size()), n > kFusedMaxRows, [&](int64_t r) {  // the rows that chose expert active[a] (copies: any order)
-    const std::size_t a = ran[std::size_t(r)];
+  for_rows(int64_t(copied.size()), n > kFusedMaxRows, [&](int64_t r) {  // (copies: any order)
+    const std::size_t a = copied[std::size_t(r)];
     const auto& rows_e = by_expert[std::size_t(active[a])];
     for (std::size_t m = 0; m < rows_e.size(); ++m) std::copy_n(&x(rows_e[m], 0), D, &xs[a](int64_t(m), 0));
   });

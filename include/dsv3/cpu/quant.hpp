@@ -274,6 +274,12 @@ struct LineAllocator {
   LineAllocator(const LineAllocator<U>&) {}
   T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
   void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  // A resize default-initialises: its floats are left unset, not zeroed
+  // first, as every user writes each element before it reads one.
+  template <class U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) { ::new (static_cast<void*>(p)) U; }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) { ::new (static_cast<void*>(p)) U(std::forward<A>(a)...); }
   template <class U>
   bool operator==(const LineAllocator<U>&) const { return true; }
   template <class U>
@@ -323,7 +329,7 @@ inline void mlx_prepare(const float* x, int64_t n, int64_t K, int64_t G, MlxKern
   // the plain loops' lanes, or the vector kernels' 4-bit nibble order (5- and 8-bit: x as it is, or scaled)
   const bool permute = kern == MlxKernel::plain || BITS == 4;
   in.xp.resize(permute || in.xexp != 0 ? std::size_t(n * K) : 0);
-  in.xs.assign(std::size_t(n * (K / G)), 0.0f);
+  in.xs.resize(std::size_t(n * (K / G)));  // (each group's sum is written below)
   for (int64_t i = 0; i < n; ++i) {
     float* xpi = in.xp.data() + i * K;
     if (permute && kern == MlxKernel::avx512) avx512::mlx4_permute(x + i * K, K, xpi);
