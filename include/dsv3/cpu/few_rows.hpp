@@ -46,11 +46,51 @@ DSV3_AVX512 inline __m512 load16(const Bf16* p, __mmask16 m) { return widen_scal
 
 // a·bᵀ: four rows of b at a time share each vector of a row of a; the four
 // sums end in one horizontal step (hsum_rows). A row's sum is the same
-// whichever block its row of b falls in.
+// whichever block its row of b falls in. Four rows of a at a time (MLA's
+// decode: four heads' queries against the latent cache) share each vector
+// of b as well, so a cache row is loaded once for the four heads, not once
+// a head: every sum is the one a row alone gets, in the same order.
 template <class B>
 DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, int64_t K, const B* b,
                                       int64_t ldb, int64_t m, float* s, int64_t lds) {
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float* ai = a + i * lda;
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+      __m512 acc[4][4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) acc[q][r] = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 msk = first_lanes(K - k);
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) bv[r] = load16(b + (j + r) * ldb + k, msk);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          const __m512 x = _mm512_maskz_loadu_ps(msk, ai + q * lda + k);
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r) acc[q][r] = _mm512_fmadd_ps(x, bv[r], acc[q][r]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) hsum_rows<4>(acc[q], s + (i + q) * lds + j);
+    }
+    for (; j < m; ++j) {
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 msk = first_lanes(K - k);
+        const __m512 bj = load16(b + j * ldb + k, msk);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) acc[q] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(msk, ai + q * lda + k), bj, acc[q]);
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) hsum_rows<1>(&acc[q], s + (i + q) * lds + j);
+    }
+  }
+  for (; i < n; ++i) {
     const float* ai = a + i * lda;
     int64_t j = 0;
     for (; j + 4 <= m; j += 4) {
@@ -76,11 +116,42 @@ DSV3_AVX512 inline void rows_dot_rows(const float* a, int64_t lda, int64_t n, in
 }
 
 // p·b: up to 128 columns of o held in eight vectors while the rows of b
-// stream past, each scaled by its p and added in row order.
+// stream past, each scaled by its p and added in row order. Four rows of p
+// at a time (MLA's decode: four heads' probabilities over the latent cache)
+// take 64 columns at a time instead, each vector of b loaded once for the
+// four: every column's sum is the same, in the same order.
 template <class B>
 DSV3_AVX512 inline void rows_mix_rows(const float* p, int64_t ldp, int64_t n, int64_t m, const B* b,
                                       int64_t ldb, int64_t width, float* o, int64_t ldo) {
-  for (int64_t i = 0; i < n; ++i)
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int64_t c0 = 0; c0 < width; c0 += 64) {
+      __mmask16 msk[4];
+      __m512 acc[4][4];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        msk[v] = first_lanes(width - c0 - 16 * v);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) acc[q][v] = _mm512_setzero_ps();
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        const B* bj = b + j * ldb + c0;
+        __m512 bv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) bv[v] = load16(bj + 16 * v, msk[v]);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          const __m512 pj = _mm512_set1_ps(p[(i + q) * ldp + j]);
+#pragma GCC unroll 4
+          for (int v = 0; v < 4; ++v) acc[q][v] = _mm512_fmadd_ps(pj, bv[v], acc[q][v]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(o + (i + q) * ldo + c0 + 16 * v, msk[v], acc[q][v]);
+    }
+  for (; i < n; ++i)
     for (int64_t c0 = 0; c0 < width; c0 += 128) {
       __mmask16 msk[8];
       __m512 acc[8];
